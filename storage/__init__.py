@@ -1,0 +1,26 @@
+"""Queryable store of sweeps, trials, per-layer recipes and Pareto fronts.
+
+SQLite (default) or PostgreSQL through SQLAlchemy, with the schema managed by Alembic::
+
+    store = Store("sqlite:///sweeps.db")
+    store.create_sweep("resnet18", config, {"accuracy": "max", "size_bytes": "min"})
+    store.record_trials("resnet18", [TrialRecord(number=0, state="RUNNING", recipe=recipe)])
+    front = store.pareto_front("resnet18", where="latency_ms < 5")
+"""
+
+from storage._errors import DuplicateSweepError, StorageError, SweepNotFoundError, WhereError
+from storage._models import METRIC_COLUMNS, TRIAL_STATES
+from storage._records import SweepInfo, TrialRecord
+from storage._store import Store
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "TRIAL_STATES",
+    "DuplicateSweepError",
+    "StorageError",
+    "Store",
+    "SweepInfo",
+    "SweepNotFoundError",
+    "TrialRecord",
+    "WhereError",
+]

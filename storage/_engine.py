@@ -1,0 +1,175 @@
+"""Database URLs, engine creation, SQLite pragmas, transient-error retries, migration entry."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+
+from storage._errors import StorageError
+
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+POSTGRES_CONNECT_TIMEOUT_S: Final = 5
+RETRY_ATTEMPTS: Final = 4
+RETRY_BASE_DELAY_S: Final = 0.1
+
+_TRANSIENT_MESSAGES: Final = (
+    "database is locked",
+    "database is busy",
+    "database table is locked",
+    "connection refused",
+    "could not connect",
+    "connection timed out",
+    "timeout expired",
+    "server closed the connection",
+    "terminating connection",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "too many clients",
+)
+_URL_HINT: Final = "use e.g. sqlite:///sweeps.db or postgresql+psycopg://user:password@host/db"
+_logger = logging.getLogger(__name__)
+
+
+def mask_url(url: str | URL) -> str:
+    """Render ``url`` with its password replaced by ``***`` (also for unparsable URLs)."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
+
+
+def scrub(message: str, url: URL) -> str:
+    """First line of ``message`` without the password of ``url``."""
+    lines = str(message).strip().splitlines()
+    line = lines[0].strip() if lines else ""
+    if url.password:
+        line = line.replace(str(url.password), "***")
+    return line
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: lost/refused connections and SQLite lock contention."""
+    if not isinstance(exc, OperationalError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    message = str(exc.orig if exc.orig is not None else exc).lower()
+    return any(fragment in message for fragment in _TRANSIENT_MESSAGES)
+
+
+def with_retry(
+    work: Callable[[], T],
+    *,
+    attempts: int | None = None,
+    base_delay: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``work``, retrying transient OperationalErrors with exponential backoff.
+
+    ``work`` must be safe to repeat (a whole transaction). After ``attempts`` tries (default
+    :data:`RETRY_ATTEMPTS`) the last error is re-raised, never swallowed.
+    """
+    attempts = RETRY_ATTEMPTS if attempts is None else attempts
+    delay = RETRY_BASE_DELAY_S if base_delay is None else base_delay
+    for attempt in range(1, attempts):
+        try:
+            return work()
+        except OperationalError as exc:
+            if not is_transient(exc):
+                raise
+            _logger.debug(
+                "transient database error (attempt %d), retrying in %.2fs", attempt, delay
+            )
+            sleep(delay)
+            delay *= 2
+    return work()
+
+
+def parse_url(raw: str) -> URL:
+    """Parse a user-supplied URL; plain ``postgresql://`` means psycopg 3."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise StorageError(f"empty database URL; {_URL_HINT}")
+    try:
+        url = make_url(raw.strip())
+    except (ArgumentError, ValueError) as exc:
+        raise StorageError(f"cannot parse database URL {mask_url(raw)!r}; {_URL_HINT}") from exc
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StorageError(
+            f"unsupported database URL {mask_url(url)!r}: only SQLite and PostgreSQL are "
+            f"supported; {_URL_HINT}"
+        )
+    return url
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def build_engine(url: URL) -> Engine:
+    """Create the engine for ``url`` (SQLite pragmas via a connect listener)."""
+    connect_args: dict[str, Any] = {}
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+    try:
+        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise StorageError(
+            f"cannot use database URL {mask_url(url)!r} ({scrub(str(exc), url)}); {_URL_HINT}"
+        ) from exc
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def open_error(url: URL, exc: DBAPIError) -> StorageError:
+    """The one-line StorageError for a database that cannot be opened."""
+    reason = scrub(str(exc.orig if exc.orig is not None else exc), url)
+    if url.get_backend_name() == "sqlite":
+        fix = "check that the directory exists and is writable, or pass another sqlite:/// path"
+    else:
+        fix = "check that the server is running and reachable and that host, port, user, "
+        fix += "password and database in the URL are right"
+    return StorageError(f"cannot open database {mask_url(url)}: {reason}; {fix}")
+
+
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    logger = logging.getLogger("alembic")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def migrate(engine: Engine, url_display: str) -> None:
+    """Bring the database to the newest schema revision, without Alembic's INFO logging.
+
+    Alembic is imported here, inside the silenced block, because importing it already logs
+    plugin set-up messages at INFO level.
+    """
+    with _quiet_alembic():
+        from storage._migrate import upgrade_to_head
+
+        upgrade_to_head(engine, url_display)

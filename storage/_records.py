@@ -1,0 +1,253 @@
+"""Public record types and their validation/conversion into table rows."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeGuard
+
+from sqlalchemy import ColumnElement
+
+from storage import _json
+from storage._errors import StorageError
+from storage._models import (
+    INTEGER_METRICS,
+    METRIC_COLUMNS,
+    TRIAL_STATES,
+    TrialLayerModel,
+    TrialModel,
+    TrialState,
+)
+from storage._types import as_utc
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """The complete current state of one trial, as the driver hands it to the store.
+
+    ``recipe`` is the trial's compression recipe: ``{"schema_version": 1, "order": ...,
+    "granularity": ..., "layers": {layer: {"amount": float, "method": str, "granularity": str}}}``.
+    ``metrics`` may hold names outside :data:`METRIC_COLUMNS`; those are kept in the JSON
+    ``metrics`` column only. NaN metric values are stored as NULL in the metric columns.
+    Naive datetimes are taken to be UTC. ``intermediate`` maps step to intermediate value.
+    """
+
+    number: int
+    state: str
+    recipe: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker: str | None = None
+    attempt: int = 1
+    error: str | None = None
+    intermediate: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """A sweep's metadata and its number of trials per state (all four states present)."""
+
+    name: str
+    status: str
+    objectives: dict[str, str]
+    config: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class TrialRows:
+    """Column values for one ``trials`` row plus its ``trial_layers`` and ``trial_values`` rows.
+
+    ``layers`` and ``values`` lack ``trial_id``, which is only known after the trial row exists.
+    """
+
+    number: int
+    trial: dict[str, Any]
+    layers: list[dict[str, Any]]
+    values: list[dict[str, Any]]
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_real(value: object) -> TypeGuard[numbers.Real]:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _number(value: object, what: str) -> float | int:
+    """A plain Python int/float for a JSON document (numpy scalars converted)."""
+    if not _is_real(value):
+        raise StorageError(f"{what} must be a number, got {_short(value)}")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def _column_value(name: str, value: float | int, what: str) -> float | int | None:
+    """The value for metric column ``name``: NaN becomes NULL, integer columns need integers."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if name not in INTEGER_METRICS:
+        return float(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise StorageError(f"{what} must be a whole number, got {value!r}")
+        return int(value)
+    return value
+
+
+def _text(value: object, what: str, limit: int | None = None, *, required: bool = False) -> Any:
+    """``value`` as a string of at most ``limit`` characters (None allowed unless required)."""
+    if value is None:
+        if required:
+            raise StorageError(f"{what} is missing")
+        return None
+    if not isinstance(value, str):
+        raise StorageError(f"{what} must be a string, got {_short(value)}")
+    if limit is not None and len(value) > limit:
+        raise StorageError(f"{what} is longer than {limit} characters: {_short(value)}")
+    return value
+
+
+def _limit(column: ColumnElement[Any]) -> int | None:
+    """The declared length of a String column."""
+    length = getattr(column.type, "length", None)
+    return length if isinstance(length, int) else None
+
+
+_TRIALS = TrialModel.__table__.c
+_LAYERS = TrialLayerModel.__table__.c
+
+
+def _datetime(value: object, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise StorageError(f"{what} must be a datetime, got {_short(value)}")
+    return as_utc(value)
+
+
+def _metrics(
+    metrics: object, what: str
+) -> tuple[dict[str, float | int], dict[str, float | int | None]]:
+    """Return the JSON document of all metrics and the values of the metric columns."""
+    if not isinstance(metrics, Mapping):
+        raise StorageError(f"{what}: metrics must be a dict, got {_short(metrics)}")
+    document: dict[str, float | int] = {}
+    for name, raw in metrics.items():
+        if not isinstance(name, str):
+            raise StorageError(f"{what}: metric names must be strings, got {_short(name)}")
+        document[name] = _number(raw, f"{what}: metric {name!r}")
+    columns: dict[str, float | int | None] = {}
+    for name in METRIC_COLUMNS:
+        value = document.get(name)
+        columns[name] = None if value is None else _column_value(name, value, f"{what}: {name}")
+    return document, columns
+
+
+def _layers(recipe: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
+    layers = recipe.get("layers", {})
+    if not isinstance(layers, Mapping):
+        raise StorageError(f"{what}: recipe['layers'] must be a dict, got {_short(layers)}")
+    rows: list[dict[str, Any]] = []
+    for layer, spec in layers.items():
+        where = f"{what}: layer {_short(layer)}"
+        name = _text(layer, f"{what}: layer name", _limit(_LAYERS.layer), required=True)
+        if not isinstance(spec, Mapping):
+            raise StorageError(f"{where} must map to a dict, got {_short(spec)}")
+        amount = float(_number(spec.get("amount"), f"{where}: 'amount'"))
+        if math.isnan(amount):
+            raise StorageError(f"{where}: 'amount' must be a number, got nan")
+        granularity = spec.get("granularity", recipe.get("granularity"))
+        rows.append(
+            {
+                "layer": name,
+                "amount": amount,
+                "method": _text(
+                    spec.get("method"), f"{where}: 'method'", _limit(_LAYERS.method), required=True
+                ),
+                "granularity": _text(
+                    granularity, f"{where}: 'granularity'", _limit(_LAYERS.granularity)
+                ),
+            }
+        )
+    return rows
+
+
+def _intermediate(values: object, what: str) -> list[dict[str, Any]]:
+    if not isinstance(values, Mapping):
+        raise StorageError(f"{what}: intermediate must be a dict, got {_short(values)}")
+    rows: list[dict[str, Any]] = []
+    for step, raw in values.items():
+        if not isinstance(step, numbers.Integral) or isinstance(step, bool):
+            raise StorageError(f"{what}: intermediate steps must be integers, got {_short(step)}")
+        value = float(_number(raw, f"{what}: intermediate value at step {step}"))
+        rows.append({"step": int(step), "value": None if math.isnan(value) else value})
+    return rows
+
+
+def trial_rows(sweep: str, record: TrialRecord) -> TrialRows:
+    """Validate ``record`` and convert it to table rows; raises StorageError naming the problem."""
+    if not isinstance(record, TrialRecord):
+        raise StorageError(f"expected TrialRecord objects, got {_short(record)}")
+    number = record.number
+    if not isinstance(number, numbers.Integral) or isinstance(number, bool) or number < 0:
+        raise StorageError(f"trial numbers must be integers >= 0, got {_short(number)}")
+    what = f"trial {number} of sweep {sweep!r}"
+    if record.state not in TRIAL_STATES:
+        raise StorageError(
+            f"{what}: unknown state {_short(record.state)}; use one of {', '.join(TRIAL_STATES)}"
+        )
+    if not isinstance(record.recipe, Mapping):
+        raise StorageError(f"{what}: recipe must be a dict, got {_short(record.recipe)}")
+    attempt = record.attempt
+    if not isinstance(attempt, numbers.Integral) or isinstance(attempt, bool) or attempt < 1:
+        raise StorageError(f"{what}: attempt must be an integer >= 1, got {_short(attempt)}")
+    if not isinstance(record.timings, Mapping):
+        raise StorageError(f"{what}: timings must be a dict, got {_short(record.timings)}")
+    timings: dict[str, float | int] = {}
+    for phase, seconds in record.timings.items():
+        if not isinstance(phase, str):
+            raise StorageError(f"{what}: timing phases must be strings, got {_short(phase)}")
+        timings[phase] = _number(seconds, f"{what}: timing {phase!r}")
+    metrics, metric_columns = _metrics(record.metrics, what)
+    started_at = _datetime(record.started_at, f"{what}: started_at")
+    finished_at = _datetime(record.finished_at, f"{what}: finished_at")
+    duration = None
+    if started_at is not None and finished_at is not None:
+        duration = (finished_at - started_at).total_seconds()
+    trial: dict[str, Any] = {
+        "number": int(number),
+        "state": TrialState[record.state],
+        "recipe": _json.dumps(record.recipe, f"{what}: recipe"),
+        "order": _text(
+            record.recipe.get("order"), f"{what}: recipe['order']", _limit(_TRIALS.order)
+        ),
+        "granularity": _text(
+            record.recipe.get("granularity"),
+            f"{what}: recipe['granularity']",
+            _limit(_TRIALS.granularity),
+        ),
+        **metric_columns,
+        "metrics": _json.dumps(metrics, f"{what}: metrics"),
+        "timings": _json.dumps(timings, f"{what}: timings"),
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "duration_s": duration,
+        "worker": _text(record.worker, f"{what}: worker", _limit(_TRIALS.worker)),
+        "attempt": int(attempt),
+        "error": _text(record.error, f"{what}: error"),
+    }
+    return TrialRows(
+        number=int(number),
+        trial=trial,
+        layers=_layers(record.recipe, what),
+        values=_intermediate(record.intermediate, what),
+    )

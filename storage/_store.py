@@ -1,0 +1,353 @@
+"""The :class:`Store`: the single entry point to the sweep database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import delete, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import _json
+from storage._engine import (
+    build_engine,
+    mask_url,
+    migrate,
+    open_error,
+    parse_url,
+    scrub,
+    with_retry,
+)
+from storage._errors import DuplicateSweepError, StorageError
+from storage._frames import layer_frame, trial_frame, trial_select_columns
+from storage._models import (
+    MAX_SWEEP_NAME_LENGTH,
+    SWEEP_STATUSES,
+    TRIAL_STATES,
+    SweepModel,
+    SweepStatus,
+    TrialLayerModel,
+    TrialModel,
+    TrialState,
+)
+from storage._pareto import non_dominated, to_minimization, validate_objectives
+from storage._queries import chunks, sweep_info, trial_counts, write_trials
+from storage._records import SweepInfo, TrialRecord, trial_rows
+from storage._where import parse_where
+
+T = TypeVar("T")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise StorageError(f"sweep names must be non-empty strings, got {name!r}")
+    if len(name) > MAX_SWEEP_NAME_LENGTH:
+        raise StorageError(f"sweep name is longer than {MAX_SWEEP_NAME_LENGTH} characters")
+    return name
+
+
+def _check_states(states: Sequence[str] | None) -> list[TrialState] | None:
+    if states is None:
+        return None
+    if isinstance(states, str):
+        states = [states]
+    unknown = [state for state in states if state not in TRIAL_STATES]
+    if unknown:
+        raise StorageError(
+            f"unknown trial state(s) {', '.join(map(repr, unknown))}; use {', '.join(TRIAL_STATES)}"
+        )
+    return [TrialState[state] for state in states]
+
+
+class Store:
+    """Sweep database on SQLite (``sqlite:///sweeps.db``) or PostgreSQL
+    (``postgresql+psycopg://user:password@host/db``).
+
+    Opening a store migrates the database to the newest schema. Transient errors (a locked
+    SQLite file, a dropped connection) are retried a few times; everything else surfaces as
+    :class:`StorageError` with a one-line message. Only the sweep driver should write.
+    """
+
+    url_display: str
+    """The database URL with any password masked; safe to print."""
+
+    def __init__(self, url: str) -> None:
+        self._url = parse_url(url)
+        self.url_display = mask_url(self._url)
+        self._engine = build_engine(self._url)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        try:
+            with_retry(lambda: migrate(self._engine, self.url_display))
+        except DBAPIError as exc:
+            self._engine.dispose()
+            raise open_error(self._url, exc) from exc
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def __repr__(self) -> str:
+        return f"Store({self.url_display!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every pooled connection; the store must not be used afterwards."""
+        self._engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """One transaction: commit when the block succeeds, roll back when it raises."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _run(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one transaction, retrying transient errors; wrap database errors."""
+
+        def attempt() -> T:
+            with self._session() as session:
+                return work(session)
+
+        try:
+            return with_retry(attempt)
+        except SQLAlchemyError as exc:
+            reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            raise StorageError(
+                f"database error on {self.url_display}: {scrub(str(reason), self._url)}"
+            ) from exc
+
+    # -- sweeps -------------------------------------------------------------------------------
+
+    def create_sweep(
+        self,
+        name: str,
+        config: dict[str, Any],
+        objectives: dict[str, str],
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Create sweep ``name`` with status RUNNING.
+
+        Raises :class:`DuplicateSweepError` when it exists, unless ``replace`` is true: then the
+        old sweep and all its trials are deleted first, in the same transaction.
+        """
+        name = _check_name(name)
+        if not isinstance(config, Mapping):
+            raise StorageError(f"sweep config must be a dict, got {type(config).__name__}")
+        config_json = _json.dumps(dict(config), f"config of sweep {name!r}")
+        objectives_json = _json.dumps(validate_objectives(objectives), "objectives")
+
+        def work(session: Session) -> None:
+            existing = SweepModel.find_by_name(session, name)
+            if existing is not None:
+                if not replace:
+                    raise DuplicateSweepError(name, self.url_display)
+                session.execute(delete(SweepModel).where(SweepModel.id == existing.id))
+            now = _now()
+            session.add(
+                SweepModel(
+                    name=name,
+                    config=config_json,
+                    objectives=objectives_json,
+                    status=SweepStatus.RUNNING,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            try:
+                session.flush()
+            except IntegrityError as exc:
+                raise DuplicateSweepError(name, self.url_display) from exc
+
+        self._run(work)
+
+    def get_sweep(self, name: str) -> SweepInfo:
+        """Return sweep ``name``; raises :class:`SweepNotFoundError` when it does not exist."""
+
+        def work(session: Session) -> SweepInfo:
+            sweep = SweepModel.find_or_raise_by_name(session, name, self.url_display)
+            return sweep_info(sweep, trial_counts(session, sweep.id).get(sweep.id, {}))
+
+        return self._run(work)
+
+    def list_sweeps(self) -> list[SweepInfo]:
+        """Every sweep in the database, oldest first."""
+
+        def work(session: Session) -> list[SweepInfo]:
+            sweeps = session.scalars(
+                select(SweepModel).order_by(SweepModel.created_at, SweepModel.id)
+            ).all()
+            counts = trial_counts(session, None)
+            return [sweep_info(sweep, counts.get(sweep.id, {})) for sweep in sweeps]
+
+        return self._run(work)
+
+    def set_sweep_status(self, name: str, status: str) -> None:
+        """Set the status of sweep ``name`` (RUNNING, FINISHED, INTERRUPTED or FAILED)."""
+        if status not in SWEEP_STATUSES:
+            raise StorageError(
+                f"unknown sweep status {status!r}; use one of {', '.join(SWEEP_STATUSES)}"
+            )
+
+        def work(session: Session) -> None:
+            sweep = SweepModel.find_or_raise_by_name(session, name, self.url_display)
+            sweep.status = SweepStatus[status]
+            sweep.updated_at = _now()
+
+        self._run(work)
+
+    # -- trials -------------------------------------------------------------------------------
+
+    def record_trials(self, sweep: str, records: Sequence[TrialRecord]) -> None:
+        """Insert or update trials of ``sweep`` by number, all in one transaction.
+
+        A record is the trial's complete current state: new numbers are inserted, existing
+        RUNNING trials are overwritten (metrics, timings, layers and intermediate values are
+        replaced). Recording a trial that already finished raises :class:`StorageError`.
+        """
+        converted = [trial_rows(sweep, record) for record in records]
+        numbers = [rows.number for rows in converted]
+        if len(set(numbers)) != len(numbers):
+            repeated = sorted({number for number in numbers if numbers.count(number) > 1})
+            raise StorageError(
+                f"trial number(s) {', '.join(map(str, repeated))} appear more than once in one "
+                f"record_trials call for sweep {sweep!r}"
+            )
+
+        def work(session: Session) -> None:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            if converted:
+                write_trials(session, sweep_row, converted)
+                sweep_row.updated_at = _now()
+
+        self._run(work)
+
+    def trials(
+        self,
+        sweep: str,
+        *,
+        states: Sequence[str] | None = None,
+        where: Sequence[str] | str | None = None,
+    ) -> pd.DataFrame:
+        """One row per trial of ``sweep`` ordered by number, optionally filtered.
+
+        Columns: number, state, every metric column, order, granularity, duration_s, worker,
+        attempt, error, started_at, finished_at, and the parsed recipe, metrics and timings
+        dicts. ``where`` takes ``--where`` expressions (see :class:`WhereError`).
+        """
+        clauses = parse_where(where)
+        wanted = _check_states(states)
+
+        def work(session: Session) -> list[Any]:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            stmt = select(*trial_select_columns()).where(
+                TrialModel.sweep_id == sweep_row.id, *clauses
+            )
+            if wanted is not None:
+                stmt = stmt.where(TrialModel.state.in_(wanted))
+            return list(session.execute(stmt.order_by(TrialModel.number)).all())
+
+        return trial_frame(self._run(work))
+
+    def pareto_front(
+        self,
+        sweep: str,
+        objectives: Mapping[str, str] | None = None,
+        *,
+        where: Sequence[str] | str | None = None,
+    ) -> pd.DataFrame:
+        """The non-dominated COMPLETE trials of ``sweep`` (same columns as :meth:`trials`).
+
+        ``objectives`` (1-4 metric columns, each ``"max"`` or ``"min"``) default to the sweep's
+        own. Trials missing any objective value are left out; equal points are all kept. Rows
+        are sorted by the first objective, best first.
+        """
+        clauses = parse_where(where)
+        requested = None if objectives is None else validate_objectives(objectives)
+
+        def work(session: Session) -> tuple[dict[str, str], list[Any]]:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            chosen = requested
+            if chosen is None:
+                chosen = validate_objectives(_json.loads(sweep_row.objectives))
+            columns = [TrialModel.__table__.c[name] for name in chosen]
+            candidates = session.execute(
+                select(TrialModel.id, *columns).where(
+                    TrialModel.sweep_id == sweep_row.id,
+                    TrialModel.state == TrialState.COMPLETE,
+                    *(column.is_not(None) for column in columns),
+                    *clauses,
+                )
+            ).all()
+            if not candidates:
+                return chosen, []
+            ids = np.array([row[0] for row in candidates], dtype=np.int64)
+            points = to_minimization([row[1:] for row in candidates], list(chosen.values()))
+            usable = ~np.isnan(points).any(axis=1)
+            ids, points = ids[usable], points[usable]
+            front = ids[non_dominated(points)].tolist()
+            rows: list[Any] = []
+            for chunk in chunks(front):
+                rows.extend(
+                    session.execute(
+                        select(*trial_select_columns()).where(TrialModel.id.in_(chunk))
+                    ).all()
+                )
+            return chosen, rows
+
+        chosen, rows = self._run(work)
+        frame = trial_frame(rows)
+        first, direction = next(iter(chosen.items()))
+        frame = frame.sort_values(
+            [first, "number"], ascending=[direction == "min", True], kind="mergesort"
+        )
+        return frame.reset_index(drop=True)
+
+    def layers(self, sweep: str) -> pd.DataFrame:
+        """Per-layer recipe of every trial: number, layer, amount, method, granularity.
+
+        Ordered by trial number, then by the layer order of the recipe.
+        """
+
+        def work(session: Session) -> list[Any]:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            stmt = (
+                select(
+                    TrialModel.number,
+                    TrialLayerModel.layer,
+                    TrialLayerModel.amount,
+                    TrialLayerModel.method,
+                    TrialLayerModel.granularity,
+                )
+                .join(TrialModel, TrialLayerModel.trial_id == TrialModel.id)
+                .where(TrialModel.sweep_id == sweep_row.id)
+                .order_by(TrialModel.number, TrialLayerModel.id)
+            )
+            return list(session.execute(stmt).all())
+
+        return layer_frame(self._run(work))

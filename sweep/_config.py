@@ -1,0 +1,144 @@
+"""``sweep.yaml``: validated pydantic models. Every error names the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trials import BACKENDS, GRANULARITIES, METHODS, ORDERS
+
+DEFAULT_STORAGE = "sqlite:///sweeps.db"
+DEFAULT_OBJECTIVES: dict[str, Literal["max", "min"]] = {
+    "accuracy": "max",
+    # The compressed size, not the dense file: unstructured zeros do not shrink a dense int8 file,
+    # so a dense-size objective would make every pruning amount look worthless.
+    "compressed_bytes": "min",
+    "latency_ms": "min",
+}
+# Metrics a trial always reports; objectives and constraints may name these or task metrics.
+TRIAL_METRICS = (
+    "accuracy",
+    "accuracy_drop",
+    "size_bytes",
+    "compressed_bytes",
+    "latency_ms",
+    "speedup",
+    "sparsity",
+    "params",
+    "nonzero_params",
+    "macs",
+)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; one line that names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AmountRange(_Strict):
+    min: float = Field(0.0, ge=0.0, lt=1.0)
+    max: float = Field(0.9, ge=0.0, lt=1.0)
+    step: float = Field(0.05, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AmountRange:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class SearchSpace(_Strict):
+    layers: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+    amount: AmountRange = AmountRange()
+    methods: list[Literal[METHODS]] = Field(default_factory=lambda: list(METHODS), min_length=1)  # type: ignore[valid-type]
+    orders: list[Literal[ORDERS]] = Field(default_factory=lambda: list(ORDERS), min_length=1)  # type: ignore[valid-type]
+    granularities: list[Literal[GRANULARITIES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(GRANULARITIES), min_length=1
+    )
+
+
+class Budget(_Strict):
+    n_trials: int = Field(40, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class TrialSettings(_Strict):
+    finetune_epochs: int = Field(1, ge=0)
+    qat_epochs: int = Field(1, ge=1)
+    calibration_batches: int = Field(8, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, lt=10)
+    backend: Literal[BACKENDS] = "onednn"  # type: ignore[valid-type]
+    latency_threads: int = Field(1, ge=1)
+    latency_repeats: int = Field(15, ge=3)
+
+
+class Resources(_Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent: int | None = Field(None, ge=1)
+
+
+class SweepConfig(_Strict):
+    name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    task: str = Field(..., min_length=1)
+    task_settings: dict[str, Any] = Field(default_factory=dict)
+    storage: str | None = None
+    ray_address: str | None = None
+    seed: int = 0
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    objectives: dict[str, Literal["max", "min"]] = Field(
+        default_factory=lambda: dict(DEFAULT_OBJECTIVES)
+    )
+    budget: Budget = Budget()
+    search_space: SearchSpace = SearchSpace()
+    trial: TrialSettings = TrialSettings()
+    resources: Resources = Resources()
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: dict[str, str]) -> dict[str, str]:
+        if not 1 <= len(value) <= 4:
+            raise ValueError("give 1 to 4 objectives, e.g. {accuracy: max, latency_ms: min}")
+        return value
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+
+
+def parse_config(data: object, source: str = "config") -> SweepConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping of fields (name, task, ...)")
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = _field_path(tuple(error["loc"])) or "config"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown field; check its spelling against the configuration reference"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        raise ConfigError(f"{source}: {where}: {message}") from None
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,61 @@
+"""What runs on Ray workers. Workers get the task spec and a recipe; they never see the store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trials import Recipe, Task, TrialResult, load_task, prunable_layers, run_trial
+
+# One loaded task per worker process: data and the trained baseline are loaded once, not per trial.
+_TASKS: dict[str, Task] = {}
+
+
+def _task(spec: str, settings: dict[str, Any]) -> Task:
+    key = json.dumps([spec, settings], sort_keys=True, default=str)
+    if key not in _TASKS:
+        _TASKS[key] = load_task(spec, settings)
+    return _TASKS[key]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    layers: list[str]
+    fp32_metrics: dict[str, float]
+    params: int
+
+
+def describe_task(spec: str, settings: dict[str, Any]) -> TaskInfo:
+    """Build (and cache on this node) the trained baseline; report its layers and fp32 metrics."""
+    task = _task(spec, settings)
+    model = task.build_model()
+    metrics = task.evaluate(model, torch.device("cpu"))
+    return TaskInfo(
+        name=task.name,
+        layers=prunable_layers(model),
+        fp32_metrics={k: float(v) for k, v in metrics.items()},
+        params=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def execute_trial(
+    spec: str,
+    settings: dict[str, Any],
+    recipe: dict[str, Any],
+    latency_threads: int,
+    latency_repeats: int,
+    cpus: float,
+) -> TrialResult:
+    torch.set_num_threads(max(1, int(cpus)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return run_trial(
+        _task(spec, settings),
+        Recipe.from_dict(recipe),
+        device=device,
+        latency_threads=latency_threads,
+        latency_repeats=latency_repeats,
+    )

@@ -1,0 +1,93 @@
+"""The search space: config + the model's prunable layers <-> Optuna parameters <-> Recipe."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from sweep._config import ConfigError, SearchSpace, TrialSettings
+from trials import LayerSpec, Recipe
+
+AMOUNT_PREFIX = "amount:"
+METHOD_PREFIX = "method:"
+
+
+def select_layers(prunable: Sequence[str], space: SearchSpace) -> list[str]:
+    """The prunable layers the config searches, in model order; an unmatched pattern is an error."""
+    for pattern in [*space.layers, *space.exclude]:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in prunable):
+            shown = ", ".join(prunable[:8]) + (" ..." if len(prunable) > 8 else "")
+            raise ConfigError(
+                f"search_space: layer pattern {pattern!r} matches no prunable layer "
+                f"(prunable layers: {shown})"
+            )
+    chosen = [
+        name
+        for name in prunable
+        if any(fnmatch.fnmatchcase(name, p) for p in space.layers)
+        and not any(fnmatch.fnmatchcase(name, p) for p in space.exclude)
+    ]
+    if not chosen:
+        raise ConfigError(
+            "search_space.exclude: every prunable layer is excluded; nothing to search"
+        )
+    return chosen
+
+
+@dataclass(frozen=True)
+class Space:
+    layers: tuple[str, ...]
+    search: SearchSpace
+    trial: TrialSettings
+
+    def _amount_grid(self) -> tuple[float, float, float]:
+        amount = self.search.amount
+        # Optuna needs (high - low) to be a multiple of step: snap the top of the range down.
+        steps = int(round((amount.max - amount.min) / amount.step, 9))
+        return amount.min, round(amount.min + steps * amount.step, 9), amount.step
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Recipe:
+        low, high, step = self._amount_grid()
+        order = trial.suggest_categorical("order", list(self.search.orders))
+        granularity = trial.suggest_categorical("granularity", list(self.search.granularities))
+        layers: dict[str, LayerSpec] = {}
+        for name in self.layers:
+            amount = (
+                trial.suggest_float(AMOUNT_PREFIX + name, low, high, step=step)
+                if high > low
+                else low
+            )
+            method = (
+                trial.suggest_categorical(METHOD_PREFIX + name, list(self.search.methods))
+                if len(self.search.methods) > 1
+                else self.search.methods[0]
+            )
+            layers[name] = LayerSpec(amount=round(float(amount), 6), method=str(method))
+        return Recipe(
+            layers=layers,
+            order=str(order),
+            granularity=str(granularity),
+            backend=self.trial.backend,
+            finetune_epochs=self.trial.finetune_epochs,
+            qat_epochs=self.trial.qat_epochs,
+            calibration_batches=self.trial.calibration_batches,
+            learning_rate=self.trial.learning_rate,
+        )
+
+    def params_of(self, recipe: Recipe) -> dict[str, Any]:
+        """The Optuna parameters that reproduce ``recipe`` (to enqueue or rebuild trials)."""
+        params: dict[str, Any] = {"order": recipe.order, "granularity": recipe.granularity}
+        for name in self.layers:
+            spec = recipe.layer(name)
+            params[AMOUNT_PREFIX + name] = spec.amount
+            if len(self.search.methods) > 1:
+                params[METHOD_PREFIX + name] = spec.method
+        return params
+
+
+def objective_values(metrics: Mapping[str, float], objectives: Mapping[str, str]) -> list[float]:
+    return [float(metrics[name]) for name in objectives]

@@ -1,0 +1,219 @@
+"""The ``sweep`` command line. User mistakes exit 2 with one line; failures outside them exit 1."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from storage import StorageError, Store
+from sweep import _driver, _output
+from sweep._config import DEFAULT_STORAGE, ConfigError, load_config
+from trials import RecipeError, TaskError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Search per-layer pruning and int8 quantization recipes on Ray; query the Pareto front.",
+)
+# Outside a terminal (pipes, CI logs) rich would wrap tables at 80 columns: give them room.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+USER_ERRORS = (ConfigError, StorageError, TaskError, RecipeError)
+
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        envvar="SWEEP_STORAGE",
+        help=f"Store URL (default {DEFAULT_STORAGE}; PostgreSQL: postgresql+psycopg://...).",
+    ),
+]
+FormatOption = Annotated[str, typer.Option("--format", help="table, csv or json.")]
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says how."""
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in _output.FORMATS:
+        raise UserError(f"--format: {fmt!r} is not one of {', '.join(_output.FORMATS)}")
+    return fmt
+
+
+def _store(url: str | None) -> Store:
+    return Store(url or DEFAULT_STORAGE)
+
+
+@app.command()
+def launch(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="The sweep's YAML config.")],
+    name: Annotated[
+        str | None, typer.Option(help="Sweep name (default: the config's name).")
+    ] = None,
+    storage: StorageOption = None,
+    n_trials: Annotated[int | None, typer.Option("--n-trials", min=1, help="Trial budget.")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address; none starts a local Ray.")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option(help="Delete a stored sweep of the same name first.")
+    ] = False,
+) -> None:
+    """Run a sweep and print its Pareto front."""
+    config = load_config(config_path)
+    updates: dict[str, object] = {}
+    if name is not None:
+        updates["name"] = name
+    if n_trials is not None:
+        updates["budget"] = config.budget.model_copy(update={"n_trials": n_trials})
+    if address is not None:
+        updates["ray_address"] = address
+    if updates:
+        config = type(config).model_validate({**config.model_dump(), **updates})
+    _driver.validate_before_ray(config)
+    store = _store(storage or config.storage)
+    if not replace and any(s.name == config.name for s in store.list_sweeps()):
+        raise UserError(
+            f"name: a sweep {config.name!r} already exists in {store.url_display}; "
+            "choose another --name, or pass --replace to overwrite it"
+        )
+    err.print(
+        f"sweep [bold]{config.name}[/]: {config.budget.n_trials} trials of task "
+        f"{config.task!r}, store {store.url_display}"
+    )
+    _driver.connect_ray(config.ray_address)
+    started = time.monotonic()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task_id = bar.add_task("trials", total=config.budget.n_trials, detail="starting")
+
+        def show(p: _driver.Progress) -> None:
+            best = ", ".join(f"{k} {_output._cell(k, v)}" for k, v in p.best.items())
+            detail = f"running {p.running} failed {p.failed} pruned {p.pruned}" + (
+                f" | best {best}" if best else ""
+            )
+            bar.update(task_id, completed=p.done, detail=detail)
+
+        try:
+            result = _driver.run_sweep(config, store, replace=replace, on_progress=show)
+        except KeyboardInterrupt:
+            err.print(f"interrupted: finished trials are stored in {store.url_display}")
+            raise typer.Exit(130) from None
+    elapsed = time.monotonic() - started
+    err.print(
+        f"{result.done} trials in {elapsed:.1f} s ({60 * result.done / elapsed:.1f} per minute); "
+        f"{result.failed} failed, {result.pruned} pruned"
+    )
+    front = store.pareto_front(config.name)
+    _output.render(
+        front, "table", out, title=f"Pareto front of {config.name} ({len(front)} trials)"
+    )
+
+
+@app.command()
+def trials(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    storage: StorageOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """List every trial of a sweep."""
+    _check_format(fmt)
+    frame = _store(storage).trials(name)
+    _output.render(frame, fmt, out, title=f"Trials of {name}")
+
+
+def _objectives(specs: list[str]) -> dict[str, str] | None:
+    if not specs:
+        return None
+    parsed: dict[str, str] = {}
+    for spec in specs:
+        metric, sep, direction = spec.rpartition(":")
+        if not sep or not metric or direction not in ("max", "min"):
+            raise UserError(f"--objective: {spec!r} must look like METRIC:max or METRIC:min")
+        parsed[metric] = direction
+    return parsed
+
+
+@app.command()
+def pareto(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    objective: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--objective", help="METRIC:max|min, repeatable (default: the sweep's objectives)."
+        ),
+    ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option("--where", help='Constraint such as "accuracy >= 0.97", repeatable.'),
+    ] = None,
+    storage: StorageOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """List the non-dominated COMPLETE trials of a sweep."""
+    _check_format(fmt)
+    front = _store(storage).pareto_front(name, _objectives(objective or []), where=where or None)
+    _output.render(front, fmt, out, title=f"Pareto front of {name} ({len(front)} trials)")
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="One sweep (default: all).")] = None,
+    storage: StorageOption = None,
+) -> None:
+    """Show sweeps and their progress."""
+    store = _store(storage)
+    sweeps = [store.get_sweep(name)] if name else store.list_sweeps()
+    table = Table(title=f"Sweeps in {store.url_display}")
+    for column in (
+        "name",
+        "status",
+        "trials",
+        "complete",
+        "running",
+        "failed",
+        "pruned",
+        "updated",
+    ):
+        table.add_column(column)
+    for info in sweeps:
+        budget = info.config.get("budget", {}).get("n_trials", "?")
+        c = info.counts
+        table.add_row(
+            info.name,
+            info.status,
+            f"{sum(c.values())}/{budget}",
+            str(c["COMPLETE"]),
+            str(c["RUNNING"]),
+            str(c["FAIL"]),
+            str(c["PRUNED"]),
+            info.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    out.print(table)
+
+
+def main() -> None:
+    # As `python -m` does: the user's task module in the working directory is importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        app()
+    except (*USER_ERRORS, UserError) as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(2)

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from sweep import ConfigError, load_config, parse_config
+from sweep._config import DEFAULT_OBJECTIVES
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_demo_config_loads() -> None:
+    config = load_config(EXAMPLES / "digits.yaml")
+    assert config.task == "digits"
+    assert config.objectives == DEFAULT_OBJECTIVES
+
+
+def test_defaults_fill_everything_but_name_and_task() -> None:
+    config = parse_config({"name": "x", "task": "digits"})
+    assert config.budget.n_trials >= 1
+    assert config.search_space.orders == ["prune_ptq", "prune_qat"]
+    # The default size objective must be one that pruning can lower.
+    assert "compressed_bytes" in config.objectives and "size_bytes" not in config.objectives
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"task": "digits"}, "name: required field is missing"),
+        ({"name": "x"}, "task: required field is missing"),
+        ({"name": "x", "task": "digits", "budgt": {}}, "budgt: unknown field"),
+        ({"name": "x", "task": "digits", "budget": {"n_trials": 0}}, "budget.n_trials"),
+        (
+            {"name": "x", "task": "digits", "search_space": {"amount": {"max": 1.5}}},
+            "search_space.amount.max",
+        ),
+        (
+            {"name": "x", "task": "digits", "search_space": {"amount": {"min": -0.1}}},
+            "search_space.amount.min",
+        ),
+        (
+            {"name": "x", "task": "digits", "search_space": {"orders": ["quantize_first"]}},
+            "search_space.orders.0",
+        ),
+        ({"name": "x", "task": "digits", "objectives": {"accuracy": "up"}}, "objectives.accuracy"),
+        ({"name": "x", "task": "digits", "trial": {"backend": "tensorrt"}}, "trial.backend"),
+        ({"name": "bad name!", "task": "digits"}, "name:"),
+    ],
+)
+def test_errors_name_the_field(data: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "sweep.yaml")
+    message = str(info.value)
+    assert message.startswith("sweep.yaml: ") and expected in message
+    assert "\n" not in message
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a YAML mapping"):
+        load_config(bad)

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from storage import Store
+from sweep import ConfigError, parse_config, run_sweep, validate_before_ray
+from trials import TaskError
+
+FAST_TRIAL = {"finetune_epochs": 1, "qat_epochs": 1, "calibration_batches": 2, "latency_repeats": 3}
+
+
+def _config(name: str, task: str = "digits", n_trials: int = 6, **extra: object):
+    return parse_config(
+        {"name": name, "task": task, "budget": {"n_trials": n_trials}, "trial": FAST_TRIAL, **extra}
+    )
+
+
+def test_sweep_records_every_trial_and_a_front(local_ray: None, tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    progress = run_sweep(_config("drv"), store)
+    assert progress.done == 6 and progress.failed == 0
+    trials = store.trials("drv")
+    assert list(trials["number"]) == list(range(6))
+    assert set(trials["state"]) == {"COMPLETE"}
+    assert trials["accuracy"].between(0, 1).all() and (trials["latency_ms"] > 0).all()
+    layers = store.layers("drv")
+    assert len(layers) == 6 * 4  # one row per trial and layer
+    for _, row in trials.iterrows():
+        assert row["recipe"]["order"] in ("prune_ptq", "prune_qat")
+        assert set(row["recipe"]["layers"]) == {"conv1.0", "conv2.0", "conv3.0", "fc"}
+    front = store.pareto_front("drv")
+    assert 1 <= len(front) <= 6
+    assert store.get_sweep("drv").status == "FINISHED"
+
+
+def test_a_raising_trial_is_stored_as_fail_and_the_sweep_goes_on(
+    local_ray: None, tmp_path: Path
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    config = _config(
+        "failing",
+        task="tests.sweep.failing_task:make",
+        n_trials=8,
+        search_space={"amount": {"min": 0.0, "max": 0.8, "step": 0.2}},
+    )
+    run_sweep(config, store)
+    trials: pd.DataFrame = store.trials("failing")
+    assert len(trials) == 8
+    fc = trials["recipe"].map(lambda r: r["layers"]["fc"]["amount"])
+    failed = trials[trials["state"] == "FAIL"]
+    assert 1 <= len(failed) < len(trials)  # the seeded sampler draws both kinds
+    assert set(failed["number"]) == set(trials[fc > 0.7]["number"])
+    assert failed["error"].str.contains("boom: classifier pruned past 70%").all()
+    assert (trials[fc <= 0.7]["state"] == "COMPLETE").all()
+
+
+def test_validation_before_ray() -> None:
+    with pytest.raises(TaskError, match="cannot import 'no_such_module'"):
+        validate_before_ray(_config("x", task="no_such_module:make"))
+    with pytest.raises(ConfigError, match="objectives: 'f1' is not a trial metric"):
+        validate_before_ray(_config("x", objectives={"f1": "max"}))

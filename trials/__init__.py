@@ -1,0 +1,47 @@
+"""trials: the compression engine (PyTorch only).
+
+Public API::
+
+    from trials import Recipe, LayerSpec, load_task, run_trial, apply_recipe, finalize
+"""
+
+from trials._pruning import enforce_masks, prunable_layers
+from trials._recipe import (
+    BACKENDS,
+    GRANULARITIES,
+    LAYER_GRANULARITIES,
+    METHODS,
+    ORDERS,
+    SCHEMA_VERSION,
+    LayerSpec,
+    Recipe,
+    RecipeError,
+)
+from trials._task import BUILTIN_TASKS, Task, TaskError, load_task, resolve_task_factory
+from trials._train import TrialError
+from trials._trial import TrialPruned, TrialResult, apply_recipe, finalize, run_trial
+
+__all__ = [
+    "BACKENDS",
+    "BUILTIN_TASKS",
+    "GRANULARITIES",
+    "LAYER_GRANULARITIES",
+    "METHODS",
+    "ORDERS",
+    "SCHEMA_VERSION",
+    "LayerSpec",
+    "Recipe",
+    "RecipeError",
+    "Task",
+    "TaskError",
+    "TrialError",
+    "TrialPruned",
+    "TrialResult",
+    "apply_recipe",
+    "enforce_masks",
+    "finalize",
+    "load_task",
+    "prunable_layers",
+    "resolve_task_factory",
+    "run_trial",
+]

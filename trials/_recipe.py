@@ -1,0 +1,182 @@
+"""The recipe: what to do to each layer, and in which order.
+
+The unit of search and of recommendation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+METHODS = ("unstructured",)
+ORDERS = ("prune_ptq", "prune_qat")
+GRANULARITIES = ("per_tensor", "per_channel")
+LAYER_GRANULARITIES = (*GRANULARITIES, "none")  # "none": the layer stays in float
+BACKENDS = ("x86", "onednn", "qnnpack")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be applied: the message names the field and the fix."""
+
+
+def _check_choice(field_name: str, value: object, choices: Iterable[str]) -> None:
+    options = tuple(choices)
+    if value not in options:
+        raise RecipeError(f"{field_name}: {value!r} is not one of {', '.join(options)}")
+
+
+def _check_count(field_name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise RecipeError(f"{field_name}: {value!r} must be an integer >= {minimum}")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """How one layer is compressed.
+
+    ``amount`` is the fraction of the layer's weights set to zero, in [0, 1).
+    ``granularity`` of ``None`` means "use the recipe's global granularity".
+    """
+
+    amount: float = 0.0
+    method: str = "unstructured"
+    granularity: str | None = None
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.amount, bool)
+            or not isinstance(self.amount, int | float)
+            or not math.isfinite(self.amount)
+            or not 0.0 <= self.amount < 1.0
+        ):
+            raise RecipeError(f"amount: {self.amount!r} must be a number in [0, 1)")
+        _check_choice("method", self.method, METHODS)
+        if self.granularity is not None:
+            _check_choice("granularity", self.granularity, LAYER_GRANULARITIES)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A complete compression recipe.
+
+    ``layers`` maps fully qualified module names (as in ``model.named_modules()``) to their
+    :class:`LayerSpec`. Layers that are absent are left unpruned and use the global granularity.
+    """
+
+    layers: Mapping[str, LayerSpec] = field(default_factory=dict)
+    order: str = "prune_ptq"
+    granularity: str = "per_tensor"
+    backend: str = "onednn"
+    finetune_epochs: int = 1
+    qat_epochs: int = 1
+    calibration_batches: int = 8
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_choice("order", self.order, ORDERS)
+        _check_choice("granularity", self.granularity, GRANULARITIES)
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_count("finetune_epochs", self.finetune_epochs, 0)
+        _check_count("qat_epochs", self.qat_epochs, 1 if self.order == "prune_qat" else 0)
+        _check_count("calibration_batches", self.calibration_batches, 1)
+        if not (isinstance(self.learning_rate, int | float) and 0 < self.learning_rate < 10):
+            raise RecipeError(f"learning_rate: {self.learning_rate!r} must be in (0, 10)")
+        for name, spec in self.layers.items():
+            if not isinstance(spec, LayerSpec):
+                raise RecipeError(f"layers.{name}: expected a LayerSpec, got {type(spec).__name__}")
+        # A read-only copy, so that a frozen recipe really cannot change under a running trial.
+        object.__setattr__(self, "layers", dict(self.layers))
+
+    def layer(self, name: str) -> LayerSpec:
+        """The spec of ``name``, with the global granularity filled in."""
+        spec = self.layers.get(name, LayerSpec())
+        if spec.granularity is None:
+            spec = replace(spec, granularity=self.granularity)
+        return spec
+
+    def check_layers(self, known: Iterable[str]) -> None:
+        """Raise if the recipe names a layer that the model does not have as a prunable layer."""
+        known_set = set(known)
+        unknown = sorted(set(self.layers) - known_set)
+        if unknown:
+            hint = ", ".join(sorted(known_set)[:8]) + (" ..." if len(known_set) > 8 else "")
+            raise RecipeError(
+                f"layers: {unknown[0]!r} is not a prunable layer of this model "
+                f"(prunable layers: {hint})"
+            )
+
+    def with_layers(self, layers: Mapping[str, LayerSpec]) -> Recipe:
+        return replace(self, layers=dict(layers))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape: every layer's granularity resolved, amounts as plain floats."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "order": self.order,
+            "granularity": self.granularity,
+            "backend": self.backend,
+            "finetune_epochs": self.finetune_epochs,
+            "qat_epochs": self.qat_epochs,
+            "calibration_batches": self.calibration_batches,
+            "learning_rate": self.learning_rate,
+            "layers": {
+                name: {
+                    "amount": float(spec.amount),
+                    "method": spec.method,
+                    "granularity": self.layer(name).granularity,
+                }
+                for name, spec in sorted(self.layers.items())
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        if not isinstance(data, Mapping):
+            raise RecipeError(f"recipe: expected a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            supported = SCHEMA_VERSION
+            raise RecipeError(f"schema_version: {version!r} is not supported (reads {supported})")
+        known = {f for f in cls.__dataclass_fields__ if f != "layers"} | {
+            "layers",
+            "schema_version",
+        }
+        extra = sorted(set(data) - known)
+        if extra:
+            raise RecipeError(
+                f"{extra[0]}: unknown recipe field (known: {', '.join(sorted(known))})"
+            )
+        raw_layers = data.get("layers", {})
+        if not isinstance(raw_layers, Mapping):
+            raise RecipeError("layers: expected an object mapping layer names to settings")
+        layers: dict[str, LayerSpec] = {}
+        for name, raw in raw_layers.items():
+            if not isinstance(raw, Mapping):
+                raise RecipeError(
+                    f"layers.{name}: expected an object with amount, method, granularity"
+                )
+            unknown = sorted(set(raw) - {"amount", "method", "granularity"})
+            if unknown:
+                raise RecipeError(f"layers.{name}.{unknown[0]}: unknown layer field")
+            try:
+                layers[name] = LayerSpec(**raw)
+            except RecipeError as exc:
+                raise RecipeError(f"layers.{name}.{exc}") from None
+        kwargs = {k: v for k, v in data.items() if k not in ("layers", "schema_version")}
+        return cls(layers=layers, **kwargs)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"recipe: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(data)

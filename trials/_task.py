@@ -1,0 +1,151 @@
+"""What a user implements to sweep their own model: the :class:`Task` protocol; task loading."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import random
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+BUILTIN_TASKS: dict[str, str] = {
+    "digits": "trials.tasks.digits:DigitsTask",
+}
+
+
+class TaskError(ValueError):
+    """A task that cannot be loaded or used: the message names the task and the fix."""
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A model and the data to fine-tune, calibrate and judge it.
+
+    Three disjoint data splits: ``train_batches`` (fine-tuning and QAT), ``calibration_batches``
+    (PTQ observers) and ``validation_batches`` (every reported accuracy; nothing trains on it).
+    Each call returns a fresh iterable of ``(inputs, targets)`` batches; a ``DataLoader`` works.
+    """
+
+    name: str
+
+    def build_model(self) -> nn.Module:
+        """The trained fp32 model (a new copy on each call; cache the training, not the module)."""
+        ...
+
+    def train_batches(self) -> Iterable[Batch]: ...
+
+    def calibration_batches(self) -> Iterable[Batch]: ...
+
+    def validation_batches(self) -> Iterable[Batch]: ...
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Metrics on the validation split; must include ``accuracy`` (higher is better)."""
+        ...
+
+    def example_input(self) -> torch.Tensor:
+        """The batch that latency is measured on (its batch size is the deployment's)."""
+        ...
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cache_dir() -> Path:
+    """Where trained baselines are kept: ``$SWEEP_CACHE_DIR``, else ``~/.cache/sweep``."""
+    root = os.environ.get("SWEEP_CACHE_DIR") or Path.home() / ".cache" / "sweep"
+    return Path(root)
+
+
+def cached_state_dict(
+    key: Mapping[str, Any], train: Callable[[], nn.Module]
+) -> dict[str, torch.Tensor]:
+    """The state_dict of ``train()``, computed once per ``key`` and kept on disk.
+
+    The key holds the task's name and every setting that changes the trained weights. Writes are
+    atomic (temp file + rename), so concurrent workers on one node never read a partial file.
+    """
+    blob = json.dumps({**key, "torch": torch.__version__.split("+")[0]}, sort_keys=True)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    path = cache_dir() / f"{key.get('task', 'task')}-{digest}.pt"
+    if path.exists():
+        state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+        return state
+    state = {k: v.detach().cpu() for k, v in train().state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return state
+
+
+def resolve_task_factory(spec: str) -> Callable[..., Any]:
+    """The factory that ``spec`` names, imported but not called (cheap: for early validation)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise TaskError(
+            "task: give a built-in task name or an import path 'package.module:factory'"
+        )
+    target = BUILTIN_TASKS.get(spec, spec)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        known = ", ".join(sorted(BUILTIN_TASKS))
+        raise TaskError(
+            f"task: {spec!r} is neither a built-in task ({known}) nor an import path "
+            "'package.module:factory'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise TaskError(
+            f"task: cannot import {module_name!r} ({exc}); check the path and that its folder is "
+            "on PYTHONPATH or installed"
+        ) from None
+    except Exception as exc:
+        raise TaskError(
+            f"task: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise TaskError(f"task: {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def load_task(spec: str, settings: Mapping[str, Any] | None = None) -> Task:
+    """A task by built-in name (``digits``) or import path ``package.module:factory``.
+
+    ``factory(**settings)`` must return an object that implements :class:`Task`.
+    """
+    factory = resolve_task_factory(spec)
+    target = BUILTIN_TASKS.get(spec, spec)
+    try:
+        task = factory(**dict(settings or {}))
+    except TypeError as exc:
+        raise TaskError(f"task_settings: {target} rejected the settings: {exc}") from None
+    missing = [m for m in _REQUIRED if not callable(getattr(task, m, None))]
+    if missing or not isinstance(getattr(task, "name", None), str):
+        what = ", ".join(missing) if missing else "name"
+        raise TaskError(f"task: {target} returned an object without {what} (see trials.Task)")
+    return task
+
+
+_REQUIRED = (
+    "build_model",
+    "train_batches",
+    "calibration_batches",
+    "validation_batches",
+    "loss",
+    "evaluate",
+    "example_input",
+)
