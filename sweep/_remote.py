@@ -8,7 +8,15 @@ from typing import Any
 
 import torch
 
-from trials import Recipe, Task, TrialResult, load_task, prunable_layers, run_trial
+from trials import (
+    AnalyticTask,
+    Recipe,
+    Task,
+    TrialResult,
+    load_task,
+    prunable_layers,
+    run_trial,
+)
 
 # One loaded task per worker process: data and the trained baseline are loaded once, not per trial.
 _TASKS: dict[str, Task] = {}
@@ -33,7 +41,10 @@ def describe_task(spec: str, settings: dict[str, Any]) -> TaskInfo:
     """Build (and cache on this node) the trained baseline; report its layers and fp32 metrics."""
     task = _task(spec, settings)
     model = task.build_model()
-    metrics = task.evaluate(model, torch.device("cpu"))
+    if isinstance(task, AnalyticTask):
+        metrics = task.analytic_metrics(Recipe())
+    else:
+        metrics = task.evaluate(model, torch.device("cpu"))
     return TaskInfo(
         name=task.name,
         layers=prunable_layers(model),

@@ -17,7 +17,14 @@ from trials._recipe import (
     Recipe,
     RecipeError,
 )
-from trials._task import BUILTIN_TASKS, Task, TaskError, load_task, resolve_task_factory
+from trials._task import (
+    BUILTIN_TASKS,
+    AnalyticTask,
+    Task,
+    TaskError,
+    load_task,
+    resolve_task_factory,
+)
 from trials._train import TrialError
 from trials._trial import TrialPruned, TrialResult, apply_recipe, finalize, run_trial
 
@@ -29,6 +36,7 @@ __all__ = [
     "METHODS",
     "ORDERS",
     "SCHEMA_VERSION",
+    "AnalyticTask",
     "LayerSpec",
     "Recipe",
     "RecipeError",

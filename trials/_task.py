@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from trials._recipe import Recipe
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 BUILTIN_TASKS: dict[str, str] = {
     "digits": "trials.tasks.digits:DigitsTask",
@@ -55,6 +57,23 @@ class Task(Protocol):
     def example_input(self) -> torch.Tensor:
         """The batch that latency is measured on (its batch size is the deployment's)."""
         ...
+
+
+@runtime_checkable
+class AnalyticTask(Protocol):
+    """A benchmark task whose metrics are a known function of the recipe: nothing is trained.
+
+    ``build_model`` only names the layers (any model with those Conv/Linear layers);
+    ``analytic_metrics`` returns every trial metric for a recipe (``Recipe()`` gives the fp32
+    baseline's); each trial lasts ``trial_seconds``, so orchestration can be measured exactly.
+    """
+
+    name: str
+    trial_seconds: float
+
+    def build_model(self) -> nn.Module: ...
+
+    def analytic_metrics(self, recipe: Recipe) -> dict[str, float]: ...
 
 
 def seed_everything(seed: int) -> None:
@@ -133,6 +152,8 @@ def load_task(spec: str, settings: Mapping[str, Any] | None = None) -> Task:
         task = factory(**dict(settings or {}))
     except TypeError as exc:
         raise TaskError(f"task_settings: {target} rejected the settings: {exc}") from None
+    if isinstance(task, AnalyticTask):
+        return task  # type: ignore[return-value]  # run_trial dispatches on AnalyticTask
     missing = [m for m in _REQUIRED if not callable(getattr(task, m, None))]
     if missing or not isinstance(getattr(task, "name", None), str):
         what = ", ".join(missing) if missing else "name"

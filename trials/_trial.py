@@ -17,7 +17,7 @@ from torch import nn
 from trials import _measure, _quant
 from trials._pruning import enforce_masks, prunable_layers, prune_model
 from trials._recipe import Recipe, RecipeError
-from trials._task import Batch, Task
+from trials._task import AnalyticTask, Batch, Task
 from trials._train import TrialError, train
 
 ReportFn = Callable[[int, dict[str, float]], None]
@@ -121,17 +121,20 @@ def run_trial(
     timer = _Timer()
     intermediate: dict[int, float] = {}
     try:
-        with _quant.quiet():
-            metrics = _run(
-                task,
-                recipe,
-                torch.device(device),
-                report,
-                timer,
-                intermediate,
-                latency_threads,
-                latency_repeats,
-            )
+        if isinstance(task, AnalyticTask):
+            metrics = _simulate(task, recipe, timer)
+        else:
+            with _quant.quiet():
+                metrics = _run(
+                    task,
+                    recipe,
+                    torch.device(device),
+                    report,
+                    timer,
+                    intermediate,
+                    latency_threads,
+                    latency_repeats,
+                )
     except TrialPruned as exc:
         return TrialResult(
             "PRUNED", {}, timer.timings, str(exc) or "pruned", worker_name(), intermediate
@@ -145,6 +148,14 @@ def run_trial(
         )
         return TrialResult("FAIL", {}, timer.timings, reason, worker_name(), intermediate)
     return TrialResult("COMPLETE", metrics, timer.timings, None, worker_name(), intermediate)
+
+
+def _simulate(task: AnalyticTask, recipe: Recipe, timer: _Timer) -> dict[str, float]:
+    with timer.phase("build_s"):
+        recipe.check_layers(prunable_layers(task.build_model()))
+    with timer.phase("simulate_s"):
+        time.sleep(task.trial_seconds)
+    return {k: float(v) for k, v in task.analytic_metrics(recipe).items()}
 
 
 def _run(
