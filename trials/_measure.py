@@ -64,7 +64,8 @@ def latencies(
     a shared, noisy worker even when the absolute figures drift.
     """
     example = example.cpu()
-    models = [m.eval() for m in models]
+    for model in models:
+        model.eval()
     times: list[list[float]] = [[] for _ in models]
     with threads(num_threads), torch.inference_mode():
         for model in models:

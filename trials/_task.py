@@ -131,7 +131,7 @@ def resolve_task_factory(spec: str) -> Callable[..., Any]:
             f"task: cannot import {module_name!r} ({exc}); check the path and that its folder is "
             "on PYTHONPATH or installed"
         ) from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any error in the user's module, named
         raise TaskError(
             f"task: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from None

@@ -141,7 +141,7 @@ def run_trial(
         )
     except (TrialError, RecipeError) as exc:
         return TrialResult("FAIL", {}, timer.timings, str(exc), worker_name(), intermediate)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of user or library code is a FAIL
         where = traceback.extract_tb(exc.__traceback__)[-1]
         reason = (
             f"{type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}:{where.lineno})"
