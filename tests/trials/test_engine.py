@@ -1,13 +1,16 @@
 import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
+from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from trials import (
     LayerSpec,
     Recipe,
     Task,
+    _quant,
     apply_recipe,
     finalize,
     prunable_layers,
@@ -160,3 +163,34 @@ def test_unknown_layer_fails_the_trial(digits: Task) -> None:
     result = run_trial(digits, Recipe(layers={"nope": LayerSpec(0.1)}))
     assert result.state == "FAIL"
     assert result.error is not None and "'nope' is not a prunable layer" in result.error
+
+
+def test_no_deprecation_warnings_reach_users(digits: Task) -> None:
+    layers = prunable_layers(digits.build_model())
+    for order in ("prune_ptq", "prune_qat"):
+        recipe = Recipe(layers={n: LayerSpec(0.3) for n in layers}, order=order)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run_trial(digits, recipe, latency_repeats=3)
+        assert result.state == "COMPLETE", result.error
+        noisy = [
+            str(w.message)[:80]
+            for w in caught
+            if issubclass(w.category, DeprecationWarning | UserWarning)
+        ]
+        assert noisy == [], noisy
+
+
+def test_qat_freezes_observers_then_batchnorm(digits: Task) -> None:
+    recipe = Recipe(order="prune_qat")
+    prepared = apply_recipe(digits.build_model(), recipe, digits.example_input())
+    fake_quants = [m for m in prepared.modules() if isinstance(m, FakeQuantizeBase)]
+    bn_modules = [m for m in prepared.modules() if hasattr(m, "freeze_bn")]
+    assert fake_quants and bn_modules
+    total = 8
+    for step in range(total):
+        _quant.on_qat_step(prepared, step, total)
+        observing = all(bool(m.observer_enabled[0]) for m in fake_quants)
+        assert observing == (step < int(_quant.OBSERVER_FREEZE_AT * total)), step
+        frozen = all(m.freeze_bn for m in bn_modules)
+        assert frozen == (step >= int(_quant.BN_FREEZE_AT * total)), step
