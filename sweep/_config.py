@@ -58,6 +58,9 @@ class SearchSpace(_Strict):
     exclude: list[str] = Field(default_factory=list)
     amount: AmountRange = AmountRange()
     methods: list[Literal[METHODS]] = Field(default_factory=lambda: list(METHODS), min_length=1)  # type: ignore[valid-type]
+    # per_layer: each layer's method is its own parameter; global: one method for every layer.
+    # Either way, layers that cannot lose output channels are only ever pruned unstructured.
+    method_scope: Literal["per_layer", "global"] = "per_layer"
     orders: list[Literal[ORDERS]] = Field(default_factory=lambda: list(ORDERS), min_length=1)  # type: ignore[valid-type]
     granularities: list[Literal[GRANULARITIES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(GRANULARITIES), min_length=1
@@ -74,6 +77,7 @@ class TrialSettings(_Strict):
     qat_epochs: int = Field(1, ge=1)
     calibration_batches: int = Field(8, ge=1)
     learning_rate: float = Field(1e-3, gt=0, lt=10)
+    round_to: int = Field(1, ge=1)
     backend: Literal[BACKENDS] = "onednn"  # type: ignore[valid-type]
     latency_threads: int = Field(1, ge=1)
     latency_repeats: int = Field(15, ge=3)

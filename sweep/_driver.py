@@ -113,7 +113,10 @@ def run_sweep(
     describe = ray.remote(num_cpus=config.resources.cpus_per_trial)(_remote.describe_task)
     info: _remote.TaskInfo = ray.get(describe.remote(config.task, config.task_settings))
     space = Space(
-        tuple(select_layers(info.layers, config.search_space)), config.search_space, config.trial
+        tuple(select_layers(info.layers, config.search_space)),
+        config.search_space,
+        config.trial,
+        info.structured_prunable,
     )
     stored_config = {
         **config.model_dump(mode="json"),

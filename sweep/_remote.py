@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ from trials import (
     load_task,
     prunable_layers,
     run_trial,
+    structured_prunable,
 )
 
 # One loaded task per worker process: data and the trained baseline are loaded once, not per trial.
@@ -35,21 +36,27 @@ class TaskInfo:
     layers: list[str]
     fp32_metrics: dict[str, float]
     params: int
+    # layer -> None if structured pruning can remove its output channels, else why not.
+    structured_prunable: dict[str, str | None] = field(default_factory=dict)
 
 
 def describe_task(spec: str, settings: dict[str, Any]) -> TaskInfo:
     """Build (and cache on this node) the trained baseline; report its layers and fp32 metrics."""
     task = _task(spec, settings)
     model = task.build_model()
+    layers = prunable_layers(model)
     if isinstance(task, AnalyticTask):
         metrics = task.analytic_metrics(Recipe())
+        prunable: dict[str, str | None] = dict.fromkeys(layers)  # simulated: any method goes
     else:
         metrics = task.evaluate(model, torch.device("cpu"))
+        prunable = structured_prunable(model, task.example_input())
     return TaskInfo(
         name=task.name,
-        layers=prunable_layers(model),
+        layers=layers,
         fp32_metrics={k: float(v) for k, v in metrics.items()},
         params=sum(p.numel() for p in model.parameters()),
+        structured_prunable=prunable,
     )
 
 

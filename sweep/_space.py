@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -14,6 +14,8 @@ from trials import LayerSpec, Recipe
 
 AMOUNT_PREFIX = "amount:"
 METHOD_PREFIX = "method:"
+METHOD_PARAM = "method"  # the one method parameter of ``method_scope: global``
+UNSTRUCTURED = "unstructured"
 
 
 def select_layers(prunable: Sequence[str], space: SearchSpace) -> list[str]:
@@ -40,9 +42,38 @@ def select_layers(prunable: Sequence[str], space: SearchSpace) -> list[str]:
 
 @dataclass(frozen=True)
 class Space:
+    """``structured_prunable`` is :func:`trials.structured_prunable` of the task's model: a layer
+    mapped to a reason cannot lose output channels and is only ever searched with method
+    ``unstructured``, whatever ``search.methods`` says; a layer absent from it may take any method.
+
+    Methods are searched per layer (one ``method:<layer>`` parameter each) or, with
+    ``search.method_scope: global``, by one ``method`` parameter for every layer that can take it.
+    """
+
     layers: tuple[str, ...]
     search: SearchSpace
     trial: TrialSettings
+    structured_prunable: Mapping[str, str | None] = field(default_factory=dict)
+
+    def methods_of(self, name: str) -> list[str]:
+        """The methods searched for layer ``name``."""
+        if self.structured_prunable.get(name) is not None:
+            return [UNSTRUCTURED]
+        return list(self.search.methods)
+
+    def _global_method(self) -> bool:
+        """Whether a single ``method`` parameter is searched (global scope, a real choice)."""
+        return self.search.method_scope == "global" and any(
+            len(self.methods_of(name)) > 1 for name in self.layers
+        )
+
+    def _method(self, trial: optuna.trial.BaseTrial, name: str, chosen: str | None) -> str:
+        methods = self.methods_of(name)
+        if len(methods) == 1:
+            return methods[0]
+        if chosen is not None:  # global scope
+            return chosen if chosen in methods else UNSTRUCTURED
+        return str(trial.suggest_categorical(METHOD_PREFIX + name, methods))
 
     def _amount_grid(self) -> tuple[float, float, float]:
         amount = self.search.amount
@@ -54,6 +85,11 @@ class Space:
         low, high, step = self._amount_grid()
         order = trial.suggest_categorical("order", list(self.search.orders))
         granularity = trial.suggest_categorical("granularity", list(self.search.granularities))
+        chosen = (
+            str(trial.suggest_categorical(METHOD_PARAM, list(self.search.methods)))
+            if self._global_method()
+            else None
+        )
         layers: dict[str, LayerSpec] = {}
         for name in self.layers:
             amount = (
@@ -61,12 +97,8 @@ class Space:
                 if high > low
                 else low
             )
-            method = (
-                trial.suggest_categorical(METHOD_PREFIX + name, list(self.search.methods))
-                if len(self.search.methods) > 1
-                else self.search.methods[0]
-            )
-            layers[name] = LayerSpec(amount=round(float(amount), 6), method=str(method))
+            method = self._method(trial, name, chosen)
+            layers[name] = LayerSpec(amount=round(float(amount), 6), method=method)
         return Recipe(
             layers=layers,
             order=str(order),
@@ -76,16 +108,21 @@ class Space:
             qat_epochs=self.trial.qat_epochs,
             calibration_batches=self.trial.calibration_batches,
             learning_rate=self.trial.learning_rate,
+            round_to=self.trial.round_to,
         )
 
     def params_of(self, recipe: Recipe) -> dict[str, Any]:
         """The Optuna parameters that reproduce ``recipe`` (to enqueue or rebuild trials)."""
         params: dict[str, Any] = {"order": recipe.order, "granularity": recipe.granularity}
+        global_method = self._global_method()
         for name in self.layers:
             spec = recipe.layer(name)
             params[AMOUNT_PREFIX + name] = spec.amount
-            if len(self.search.methods) > 1:
-                params[METHOD_PREFIX + name] = spec.method
+            if len(self.methods_of(name)) > 1:
+                if global_method:
+                    params.setdefault(METHOD_PARAM, spec.method)
+                else:
+                    params[METHOD_PREFIX + name] = spec.method
         return params
 
 

@@ -3,6 +3,7 @@
 Public API::
 
     from trials import Recipe, LayerSpec, load_task, run_trial, apply_recipe, finalize
+    from trials import structured_prunable, structured_groups  # which layers can lose channels
 """
 
 from trials._pruning import enforce_masks, prunable_layers
@@ -17,6 +18,7 @@ from trials._recipe import (
     Recipe,
     RecipeError,
 )
+from trials._structured import kept_channels, structured_groups, structured_prunable
 from trials._task import (
     BUILTIN_TASKS,
     AnalyticTask,
@@ -48,8 +50,11 @@ __all__ = [
     "apply_recipe",
     "enforce_masks",
     "finalize",
+    "kept_channels",
     "load_task",
     "prunable_layers",
     "resolve_task_factory",
     "run_trial",
+    "structured_groups",
+    "structured_prunable",
 ]

@@ -36,7 +36,8 @@ def _mask_gradient(mask: torch.Tensor) -> object:
 
 
 def prune_model(model: nn.Module, recipe: Recipe) -> dict[str, float]:
-    """Prune each layer by its recipe amount (L1 magnitude), permanently; return the amounts.
+    """Prune each ``unstructured`` layer by its recipe amount (L1 magnitude), permanently; return
+    the amounts. Layers with method ``structured`` are left to :mod:`trials._structured`.
 
     Pruned weights are set to exactly zero; their gradient is masked, so any optimizer without
     weight noise (SGD, momentum, Adam, AdamW) keeps them at zero. :func:`enforce_masks` re-zeros
@@ -47,8 +48,9 @@ def prune_model(model: nn.Module, recipe: Recipe) -> dict[str, float]:
     modules = dict(model.named_modules())
     applied: dict[str, float] = {}
     for name in layers:
-        amount = recipe.layer(name).amount
-        if amount <= 0.0:
+        spec = recipe.layer(name)
+        amount = spec.amount
+        if amount <= 0.0 or spec.method != "unstructured":
             continue
         module = modules[name]
         prune.l1_unstructured(module, name="weight", amount=amount)

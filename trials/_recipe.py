@@ -13,7 +13,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-METHODS = ("unstructured",)
+METHODS = ("unstructured", "structured")
 ORDERS = ("prune_ptq", "prune_qat")
 GRANULARITIES = ("per_tensor", "per_channel")
 LAYER_GRANULARITIES = (*GRANULARITIES, "none")  # "none": the layer stays in float
@@ -39,7 +39,10 @@ def _check_count(field_name: str, value: object, minimum: int) -> None:
 class LayerSpec:
     """How one layer is compressed.
 
-    ``amount`` is the fraction of the layer's weights set to zero, in [0, 1).
+    ``amount`` is in [0, 1). Method ``unstructured``: the fraction of the layer's weights set to
+    zero (L1 magnitude). Method ``structured``: the fraction of its output channels physically
+    removed (L2 norm of each channel's weights), together with the channels they feed; coupled
+    layers are pruned as one group (see :mod:`trials._structured`).
     ``granularity`` of ``None`` means "use the recipe's global granularity".
     """
 
@@ -66,6 +69,9 @@ class Recipe:
 
     ``layers`` maps fully qualified module names (as in ``model.named_modules()``) to their
     :class:`LayerSpec`. Layers that are absent are left unpruned and use the global granularity.
+    Layers with method ``structured`` are pruned first (they change shapes), then the
+    ``unstructured`` ones on what remains. ``round_to`` (>= 1): structured pruning keeps a multiple
+    of this many output channels per layer, and at least this many (never zero).
     """
 
     layers: Mapping[str, LayerSpec] = field(default_factory=dict)
@@ -76,11 +82,13 @@ class Recipe:
     qat_epochs: int = 1
     calibration_batches: int = 8
     learning_rate: float = 1e-3
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         _check_choice("order", self.order, ORDERS)
         _check_choice("granularity", self.granularity, GRANULARITIES)
         _check_choice("backend", self.backend, BACKENDS)
+        _check_count("round_to", self.round_to, 1)
         _check_count("finetune_epochs", self.finetune_epochs, 0)
         _check_count("qat_epochs", self.qat_epochs, 1 if self.order == "prune_qat" else 0)
         _check_count("calibration_batches", self.calibration_batches, 1)
@@ -124,6 +132,7 @@ class Recipe:
             "qat_epochs": self.qat_epochs,
             "calibration_batches": self.calibration_batches,
             "learning_rate": self.learning_rate,
+            "round_to": self.round_to,
             "layers": {
                 name: {
                     "amount": float(spec.amount),

@@ -17,6 +17,7 @@ from torch import nn
 from trials import _measure, _quant
 from trials._pruning import enforce_masks, prunable_layers, prune_model
 from trials._recipe import Recipe, RecipeError
+from trials._structured import prune_structured
 from trials._task import AnalyticTask, Batch, Task
 from trials._train import TrialError, train
 
@@ -45,10 +46,15 @@ def _example_inputs(example: torch.Tensor, device: torch.device) -> tuple[torch.
 def apply_recipe(model: nn.Module, recipe: Recipe, example_input: torch.Tensor) -> nn.Module:
     """Prune ``model`` as the recipe says and, for ``prune_qat``, prepare it for QAT.
 
-    Returns the model to train: the same module for ``prune_ptq``, an FX ``GraphModule`` with fake
+    Structured layers first: their output channels (and the channels they feed) are removed in
+    place, so the layers get smaller; then unstructured L1 on the ``unstructured`` layers. Returns
+    the model to train: the same module for ``prune_ptq``, an FX ``GraphModule`` with fake
     quantization for ``prune_qat``. Train it with any optimizer; pruned weights stay zero.
+    Create the optimizer after this call: structured pruning replaces the pruned Parameters.
     """
     layers = prunable_layers(model)
+    recipe.check_layers(layers)
+    prune_structured(model, recipe, example_input)
     prune_model(model, recipe)
     if recipe.order == "prune_qat":
         device = next(model.parameters()).device
@@ -218,10 +224,19 @@ def _run(
         metrics = _measurements(
             baseline, float_model.cpu(), int8, layers, example, latency_threads, latency_repeats
         )
+    metrics["channels_removed"] = float(_channels_removed(baseline, float_model, layers))
     metrics.update({k: float(v) for k, v in int8_metrics.items()})
     metrics.update({f"fp32_{k}": float(v) for k, v in fp32_metrics.items()})
     metrics["accuracy_drop"] = metrics["fp32_accuracy"] - metrics["accuracy"]
     return metrics
+
+
+def _channels_removed(baseline: nn.Module, pruned: nn.Module, layers: list[str]) -> int:
+    """Output channels that structured pruning removed, summed over the Conv/Linear layers."""
+    before, after = dict(baseline.named_modules()), dict(pruned.named_modules())
+    return sum(
+        int(before[name].weight.shape[0]) - int(after[name].weight.shape[0]) for name in layers
+    )
 
 
 def _measurements(
