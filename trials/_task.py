@@ -20,6 +20,8 @@ from trials._recipe import Recipe
 Batch = tuple[torch.Tensor, torch.Tensor]
 BUILTIN_TASKS: dict[str, str] = {
     "digits": "trials.tasks.digits:DigitsTask",
+    "shapes": "trials.tasks.shapes:ShapesTask",
+    "synthetic": "trials.tasks.synthetic:SyntheticTask",
 }
 
 
