@@ -81,6 +81,17 @@ class TrialSettings(_Strict):
     backend: Literal[BACKENDS] = "onednn"  # type: ignore[valid-type]
     latency_threads: int = Field(1, ge=1)
     latency_repeats: int = Field(15, ge=3)
+    # A trial still running after this long is cancelled and recorded as FAIL.
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class EarlyStopping(_Strict):
+    """Stop hopeless trials on their intermediate validation accuracy (one value per epoch)."""
+
+    pruner: Literal["none", "median", "successive_halving"] = "none"
+    # Trials reported before a pruner may act, and steps each trial runs before it may be stopped.
+    startup_trials: int = Field(5, ge=0)
+    warmup_steps: int = Field(0, ge=0)
 
 
 class Resources(_Strict):
@@ -103,6 +114,7 @@ class SweepConfig(_Strict):
     budget: Budget = Budget()
     search_space: SearchSpace = SearchSpace()
     trial: TrialSettings = TrialSettings()
+    early_stopping: EarlyStopping = EarlyStopping()
     resources: Resources = Resources()
 
     @field_validator("objectives")

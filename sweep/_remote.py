@@ -6,12 +6,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import ray
 import torch
 
 from trials import (
     AnalyticTask,
     Recipe,
     Task,
+    TrialPruned,
     TrialResult,
     load_task,
     prunable_layers,
@@ -60,20 +62,67 @@ def describe_task(spec: str, settings: dict[str, Any]) -> TaskInfo:
     )
 
 
+class TrialMonitor:
+    """A small actor on the driver's node: the workers' side channel to the driver.
+
+    It counts the attempts of each trial (Ray re-runs a trial whose worker or node died, and the
+    count survives that), and carries intermediate values to the driver and stop decisions back.
+    """
+
+    def __init__(self) -> None:
+        self._attempts: dict[int, int] = {}
+        self._reports: list[tuple[int, int, float]] = []
+        self._stop: set[int] = set()
+
+    def start(self, number: int) -> int:
+        self._attempts[number] = self._attempts.get(number, 0) + 1
+        return self._attempts[number]
+
+    def report(self, number: int, step: int, value: float) -> bool:
+        self._reports.append((number, step, value))
+        return number in self._stop
+
+    def drain(self) -> list[tuple[int, int, float]]:
+        reports, self._reports = self._reports, []
+        return reports
+
+    def stop(self, number: int) -> None:
+        self._stop.add(number)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    result: TrialResult
+    attempt: int
+    node: str
+
+
 def execute_trial(
     spec: str,
     settings: dict[str, Any],
     recipe: dict[str, Any],
+    number: int,
+    monitor: Any,  # ray.actor.ActorHandle of TrialMonitor
+    report_intermediate: bool,
     latency_threads: int,
     latency_repeats: int,
     cpus: float,
-) -> TrialResult:
+    use_gpu: bool,
+) -> TrialOutcome:
+    attempt = int(ray.get(monitor.start.remote(number)))
     torch.set_num_threads(max(1, int(cpus)))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return run_trial(
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        if ray.get(monitor.report.remote(number, step, float(metrics["accuracy"]))):
+            raise TrialPruned(f"stopped early at step {step}: intermediate accuracy too low")
+
+    result = run_trial(
         _task(spec, settings),
         Recipe.from_dict(recipe),
         device=device,
+        report=report if report_intermediate else None,
         latency_threads=latency_threads,
         latency_repeats=latency_repeats,
     )
+    return TrialOutcome(result, attempt, ray.get_runtime_context().get_node_id())

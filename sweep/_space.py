@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from sweep._config import ConfigError, SearchSpace, TrialSettings
 from trials import LayerSpec, Recipe
@@ -110,6 +111,23 @@ class Space:
             learning_rate=self.trial.learning_rate,
             round_to=self.trial.round_to,
         )
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """Every parameter :meth:`suggest` may draw, with its distribution (to rebuild trials)."""
+        low, high, step = self._amount_grid()
+        found: dict[str, BaseDistribution] = {
+            "order": CategoricalDistribution(list(self.search.orders)),
+            "granularity": CategoricalDistribution(list(self.search.granularities)),
+        }
+        global_method = self._global_method()
+        if global_method:
+            found[METHOD_PARAM] = CategoricalDistribution(list(self.search.methods))
+        for name in self.layers:
+            if high > low:
+                found[AMOUNT_PREFIX + name] = FloatDistribution(low, high, step=step)
+            if len(self.methods_of(name)) > 1 and not global_method:
+                found[METHOD_PREFIX + name] = CategoricalDistribution(self.methods_of(name))
+        return found
 
     def params_of(self, recipe: Recipe) -> dict[str, Any]:
         """The Optuna parameters that reproduce ``recipe`` (to enqueue or rebuild trials)."""

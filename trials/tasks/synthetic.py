@@ -33,8 +33,8 @@ For a recipe with, per layer, amount ``a_i``, method ``m_i`` and granularity ``g
   ``fp32_latency_ms`` is the same with ``T = 1.0`` and ``a = 0``; ``speedup = fp32 / int8``.
 - ``macs = sum_i k_i * p_i``; ``params = sum_i k_i * (p_i + c_i)``; ``nonzero_params`` counts
   ``p_i * (1 - a_i)`` weights and ``k_i * c_i`` biases; ``fp32_params = sum_i (p_i + c_i)``;
-  ``sparsity = sum_i a_i * p_i / P``; ``channels_removed = sum_i (1 - k_i) * c_i``. Counts are
-  continuous (not rounded), so every metric is smooth in the amounts.
+  ``sparsity = sum_i a_i * p_i / P``; ``channels_removed = sum_i (1 - k_i) * c_i``. Byte counts,
+  parameter counts, MACs and channels are rounded to whole numbers, as a real trial reports them.
 - ``fp32_size_bytes = 1024 + sum_i [64 + 4 * (p_i + c_i)]`` (the float model's file);
   ``fp32_compressed_bytes = 0.9 * fp32_size_bytes``.
 
@@ -58,6 +58,18 @@ WIDTHS = (16, 24, 32, 48, 64, 96, 128)
 TOLERANCE = (0.35, 0.95)
 DROP_AT_TOLERANCE = 0.02
 FP32_ACCURACY = 0.95
+# Metrics that count things: whole numbers, like a real trial's.
+_COUNTS = (
+    "size_bytes",
+    "compressed_bytes",
+    "fp32_size_bytes",
+    "fp32_compressed_bytes",
+    "params",
+    "nonzero_params",
+    "fp32_params",
+    "macs",
+    "channels_removed",
+)
 STRUCTURED_DAMAGE = 2.5
 QUANT_PENALTY = {"per_tensor": 0.012, "per_channel": 0.003, "none": 0.0}
 ORDER_PENALTY = {"prune_ptq": 0.004, "prune_qat": 0.001}
@@ -193,7 +205,7 @@ class SyntheticTask:
             LAYER_OVERHEAD_MS + LATENCY_BATCH * w * FP32_NS_PER_MAC * 1e-6 for w in self.weights
         )
         latency = totals["latency_ms"]
-        return {
+        metrics = {
             "accuracy": accuracy,
             "fp32_accuracy": FP32_ACCURACY,
             "accuracy_drop": FP32_ACCURACY - accuracy,
@@ -211,6 +223,9 @@ class SyntheticTask:
             "macs": totals["macs"],
             "channels_removed": totals["channels_removed"],
         }
+        for name in _COUNTS:
+            metrics[name] = float(round(metrics[name]))
+        return metrics
 
     # -- the exact front ---------------------------------------------------------------------------
     def true_front(

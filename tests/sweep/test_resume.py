@@ -1,0 +1,125 @@
+"""Failures a sweep must survive: a killed driver, trials over their time limit, early stopping."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage import Store
+from sweep import parse_config, run_sweep
+from sweep._driver import resume_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_for(store_path: Path, name: str, complete: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if store_path.exists():
+            try:
+                info = Store(f"sqlite:///{store_path}").get_sweep(name)
+            except Exception:  # noqa: BLE001 - the sweep may not be created yet
+                info = None
+            if info is not None and info.counts["COMPLETE"] >= complete:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {complete} trials completed within {timeout} s")
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(local_ray: None, tmp_path: Path) -> None:
+    config = tmp_path / "killed.yaml"
+    config.write_text(
+        "name: killed\ntask: synthetic\ntask_settings: {trial_seconds: 0.6}\n"
+        "budget: {n_trials: 14}\nresources: {cpus_per_trial: 1, max_concurrent: 2}\n"
+    )
+    db = tmp_path / "s.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "launch", str(config), "--storage", f"sqlite:///{db}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(db, "killed", complete=4, timeout=120)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    store = Store(f"sqlite:///{db}")
+    before = store.trials("killed")
+    running = before[before["state"] == "RUNNING"]
+    assert len(running) >= 1, "the kill should leave trials in flight"
+    assert len(before) < 14
+
+    resume_sweep("killed", store)
+
+    after = store.trials("killed")
+    assert list(after["number"]) == list(range(14))  # none lost, none recorded twice
+    assert set(after["state"]) == {"COMPLETE"}
+    for _, row in running.iterrows():  # the interrupted trials re-ran with their own recipes
+        rerun = after[after["number"] == row["number"]].iloc[0]
+        assert rerun["recipe"] == row["recipe"]
+    for _, row in before[before["state"] == "COMPLETE"].iterrows():  # finished ones untouched
+        kept = after[after["number"] == row["number"]].iloc[0]
+        assert kept["accuracy"] == row["accuracy"] and kept["finished_at"] == row["finished_at"]
+    assert store.get_sweep("killed").status == "FINISHED"
+
+
+def test_trials_over_their_time_limit_fail_and_the_sweep_goes_on(
+    local_ray: None, tmp_path: Path
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    config = parse_config(
+        {
+            "name": "slow",
+            "task": "synthetic",
+            "task_settings": {"trial_seconds": 30},
+            "budget": {"n_trials": 3},
+            "trial": {"timeout_s": 1.0},
+        }
+    )
+    started = time.monotonic()
+    progress = run_sweep(config, store)
+    assert time.monotonic() - started < 25
+    trials = store.trials("slow")
+    assert progress.failed == 3 and set(trials["state"]) == {"FAIL"}
+    assert trials["error"].str.contains("exceeded trial.timeout_s").all()
+
+
+@pytest.mark.slow
+def test_early_stopping_prunes_hopeless_trials(local_ray: None, tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    config = parse_config(
+        {
+            "name": "pruned",
+            "task": "digits",
+            "seed": 3,
+            "sampler": "random",
+            "budget": {"n_trials": 10},
+            "search_space": {
+                "amount": {"min": 0.0, "max": 0.95, "step": 0.05},
+                "methods": ["unstructured"],
+                "orders": ["prune_ptq"],
+            },
+            "trial": {
+                "finetune_epochs": 3,
+                "calibration_batches": 2,
+                "latency_repeats": 3,
+                "learning_rate": 0.0003,
+            },
+            "early_stopping": {"pruner": "median", "startup_trials": 2},
+            "resources": {"max_concurrent": 1},
+        }
+    )
+    progress = run_sweep(config, store)
+    trials = store.trials("pruned")
+    assert set(trials["state"]) <= {"COMPLETE", "PRUNED"}
+    assert progress.pruned == (trials["state"] == "PRUNED").sum() >= 1
+    pruned = trials[trials["state"] == "PRUNED"]
+    assert pruned["error"].str.contains("stopped early").all()
