@@ -13,15 +13,8 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from storage import Store, SweepNotFoundError
+from storage import Store
 from sweep import parse_config, run_sweep
-
-
-def _running(store: Store, count: int) -> bool:
-    try:
-        return store.get_sweep("nodes").counts["RUNNING"] >= count
-    except SweepNotFoundError:  # the sweep thread has not created it yet
-        return False
 
 
 def main() -> None:
@@ -29,25 +22,31 @@ def main() -> None:
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
-    store = Store(f"sqlite:///{Path(tempfile.mkdtemp()) / 's.db'}")
+    workdir = Path(tempfile.mkdtemp())
+    markers = workdir / "markers"
+    markers.mkdir()
+    store = Store(f"sqlite:///{workdir / 's.db'}")
     config = parse_config(
         {
             "name": "nodes",
-            "task": "synthetic",
-            "task_settings": {"trial_seconds": 8.0},
+            "task": "tests.cluster.marking_task:make",
+            "task_settings": {"marker_dir": str(markers), "trial_seconds": 6.0},
             "budget": {"n_trials": 4},
             "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
         }
     )
     sweep = threading.Thread(target=run_sweep, args=(config, store))
     sweep.start()
-    deadline = time.monotonic() + 60
-    while not _running(store, 2):  # both worker nodes busy with a trial
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None:  # a worker node on which a trial is running now
+        started = {p.name for p in markers.iterdir()}
+        victim = next((n for n in workers if n.node_id in started), None)
         if time.monotonic() > deadline:
-            sys.exit("trials never started")
-        time.sleep(0.2)
-    time.sleep(5.0)  # past the workers' start-up: both trials are now executing
-    cluster.remove_node(workers[0], allow_graceful=False)  # the node dies mid-trial
+            sys.exit("no trial started on a worker node")
+        time.sleep(0.1)
+    time.sleep(1.0)
+    cluster.remove_node(victim, allow_graceful=False)  # the node dies mid-trial
     cluster.add_node(num_cpus=1)  # and a replacement joins
     sweep.join(timeout=240)
     trials = store.trials("nodes")
