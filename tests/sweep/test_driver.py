@@ -60,3 +60,15 @@ def test_validation_before_ray() -> None:
         validate_before_ray(_config("x", task="no_such_module:make"))
     with pytest.raises(ConfigError, match="objectives: 'f1' is not a trial metric"):
         validate_before_ray(_config("x", objectives={"f1": "max"}))
+
+
+def test_a_users_own_task_runs_through_a_sweep(local_ray: None, tmp_path: Path) -> None:
+    """examples/user_task.py: a Linear-only model loaded by import path, on Ray workers."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    config = _config("user", task="examples.user_task:make_task", n_trials=4)
+    progress = run_sweep(config, store)
+    trials = store.trials("user")
+    assert progress.failed == 0 and set(trials["state"]) == {"COMPLETE"}, trials["error"].tolist()
+    layers = set(trials.iloc[0]["recipe"]["layers"])
+    assert layers == {"body.0", "body.2", "body.4", "classifier"}
+    assert (trials["fp32_accuracy"] > 0.5).all()
