@@ -34,6 +34,7 @@ POLL_S = 0.25
 # Keys the driver adds to the stored config beside the SweepConfig fields.
 _STORED_EXTRAS = ("layers", "fp32_metrics")
 _WRITE_RETRIES = 8
+SLOTS_REFRESH_S = 5.0
 
 
 @dataclass
@@ -181,9 +182,26 @@ class _Driver:
             )
             .remote()
         )
-        self.slots = resources.max_concurrent or max(
-            1, int(ray.available_resources().get("CPU", 1) // resources.cpus_per_trial)
-        )
+        self.slots = 1
+        self.slots_checked = -math.inf
+        self._update_slots()
+
+    def _update_slots(self) -> None:
+        """Trials to keep running: ``max_concurrent``, else as many as the cluster holds now,
+        re-read every few seconds so that the sweep follows nodes joining or leaving."""
+        resources = self.config.resources
+        if resources.max_concurrent is not None:
+            self.slots = resources.max_concurrent
+            return
+        now = time.monotonic()
+        if now - self.slots_checked < SLOTS_REFRESH_S:
+            return
+        self.slots_checked = now
+        total = ray.cluster_resources()
+        fits = [total.get("CPU", 0.0) // resources.cpus_per_trial]
+        if resources.gpus_per_trial > 0:
+            fits.append(total.get("GPU", 0.0) // resources.gpus_per_trial)
+        self.slots = max(1, int(min(fits)))
 
     # -- submitting ---------------------------------------------------------------------------
     def _submit(self, number: int, trial: optuna.trial.Trial, recipe: dict[str, Any]) -> None:
@@ -207,6 +225,7 @@ class _Driver:
         self.by_number[number] = flight
 
     def _fill(self, asked_budget: int, deadline: float) -> None:
+        self._update_slots()
         while len(self.in_flight) < self.slots + PREFETCH:
             if self.reruns:
                 number, recipe = self.reruns.pop(0)
