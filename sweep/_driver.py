@@ -107,6 +107,23 @@ def _pruning_study(config: SweepConfig) -> optuna.Study | None:
     return optuna.create_study(direction="maximize", pruner=pruner)
 
 
+_MONITORS: dict[str, Any] = {}
+
+
+def _monitor() -> Any:
+    """This driver's TrialMonitor actor (a handle), started once per Ray job.
+
+    It lives on the driver's node, so it survives the loss of any worker node.
+    """
+    job = ray.get_runtime_context().get_job_id()
+    if job not in _MONITORS:
+        here = ray.get_runtime_context().get_node_id()
+        placement = NodeAffinitySchedulingStrategy(here, soft=False)
+        actor = ray.remote(_remote.TrialMonitor).options(num_cpus=0, scheduling_strategy=placement)
+        _MONITORS[job] = actor.remote()
+    return _MONITORS[job]
+
+
 def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
     describe = ray.remote(num_cpus=config.resources.cpus_per_trial)(_remote.describe_task)
     info: _remote.TaskInfo = ray.get(describe.remote(config.task, config.task_settings))
@@ -167,21 +184,15 @@ class _Driver:
         self.in_flight: dict[ray.ObjectRef, _InFlight] = {}
         self.by_number: dict[int, _InFlight] = {}
         resources = config.resources
+        # Any: Ray's stubs type remote functions of at most ten arguments.
+        execute_trial: Any = _remote.execute_trial
         self.execute = ray.remote(
             num_cpus=resources.cpus_per_trial,
             num_gpus=resources.gpus_per_trial,
             max_calls=0,  # reuse workers: a fresh process costs seconds of imports and CUDA init
             retry_exceptions=False,  # trial errors are results; Ray retries only lost workers
-        )(_remote.execute_trial)
-        # The monitor lives on the driver's node, so it survives the loss of any worker node.
-        here = ray.get_runtime_context().get_node_id()
-        self.monitor: Any = (
-            ray.remote(_remote.TrialMonitor)
-            .options(
-                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
-            )
-            .remote()
-        )
+        )(execute_trial)
+        self.monitor = _monitor()
         self.slots = 1
         self.slots_checked = -math.inf
         self._update_slots()
@@ -210,6 +221,7 @@ class _Driver:
             self.config.task,
             self.config.task_settings,
             recipe,
+            self.config.name,
             number,
             self.monitor,
             self.shadow is not None,
@@ -314,13 +326,13 @@ class _Driver:
     def _early_stopping(self) -> None:
         if self.shadow is None:
             return
-        for number, step, value in ray.get(self.monitor.drain.remote()):
+        for number, step, value in ray.get(self.monitor.drain.remote(self.config.name)):
             flight = self.by_number.get(number)
             if flight is None or flight.shadow is None:
                 continue
             flight.shadow.report(value, step)
             if flight.shadow.should_prune():
-                self.monitor.stop.remote(number)
+                self.monitor.stop.remote(self.config.name, number)
 
     # -- the store ----------------------------------------------------------------------------
     def _flush(self, final: bool = False) -> None:
@@ -385,6 +397,7 @@ class _Driver:
             status = "FAILED"
             raise
         finally:
+            self.monitor.forget.remote(self.config.name)
             try:
                 self._flush(final=True)
             finally:
@@ -401,6 +414,7 @@ def run_sweep(
     on_progress: ProgressFn | None = None,
 ) -> Progress:
     """Run ``config`` to its budget. The caller has connected Ray (:func:`connect_ray`)."""
+    _monitor()  # starts now, while the task is described
     space, info = _describe(config)
     stored_config = {
         **config.model_dump(mode="json"),
@@ -440,6 +454,7 @@ def resume_sweep(
         config = config.model_copy(
             update={"budget": config.budget.model_copy(update={"n_trials": n_trials})}
         )
+    _monitor()
     space, _ = _describe(config)
     stored_layers = store.get_sweep(name).config.get("layers")
     if stored_layers is not None and list(stored_layers) != list(space.layers):

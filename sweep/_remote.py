@@ -67,27 +67,35 @@ class TrialMonitor:
 
     It counts the attempts of each trial (Ray re-runs a trial whose worker or node died, and the
     count survives that), and carries intermediate values to the driver and stop decisions back.
+    One monitor serves every sweep a driver process runs (an actor takes seconds to start), so
+    trials are keyed by ``(sweep, number)``.
     """
 
     def __init__(self) -> None:
-        self._attempts: dict[int, int] = {}
-        self._reports: list[tuple[int, int, float]] = []
-        self._stop: set[int] = set()
+        self._attempts: dict[tuple[str, int], int] = {}
+        self._reports: dict[str, list[tuple[int, int, float]]] = {}
+        self._stop: set[tuple[str, int]] = set()
 
-    def start(self, number: int) -> int:
-        self._attempts[number] = self._attempts.get(number, 0) + 1
-        return self._attempts[number]
+    def start(self, sweep: str, number: int) -> int:
+        key = (sweep, number)
+        self._attempts[key] = self._attempts.get(key, 0) + 1
+        return self._attempts[key]
 
-    def report(self, number: int, step: int, value: float) -> bool:
-        self._reports.append((number, step, value))
-        return number in self._stop
+    def report(self, sweep: str, number: int, step: int, value: float) -> bool:
+        self._reports.setdefault(sweep, []).append((number, step, value))
+        return (sweep, number) in self._stop
 
-    def drain(self) -> list[tuple[int, int, float]]:
-        reports, self._reports = self._reports, []
-        return reports
+    def drain(self, sweep: str) -> list[tuple[int, int, float]]:
+        return self._reports.pop(sweep, [])
 
-    def stop(self, number: int) -> None:
-        self._stop.add(number)
+    def stop(self, sweep: str, number: int) -> None:
+        self._stop.add((sweep, number))
+
+    def forget(self, sweep: str) -> None:
+        """Drop a finished sweep's state (its name may be launched again with --replace)."""
+        self._attempts = {k: v for k, v in self._attempts.items() if k[0] != sweep}
+        self._stop = {k for k in self._stop if k[0] != sweep}
+        self._reports.pop(sweep, None)
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,7 @@ def execute_trial(
     spec: str,
     settings: dict[str, Any],
     recipe: dict[str, Any],
+    sweep: str,
     number: int,
     monitor: Any,  # ray.actor.ActorHandle of TrialMonitor
     report_intermediate: bool,
@@ -109,12 +118,12 @@ def execute_trial(
     cpus: float,
     use_gpu: bool,
 ) -> TrialOutcome:
-    attempt = int(ray.get(monitor.start.remote(number)))
+    attempt = int(ray.get(monitor.start.remote(sweep, number)))
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
 
     def report(step: int, metrics: dict[str, float]) -> None:
-        if ray.get(monitor.report.remote(number, step, float(metrics["accuracy"]))):
+        if ray.get(monitor.report.remote(sweep, number, step, float(metrics["accuracy"]))):
             raise TrialPruned(f"stopped early at step {step}: intermediate accuracy too low")
 
     result = run_trial(
