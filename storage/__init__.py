@@ -5,7 +5,11 @@ SQLite (default) or PostgreSQL through SQLAlchemy, with the schema managed by Al
     store = Store("sqlite:///sweeps.db")
     store.create_sweep("resnet18", config, {"accuracy": "max", "size_bytes": "min"})
     store.record_trials("resnet18", [TrialRecord(number=0, state="RUNNING", recipe=recipe)])
-    front = store.pareto_front("resnet18", where="latency_ms < 5")
+    front = store.pareto_front("resnet18", where=["accuracy >= 0.98", "latency_ms < 5"])
+    tolerance = store.layer_summary("resnet18")  # per layer: pruning amounts over the front
+
+Several drivers may write one database at once (each its own sweep); transient errors (a
+locked SQLite file, a dropped connection) are retried with backoff.
 """
 
 from storage._errors import DuplicateSweepError, StorageError, SweepNotFoundError, WhereError

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
-from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 from storage._errors import StorageError
@@ -18,8 +18,13 @@ T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 POSTGRES_CONNECT_TIMEOUT_S: Final = 5
-RETRY_ATTEMPTS: Final = 4
-RETRY_BASE_DELAY_S: Final = 0.1
+RETRY_ATTEMPTS: Final = 8
+RETRY_BASE_DELAY_S: Final = 0.05
+RETRY_MAX_DELAY_S: Final = 2.0
+WRITE_OPTIONS: Final = {"sqlite_begin": "IMMEDIATE"}
+"""Execution options of write transactions: on SQLite they take the write lock when they begin
+(``BEGIN IMMEDIATE``), so that concurrent writers queue in SQLite's busy handler instead of
+failing when a read snapshot cannot be upgraded to a write."""
 
 _TRANSIENT_MESSAGES: Final = (
     "database is locked",
@@ -34,6 +39,12 @@ _TRANSIENT_MESSAGES: Final = (
     "the database system is starting up",
     "the database system is shutting down",
     "too many clients",
+    "deadlock detected",
+    "could not serialize access",
+    "canceling statement due to lock timeout",
+    "could not obtain lock",
+    "connection reset",
+    "ssl connection has been closed unexpectedly",
 )
 _URL_HINT: Final = "use e.g. sqlite:///sweeps.db or postgresql+psycopg://user:password@host/db"
 _logger = logging.getLogger(__name__)
@@ -77,8 +88,10 @@ def with_retry(
 ) -> T:
     """Run ``work``, retrying transient OperationalErrors with exponential backoff.
 
-    ``work`` must be safe to repeat (a whole transaction). After ``attempts`` tries (default
-    :data:`RETRY_ATTEMPTS`) the last error is re-raised, never swallowed.
+    ``work`` must be safe to repeat (a whole transaction). Delays double from ``base_delay``
+    (default :data:`RETRY_BASE_DELAY_S`) up to :data:`RETRY_MAX_DELAY_S`; after ``attempts``
+    tries (default :data:`RETRY_ATTEMPTS`, about 5 s of waiting) the last error is re-raised,
+    never swallowed.
     """
     attempts = RETRY_ATTEMPTS if attempts is None else attempts
     delay = RETRY_BASE_DELAY_S if base_delay is None else base_delay
@@ -89,10 +102,14 @@ def with_retry(
             if not is_transient(exc):
                 raise
             _logger.debug(
-                "transient database error (attempt %d), retrying in %.2fs", attempt, delay
+                "transient database error (attempt %d of %d), retrying in %.2fs: %s",
+                attempt,
+                attempts,
+                delay,
+                str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:200],
             )
             sleep(delay)
-            delay *= 2
+            delay = min(2 * delay, RETRY_MAX_DELAY_S)
     return work()
 
 
@@ -114,19 +131,36 @@ def parse_url(raw: str) -> URL:
     return url
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-    finally:
-        cursor.close()
+def _sqlite_connect(busy_timeout: bool) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver must not open transactions by itself: _sqlite_begin emits BEGIN, so that
+        # write transactions can take the lock up front (BEGIN IMMEDIATE).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if busy_timeout:
+                cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    return on_connect
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def build_engine(url: URL) -> Engine:
-    """Create the engine for ``url`` (SQLite pragmas via a connect listener)."""
+    """Create the engine for ``url``.
+
+    On SQLite a connect listener sets the pragmas (WAL, foreign keys, a 30 s busy timeout
+    unless the URL gives ``?timeout=SECONDS``) and a begin listener emits ``BEGIN``, ``BEGIN
+    IMMEDIATE`` for connections with :data:`WRITE_OPTIONS`.
+    """
     connect_args: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
@@ -137,7 +171,8 @@ def build_engine(url: URL) -> Engine:
             f"cannot use database URL {mask_url(url)!r} ({scrub(str(exc), url)}); {_URL_HINT}"
         ) from exc
     if url.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _set_sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_connect("timeout" not in url.query))
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 

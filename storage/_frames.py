@@ -6,10 +6,16 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import pandas as pd
-from sqlalchemy import ColumnElement, Row
+from sqlalchemy import ColumnElement, Row, Select, select
 
 from storage import _json
-from storage._models import INTEGER_METRICS, METRIC_COLUMNS, TrialModel, TrialState
+from storage._models import (
+    INTEGER_METRICS,
+    METRIC_COLUMNS,
+    TrialDetailModel,
+    TrialModel,
+    TrialState,
+)
 
 TRIAL_COLUMNS: Final[tuple[str, ...]] = (
     "number",
@@ -30,26 +36,32 @@ TRIAL_COLUMNS: Final[tuple[str, ...]] = (
 """Columns of ``Store.trials()`` and ``Store.pareto_front()``, in order."""
 
 LAYER_COLUMNS: Final[tuple[str, ...]] = ("number", "layer", "amount", "method", "granularity")
+VALUE_COLUMNS: Final[tuple[str, ...]] = ("number", "step", "value")
 
 _JSON_COLUMNS: Final = frozenset({"recipe", "metrics", "timings"})
 _TIMESTAMP_DTYPE: Final = pd.DatetimeTZDtype(unit="us", tz="UTC")
 
 
 def _dtype(name: str) -> str | pd.DatetimeTZDtype:
-    if name in ("number", "attempt"):
+    if name in ("number", "attempt", "step"):
         return "int64"
     if name in INTEGER_METRICS:
         return "Int64"  # nullable integer: byte sizes and counts stay exact
-    if name in METRIC_COLUMNS or name in ("duration_s", "amount"):
+    if name in METRIC_COLUMNS or name in ("duration_s", "amount", "value"):
         return "float64"
     if name in ("started_at", "finished_at"):
         return _TIMESTAMP_DTYPE
     return "object"
 
 
-def trial_select_columns() -> list[ColumnElement[Any]]:
-    """The ``trials`` columns to SELECT for a trial frame, in :data:`TRIAL_COLUMNS` order."""
-    return [TrialModel.__table__.c[name] for name in TRIAL_COLUMNS]
+def trial_select() -> Select[Any]:
+    """SELECT of the columns of a trial frame, in :data:`TRIAL_COLUMNS` order, from ``trials``
+    joined with ``trial_details``; callers add WHERE and ORDER BY."""
+    trials, details = TrialModel.__table__, TrialDetailModel.__table__
+    columns: list[ColumnElement[Any]] = [
+        details.c[name] if name in _JSON_COLUMNS else trials.c[name] for name in TRIAL_COLUMNS
+    ]
+    return select(*columns).select_from(trials.join(details, details.c.trial_id == trials.c.id))
 
 
 def _series(name: str, values: list[Any]) -> pd.Series:
@@ -62,7 +74,7 @@ def _series(name: str, values: list[Any]) -> pd.Series:
 
 
 def trial_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
-    """Build the trial frame from rows selected with :func:`trial_select_columns`."""
+    """Build the trial frame from rows selected with :func:`trial_select`."""
     columns: dict[str, list[Any]] = {name: [] for name in TRIAL_COLUMNS}
     for row in rows:
         for name, value in zip(TRIAL_COLUMNS, row, strict=True):
@@ -79,5 +91,14 @@ def layer_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
     columns: dict[str, list[Any]] = {name: [] for name in LAYER_COLUMNS}
     for row in rows:
         for name, value in zip(LAYER_COLUMNS, row, strict=True):
+            columns[name].append(value)
+    return pd.DataFrame({name: _series(name, values) for name, values in columns.items()})
+
+
+def value_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
+    """Build the intermediate-value frame from ``(number, step, value)`` rows."""
+    columns: dict[str, list[Any]] = {name: [] for name in VALUE_COLUMNS}
+    for row in rows:
+        for name, value in zip(VALUE_COLUMNS, row, strict=True):
             columns[name].append(value)
     return pd.DataFrame({name: _series(name, values) for name, values in columns.items()})

@@ -121,7 +121,6 @@ class TrialModel(BaseModel):
     )
     number: Mapped[int] = mapped_column(Integer, nullable=False)
     state: Mapped[TrialState] = mapped_column(_enum_type(TrialState, "trial_state"), nullable=False)
-    recipe: Mapped[str] = mapped_column(Text, nullable=False)
     order: Mapped[str | None] = mapped_column(String(64), nullable=True)
     granularity: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
@@ -142,8 +141,6 @@ class TrialModel(BaseModel):
     fp32_params: Mapped[int | None] = _metric(BigInteger())
     macs: Mapped[int | None] = _metric(BigInteger())
 
-    metrics: Mapped[str] = mapped_column(Text, nullable=False)
-    timings: Mapped[str] = mapped_column(Text, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     duration_s: Mapped[float | None] = mapped_column(Float(), nullable=True)
@@ -167,6 +164,23 @@ class TrialModel(BaseModel):
             for number, trial_id, state in rows:
                 found[number] = (trial_id, state)
         return found
+
+
+class TrialDetailModel(BaseModel):
+    """The JSON documents of a trial (recipe, all metrics, timings), one row per trial.
+
+    Kept apart from ``trials`` so that ``trials`` rows stay narrow: a Pareto query scans the
+    metric columns of every trial but needs the documents of the front only.
+    """
+
+    __tablename__ = "trial_details"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    recipe: Mapped[str] = mapped_column(Text, nullable=False)
+    metrics: Mapped[str] = mapped_column(Text, nullable=False)
+    timings: Mapped[str] = mapped_column(Text, nullable=False)
 
 
 class TrialLayerModel(BaseModel):

@@ -13,6 +13,8 @@ from storage._models import METRIC_COLUMNS
 
 DIRECTIONS: Final = ("max", "min")
 MAX_OBJECTIVES: Final = 4
+_BLOCK: Final = 512  # points per block of the n-dimensional front (memory: block x front)
+_RECENT: Final = 64  # front points every block is compared with first
 
 
 def validate_objectives(objectives: object) -> dict[str, str]:
@@ -74,23 +76,44 @@ def _front_2d(points: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
     return keep
 
 
-def _front_nd(points: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
-    """Vectorised filter over unique, lexicographically sorted points: O(n * front size).
+def _strictly_dominated(
+    points: npt.NDArray[np.float64], by: npt.NDArray[np.float64]
+) -> npt.NDArray[np.bool_]:
+    """For each row of ``points``: is some row of ``by`` <= in every column and < in one?"""
+    at_most = np.ones((len(points), len(by)), dtype=bool)
+    below = np.zeros((len(points), len(by)), dtype=bool)
+    for column in range(points.shape[1]):
+        mine, theirs = points[:, column, None], by[None, :, column]
+        at_most &= theirs <= mine
+        below |= theirs < mine
+    return np.asarray((at_most & below).any(axis=1))
 
-    The first remaining point is always non-dominated (anything dominating it would sort
-    before it); every point it weakly dominates is dropped in one vectorised step.
+
+def _front_nd(points: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Blocks in lexicographic order against the front found so far: O(n * front size).
+
+    A point can only be dominated by a lexicographically smaller one, and whatever dominates it
+    is itself dominated by (or is) a front point that is smaller still. So each block of sorted
+    points is checked against the front of the earlier blocks, then its survivors against each
+    other; the survivors that remain are on the front. Equal points never dominate each other.
+    The most recently found front points, the nearest in the first objective, are tried first:
+    they dominate most of a block, so few points need comparing with the whole front.
     """
-    unique, inverse = np.unique(points, axis=0, return_inverse=True)
-    remaining = np.arange(len(unique))
-    on_front: list[int] = []
-    while remaining.size:
-        best = remaining[0]
-        on_front.append(int(best))
-        dominated = np.all(unique[remaining] >= unique[best], axis=1)
-        remaining = remaining[~dominated]
-    unique_keep = np.zeros(len(unique), dtype=bool)
-    unique_keep[on_front] = True
-    return unique_keep[inverse.reshape(-1)]
+    order = np.lexsort(points.T[::-1])
+    ordered = points[order]
+    keep_sorted = np.zeros(len(points), dtype=bool)
+    front = ordered[:0]
+    for start in range(0, len(points), _BLOCK):
+        block = ordered[start : start + _BLOCK]
+        alive = np.flatnonzero(~_strictly_dominated(block, front[-_RECENT:]))
+        if len(front) > _RECENT:
+            alive = alive[~_strictly_dominated(block[alive], front[:-_RECENT])]
+        alive = alive[~_strictly_dominated(block[alive], block[alive])]
+        keep_sorted[start + alive] = True
+        front = np.concatenate([front, block[alive]])
+    keep = np.empty(len(points), dtype=bool)
+    keep[order] = keep_sorted
+    return keep
 
 
 def non_dominated(points: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:

@@ -63,13 +63,16 @@ class SweepInfo:
 
 @dataclass(frozen=True)
 class TrialRows:
-    """Column values for one ``trials`` row plus its ``trial_layers`` and ``trial_values`` rows.
+    """Column values for one ``trials`` row plus its ``trial_details``, ``trial_layers`` and
+    ``trial_values`` rows.
 
-    ``layers`` and ``values`` lack ``trial_id``, which is only known after the trial row exists.
+    ``details``, ``layers`` and ``values`` lack ``trial_id``, which is only known after the trial
+    row exists.
     """
 
     number: int
     trial: dict[str, Any]
+    details: dict[str, str]
     layers: list[dict[str, Any]]
     values: list[dict[str, Any]]
 
@@ -85,6 +88,9 @@ def _is_real(value: object) -> TypeGuard[numbers.Real]:
 
 def _number(value: object, what: str) -> float | int:
     """A plain Python int/float for a JSON document (numpy scalars converted)."""
+    kind = type(value)
+    if kind is float or kind is int:  # the common case, without the slow ABC checks
+        return value  # type: ignore[return-value]
     if not _is_real(value):
         raise StorageError(f"{what} must be a number, got {_short(value)}")
     return int(value) if isinstance(value, numbers.Integral) else float(value)
@@ -116,14 +122,19 @@ def _text(value: object, what: str, limit: int | None = None, *, required: bool 
     return value
 
 
-def _limit(column: ColumnElement[Any]) -> int | None:
+def _limit(column: ColumnElement[Any]) -> int:
     """The declared length of a String column."""
     length = getattr(column.type, "length", None)
-    return length if isinstance(length, int) else None
+    if not isinstance(length, int):
+        raise TypeError(f"column {column} has no declared length")
+    return length
 
 
 _TRIALS = TrialModel.__table__.c
 _LAYERS = TrialLayerModel.__table__.c
+_LAYER_LIMIT = _limit(_LAYERS.layer)
+_METHOD_LIMIT = _limit(_LAYERS.method)
+_GRANULARITY_LIMIT = _limit(_LAYERS.granularity)
 
 
 def _datetime(value: object, what: str) -> datetime | None:
@@ -157,27 +168,30 @@ def _layers(recipe: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
     if not isinstance(layers, Mapping):
         raise StorageError(f"{what}: recipe['layers'] must be a dict, got {_short(layers)}")
     rows: list[dict[str, Any]] = []
+    default_granularity = recipe.get("granularity")
     for layer, spec in layers.items():
-        where = f"{what}: layer {_short(layer)}"
-        name = _text(layer, f"{what}: layer name", _limit(_LAYERS.layer), required=True)
+        name = _text(layer, f"{what}: layer name", _LAYER_LIMIT, required=True)
         if not isinstance(spec, Mapping):
-            raise StorageError(f"{where} must map to a dict, got {_short(spec)}")
-        amount = float(_number(spec.get("amount"), f"{where}: 'amount'"))
-        if math.isnan(amount):
-            raise StorageError(f"{where}: 'amount' must be a number, got nan")
-        granularity = spec.get("granularity", recipe.get("granularity"))
-        rows.append(
-            {
-                "layer": name,
-                "amount": amount,
-                "method": _text(
-                    spec.get("method"), f"{where}: 'method'", _limit(_LAYERS.method), required=True
-                ),
-                "granularity": _text(
-                    granularity, f"{where}: 'granularity'", _limit(_LAYERS.granularity)
-                ),
-            }
-        )
+            raise StorageError(
+                f"{what}: layer {_short(layer)} must map to a dict, got {_short(spec)}"
+            )
+        amount, method = spec.get("amount"), spec.get("method")
+        granularity = spec.get("granularity", default_granularity)
+        if type(amount) is not float or amount != amount or type(method) is not str:
+            # The slow path names the problem (a float NaN is the only value != itself).
+            where = f"{what}: layer {_short(layer)}"
+            amount = float(_number(amount, f"{where}: 'amount'"))
+            if math.isnan(amount):
+                raise StorageError(f"{where}: 'amount' must be a number, got nan")
+            method = _text(method, f"{where}: 'method'", _METHOD_LIMIT, required=True)
+        if len(method) > _METHOD_LIMIT or not (
+            granularity is None
+            or (type(granularity) is str and len(granularity) <= _GRANULARITY_LIMIT)
+        ):
+            where = f"{what}: layer {_short(layer)}"
+            _text(method, f"{where}: 'method'", _METHOD_LIMIT, required=True)
+            _text(granularity, f"{where}: 'granularity'", _GRANULARITY_LIMIT)
+        rows.append({"layer": name, "amount": amount, "method": method, "granularity": granularity})
     return rows
 
 
@@ -226,7 +240,6 @@ def trial_rows(sweep: str, record: TrialRecord) -> TrialRows:
     trial: dict[str, Any] = {
         "number": int(number),
         "state": TrialState[record.state],
-        "recipe": _json.dumps(record.recipe, f"{what}: recipe"),
         "order": _text(
             record.recipe.get("order"), f"{what}: recipe['order']", _limit(_TRIALS.order)
         ),
@@ -236,8 +249,6 @@ def trial_rows(sweep: str, record: TrialRecord) -> TrialRows:
             _limit(_TRIALS.granularity),
         ),
         **metric_columns,
-        "metrics": _json.dumps(metrics, f"{what}: metrics"),
-        "timings": _json.dumps(timings, f"{what}: timings"),
         "started_at": started_at,
         "finished_at": finished_at,
         "duration_s": duration,
@@ -245,9 +256,15 @@ def trial_rows(sweep: str, record: TrialRecord) -> TrialRows:
         "attempt": int(attempt),
         "error": _text(record.error, f"{what}: error"),
     }
+    details = {
+        "recipe": _json.dumps(record.recipe, f"{what}: recipe"),
+        "metrics": _json.dumps(metrics, f"{what}: metrics"),
+        "timings": _json.dumps(timings, f"{what}: timings"),
+    }
     return TrialRows(
         number=int(number),
         trial=trial,
+        details=details,
         layers=_layers(record.recipe, what),
         values=_intermediate(record.intermediate, what),
     )

@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import delete, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -16,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import _json
 from storage._engine import (
+    WRITE_OPTIONS,
     build_engine,
     mask_url,
     migrate,
@@ -25,7 +25,8 @@ from storage._engine import (
     with_retry,
 )
 from storage._errors import DuplicateSweepError, StorageError
-from storage._frames import layer_frame, trial_frame, trial_select_columns
+from storage._frames import layer_frame, trial_frame, trial_select, value_frame
+from storage._front import collection_paused, frame_rows, front_ids, layer_summary
 from storage._models import (
     MAX_SWEEP_NAME_LENGTH,
     SWEEP_STATUSES,
@@ -35,9 +36,10 @@ from storage._models import (
     TrialLayerModel,
     TrialModel,
     TrialState,
+    TrialValueModel,
 )
-from storage._pareto import non_dominated, to_minimization, validate_objectives
-from storage._queries import chunks, sweep_info, trial_counts, write_trials
+from storage._pareto import validate_objectives
+from storage._queries import sweep_info, trial_counts, write_trials
 from storage._records import SweepInfo, TrialRecord, trial_rows
 from storage._where import parse_where
 
@@ -86,6 +88,9 @@ class Store:
         self.url_display = mask_url(self._url)
         self._engine = build_engine(self._url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            self._engine.execution_options(**WRITE_OPTIONS), expire_on_commit=False
+        )
         try:
             with_retry(lambda: migrate(self._engine, self.url_display))
         except DBAPIError as exc:
@@ -114,9 +119,14 @@ class Store:
         self._engine.dispose()
 
     @contextmanager
-    def _session(self) -> Iterator[Session]:
-        """One transaction: commit when the block succeeds, roll back when it raises."""
-        session = self._sessions()
+    def _session(self, *, write: bool = False) -> Iterator[Session]:
+        """One transaction: commit when the block succeeds, roll back when it raises.
+
+        ``write`` transactions take SQLite's write lock when they begin (``BEGIN IMMEDIATE``):
+        concurrent writers then wait their turn (busy timeout) instead of failing to upgrade
+        a read snapshot.
+        """
+        session = (self._write_sessions if write else self._sessions)()
         try:
             yield session
             session.commit()
@@ -126,11 +136,12 @@ class Store:
         finally:
             session.close()
 
-    def _run(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one transaction, retrying transient errors; wrap database errors."""
+    def _run(self, work: Callable[[Session], T], *, write: bool = False) -> T:
+        """Run ``work`` in one transaction, retrying transient errors (a locked SQLite file, a
+        dropped connection) with backoff; wrap database errors in one-line StorageErrors."""
 
         def attempt() -> T:
-            with self._session() as session:
+            with self._session(write=write) as session:
                 return work(session)
 
         try:
@@ -184,7 +195,7 @@ class Store:
             except IntegrityError as exc:
                 raise DuplicateSweepError(name, self.url_display) from exc
 
-        self._run(work)
+        self._run(work, write=True)
 
     def get_sweep(self, name: str) -> SweepInfo:
         """Return sweep ``name``; raises :class:`SweepNotFoundError` when it does not exist."""
@@ -219,7 +230,7 @@ class Store:
             sweep.status = SweepStatus[status]
             sweep.updated_at = _now()
 
-        self._run(work)
+        self._run(work, write=True)
 
     # -- trials -------------------------------------------------------------------------------
 
@@ -245,7 +256,7 @@ class Store:
                 write_trials(session, sweep_row, converted)
                 sweep_row.updated_at = _now()
 
-        self._run(work)
+        self._run(work, write=True)
 
     def trials(
         self,
@@ -265,14 +276,14 @@ class Store:
 
         def work(session: Session) -> list[Any]:
             sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
-            stmt = select(*trial_select_columns()).where(
-                TrialModel.sweep_id == sweep_row.id, *clauses
-            )
+            trials = TrialModel.__table__
+            stmt = trial_select().where(trials.c.sweep_id == sweep_row.id, *clauses)
             if wanted is not None:
-                stmt = stmt.where(TrialModel.state.in_(wanted))
-            return list(session.execute(stmt.order_by(TrialModel.number)).all())
+                stmt = stmt.where(trials.c.state.in_(wanted))
+            return list(session.execute(stmt.order_by(trials.c.number)).all())
 
-        return trial_frame(self._run(work))
+        with collection_paused():
+            return trial_frame(self._run(work))
 
     def pareto_front(
         self,
@@ -292,36 +303,12 @@ class Store:
 
         def work(session: Session) -> tuple[dict[str, str], list[Any]]:
             sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
-            chosen = requested
-            if chosen is None:
-                chosen = validate_objectives(_json.loads(sweep_row.objectives))
-            columns = [TrialModel.__table__.c[name] for name in chosen]
-            candidates = session.execute(
-                select(TrialModel.id, *columns).where(
-                    TrialModel.sweep_id == sweep_row.id,
-                    TrialModel.state == TrialState.COMPLETE,
-                    *(column.is_not(None) for column in columns),
-                    *clauses,
-                )
-            ).all()
-            if not candidates:
-                return chosen, []
-            ids = np.array([row[0] for row in candidates], dtype=np.int64)
-            points = to_minimization([row[1:] for row in candidates], list(chosen.values()))
-            usable = ~np.isnan(points).any(axis=1)
-            ids, points = ids[usable], points[usable]
-            front = ids[non_dominated(points)].tolist()
-            rows: list[Any] = []
-            for chunk in chunks(front):
-                rows.extend(
-                    session.execute(
-                        select(*trial_select_columns()).where(TrialModel.id.in_(chunk))
-                    ).all()
-                )
-            return chosen, rows
+            chosen = requested or validate_objectives(_json.loads(sweep_row.objectives))
+            return chosen, frame_rows(session, front_ids(session, sweep_row.id, chosen, clauses))
 
-        chosen, rows = self._run(work)
-        frame = trial_frame(rows)
+        with collection_paused():
+            chosen, rows = self._run(work)
+            frame = trial_frame(rows)
         first, direction = next(iter(chosen.items()))
         frame = frame.sort_values(
             [first, "number"], ascending=[direction == "min", True], kind="mergesort"
@@ -351,3 +338,50 @@ class Store:
             return list(session.execute(stmt).all())
 
         return layer_frame(self._run(work))
+
+    def layer_summary(
+        self,
+        sweep: str,
+        objectives: Mapping[str, str] | None = None,
+        *,
+        where: Sequence[str] | str | None = None,
+        front_only: bool = True,
+    ) -> pd.DataFrame:
+        """How much each layer tolerates: the pruning amounts of the layer over the Pareto
+        front of ``sweep`` (or, with ``front_only=False``, over every COMPLETE trial).
+
+        ``objectives`` and ``where`` are as in :meth:`pareto_front`. One row per layer, in
+        recipe order, with columns ``layer``, ``trials`` (trials that set the layer),
+        ``amount_min``, ``amount_median``, ``amount_max`` and ``amount_at_best``: the amount in
+        the most accurate of those trials (ties: the objectives in order, then the lowest
+        number). ``frame.attrs`` holds ``trials``, ``best_number``, ``best_accuracy``,
+        ``objectives`` and ``front_only``.
+        """
+        clauses = parse_where(where)
+        requested = None if objectives is None else validate_objectives(objectives)
+
+        def work(session: Session) -> pd.DataFrame:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            chosen = requested or validate_objectives(_json.loads(sweep_row.objectives))
+            return layer_summary(session, sweep_row.id, chosen, clauses, front_only=front_only)
+
+        with collection_paused():
+            frame = self._run(work)
+        frame.attrs["sweep"] = sweep
+        return frame
+
+    def intermediate_values(self, sweep: str) -> pd.DataFrame:
+        """The intermediate values trials of ``sweep`` reported: columns number, step, value
+        (NaN where the trial reported NaN), ordered by number and step."""
+
+        def work(session: Session) -> list[Any]:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            stmt = (
+                select(TrialModel.number, TrialValueModel.step, TrialValueModel.value)
+                .join(TrialModel, TrialValueModel.trial_id == TrialModel.id)
+                .where(TrialModel.sweep_id == sweep_row.id)
+                .order_by(TrialModel.number, TrialValueModel.step)
+            )
+            return list(session.execute(stmt).all())
+
+        return value_frame(self._run(work))

@@ -1,16 +1,20 @@
-"""Listings as a rich table, CSV or JSON (one object per trial, ``recipe`` as an object)."""
+"""Listings as a rich table, CSV, JSON (one object per row, ``recipe`` as an object) or
+Parquet, on the terminal or into a file (``-o``)."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "csv", "json", "parquet")
 TABLE_COLUMNS = (
     "number",
     "state",
@@ -46,8 +50,11 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _cell(name: str, value: Any) -> str:
     value = _plain(value)
+    name = name.split("[")[0]  # "amount_min[other-sweep]" formats like "amount_min"
     if value is None:
         return "-"
+    if name.startswith("amount"):
+        return f"{value:.3f}"
     if name in ("accuracy", "accuracy_drop", "sparsity"):
         return f"{100 * value:.2f}%"
     if name.endswith("_bytes"):
@@ -59,22 +66,102 @@ def _cell(name: str, value: Any) -> str:
     return str(value)
 
 
-def render(frame: pd.DataFrame, fmt: str, console: Console, title: str | None = None) -> None:
+class OutputError(Exception):
+    """A listing that cannot be written as asked; one line that says how to fix it."""
+
+
+def resolve_format(fmt: str | None, output: Path | None) -> str:
+    """``--format``, or the ``-o`` file's extension (.csv, .json, .parquet), else table."""
+    if fmt is None:
+        suffix = output.suffix.lower().lstrip(".") if output is not None else ""
+        fmt = suffix if suffix in FORMATS and suffix != "table" else "table"
+    if fmt not in FORMATS:
+        raise OutputError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "parquet" and output is None:
+        raise OutputError("--format parquet writes a binary file: add -o FILE.parquet")
+    return fmt
+
+
+def _flat(frame: pd.DataFrame) -> pd.DataFrame:
+    """Nested columns (recipe, metrics, timings) as JSON text, for CSV and Parquet."""
+    flat = frame.copy()
+    for name in NESTED:
+        if name in flat:
+            flat[name] = flat[name].map(lambda v: json.dumps(v, sort_keys=True))
+    return flat
+
+
+def _table(frame: pd.DataFrame, title: str | None, columns: Sequence[str] | None) -> Table:
+    table = Table(title=title)
+    names = list(columns) if columns is not None else [c for c in TABLE_COLUMNS if c in frame]
+    for name in names:
+        left = name in ("state", "order", "granularity", "layer")
+        table.add_column(Text(name), justify="left" if left else "right")
+    for row in frame.to_dict(orient="records"):  # Text: "[...]" in names is not rich markup
+        table.add_row(*(Text(_cell(name, row[name])) for name in names))
+    return table
+
+
+def _parquet(frame: pd.DataFrame, output: Path) -> None:
+    try:
+        _flat(frame).to_parquet(output, index=False)
+    except ImportError as exc:
+        raise OutputError(
+            f"--format parquet needs pyarrow ({exc}); install it: pip install pyarrow"
+        ) from None
+
+
+def _text(frame: pd.DataFrame, fmt: str) -> str:
     if fmt == "json":
-        console.out(json.dumps(records(frame), indent=2), highlight=False)
-    elif fmt == "csv":
-        flat = frame.copy()
-        for name in NESTED:
-            if name in flat:
-                flat[name] = flat[name].map(lambda v: json.dumps(v, sort_keys=True))
-        console.out(flat.to_csv(index=False).rstrip("\n"), highlight=False)
-    else:
-        table = Table(title=title)
-        columns = [c for c in TABLE_COLUMNS if c in frame.columns]
-        for name in columns:
-            table.add_column(
-                name, justify="right" if name not in ("state", "order", "granularity") else "left"
-            )
-        for row in frame.to_dict(orient="records"):
-            table.add_row(*(_cell(name, row[name]) for name in columns))
-        console.print(table)
+        return json.dumps(records(frame), indent=2)
+    return _flat(frame).to_csv(index=False).rstrip("\n")
+
+
+def render(
+    frame: pd.DataFrame,
+    fmt: str,
+    console: Console,
+    title: str | None = None,
+    *,
+    output: Path | None = None,
+    columns: Sequence[str] | None = None,
+) -> None:
+    """Print ``frame`` on ``console``, or write it to ``output``.
+
+    The table shows ``columns`` (default: the trial columns in :data:`TABLE_COLUMNS`); CSV,
+    JSON and Parquet hold every column, nested ones as objects (JSON) or JSON text.
+    """
+    if output is None:
+        if fmt == "parquet":
+            raise OutputError("--format parquet writes a binary file: add -o FILE.parquet")
+        if fmt == "table":
+            console.print(_table(frame, title, columns))
+        else:
+            console.out(_text(frame, fmt), highlight=False)
+        return
+    try:
+        if fmt == "parquet":
+            _parquet(frame, output)
+        elif fmt == "table":
+            with output.open("w", encoding="utf-8") as file:
+                Console(file=file, width=200, color_system=None).print(
+                    _table(frame, title, columns)
+                )
+        else:
+            output.write_text(_text(frame, fmt) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"-o: cannot write {output}: {exc.strerror or exc}") from None
+
+
+def side_by_side(
+    left: pd.DataFrame, left_name: str, right: pd.DataFrame, right_name: str
+) -> pd.DataFrame:
+    """Two layer summaries joined on ``layer`` (layers of both only, in ``left``'s order), each
+    other column once per sweep: ``amount_min[left_name]``, ``amount_min[right_name]``, ..."""
+    values = [column for column in left.columns if column != "layer"]
+    merged = left.merge(right, on="layer", how="inner", suffixes=("[l]", "[r]"), sort=False)
+    columns = {"layer": merged["layer"]}
+    for column in values:
+        columns[f"{column}[{left_name}]"] = merged[f"{column}[l]"]
+        columns[f"{column}[{right_name}]"] = merged[f"{column}[r]"]
+    return pd.DataFrame(columns)

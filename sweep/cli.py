@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from storage import StorageError, Store
-from sweep import _driver, _output
+from sweep import _driver, _export, _output
 from sweep._config import DEFAULT_STORAGE, ConfigError, load_config
 from trials import RecipeError, TaskError
 
@@ -27,7 +28,14 @@ app = typer.Typer(
 # Outside a terminal (pipes, CI logs) rich would wrap tables at 80 columns: give them room.
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-USER_ERRORS = (ConfigError, StorageError, TaskError, RecipeError)
+USER_ERRORS = (
+    ConfigError,
+    StorageError,
+    TaskError,
+    RecipeError,
+    _output.OutputError,
+    _export.ExportError,
+)
 
 StorageOption = Annotated[
     str | None,
@@ -37,17 +45,33 @@ StorageOption = Annotated[
         help=f"Store URL (default {DEFAULT_STORAGE}; PostgreSQL: postgresql+psycopg://...).",
     ),
 ]
-FormatOption = Annotated[str, typer.Option("--format", help="table, csv or json.")]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="table, csv, json or parquet (default: the -o file's extension, else table).",
+    ),
+]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", metavar="FILE", help="Write to FILE (parquet needs one) instead."
+    ),
+]
+WhereOption = Annotated[
+    list[str] | None,
+    typer.Option("--where", help='Constraint such as "accuracy >= 0.97", repeatable.'),
+]
+ObjectiveOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--objective", help="METRIC:max|min, repeatable (default: the sweep's objectives)."
+    ),
+]
 
 
 class UserError(Exception):
     """A mistake the user can fix; the message says how."""
-
-
-def _check_format(fmt: str) -> str:
-    if fmt not in _output.FORMATS:
-        raise UserError(f"--format: {fmt!r} is not one of {', '.join(_output.FORMATS)}")
-    return fmt
 
 
 def _store(url: str | None) -> Store:
@@ -129,13 +153,25 @@ def launch(
 @app.command()
 def trials(
     name: Annotated[str, typer.Argument(help="Sweep name.")],
+    where: WhereOption = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option("--state", help="RUNNING, COMPLETE, PRUNED or FAIL, repeatable."),
+    ] = None,
     storage: StorageOption = None,
-    fmt: FormatOption = "table",
+    fmt: FormatOption = None,
+    output: OutputOption = None,
 ) -> None:
-    """List every trial of a sweep."""
-    _check_format(fmt)
-    frame = _store(storage).trials(name)
-    _output.render(frame, fmt, out, title=f"Trials of {name}")
+    """List the trials of a sweep, optionally filtered."""
+    fmt = _output.resolve_format(fmt, output)
+    frame = _store(storage).trials(name, states=state or None, where=where or None)
+    _output.render(frame, fmt, out, title=f"Trials of {name}", output=output)
+    _wrote(frame, output)
+
+
+def _wrote(frame: pd.DataFrame, output: Path | None) -> None:
+    if output is not None:
+        err.print(f"wrote {len(frame)} rows to {output}", highlight=False)
 
 
 def _objectives(specs: list[str]) -> dict[str, str] | None:
@@ -153,23 +189,99 @@ def _objectives(specs: list[str]) -> dict[str, str] | None:
 @app.command()
 def pareto(
     name: Annotated[str, typer.Argument(help="Sweep name.")],
-    objective: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--objective", help="METRIC:max|min, repeatable (default: the sweep's objectives)."
-        ),
-    ] = None,
-    where: Annotated[
-        list[str] | None,
-        typer.Option("--where", help='Constraint such as "accuracy >= 0.97", repeatable.'),
-    ] = None,
+    objective: ObjectiveOption = None,
+    where: WhereOption = None,
     storage: StorageOption = None,
-    fmt: FormatOption = "table",
+    fmt: FormatOption = None,
+    output: OutputOption = None,
 ) -> None:
     """List the non-dominated COMPLETE trials of a sweep."""
-    _check_format(fmt)
+    fmt = _output.resolve_format(fmt, output)
     front = _store(storage).pareto_front(name, _objectives(objective or []), where=where or None)
-    _output.render(front, fmt, out, title=f"Pareto front of {name} ({len(front)} trials)")
+    title = f"Pareto front of {name} ({len(front)} trials)"
+    _output.render(front, fmt, out, title=title, output=output)
+    _wrote(front, output)
+
+
+def _layers_title(name: str, summary: pd.DataFrame) -> str:
+    over = "its Pareto front" if summary.attrs.get("front_only") else "its COMPLETE trials"
+    best = summary.attrs.get("best_number")
+    text = f"{name}: pruning amount per layer over {over} ({summary.attrs.get('trials', 0)} trials"
+    if best is not None:
+        accuracy = summary.attrs.get("best_accuracy")
+        shown = "" if accuracy is None else f", accuracy {100 * accuracy:.2f}%"
+        text += f"; at_best = trial {best}{shown}"
+    return text + ")"
+
+
+@app.command()
+def layers(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    front: Annotated[
+        bool,
+        typer.Option(
+            "--front/--all", help="Over the Pareto front (default) or every COMPLETE trial."
+        ),
+    ] = True,
+    compare: Annotated[
+        str | None,
+        typer.Option("--compare", metavar="OTHER", help="Another sweep, side by side."),
+    ] = None,
+    objective: ObjectiveOption = None,
+    where: WhereOption = None,
+    storage: StorageOption = None,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+) -> None:
+    """How much each layer tolerates: min, median and max pruning amount over the front, and
+    the amount in its most accurate trial."""
+    fmt = _output.resolve_format(fmt, output)
+    if compare is not None and compare == name:
+        raise UserError(f"--compare: {compare!r} is the sweep itself; name another sweep")
+    store = _store(storage)
+    objectives = _objectives(objective or [])
+    summary = store.layer_summary(name, objectives, where=where or None, front_only=front)
+    title = _layers_title(name, summary)
+    if compare is not None:
+        other = store.layer_summary(compare, objectives, where=where or None, front_only=front)
+        joined = _output.side_by_side(summary, name, other, compare)
+        if joined.empty:
+            mine = ", ".join(summary["layer"][:5]) or "none"
+            theirs = ", ".join(other["layer"][:5]) or "none"
+            raise UserError(
+                f"--compare: sweeps {name!r} and {compare!r} have no layer in common "
+                f"({name}: {mine}; {compare}: {theirs})"
+            )
+        title += f" vs {_layers_title(compare, other)}"
+        summary = joined
+    _output.render(summary, fmt, out, title=title, output=output, columns=list(summary.columns))
+    _wrote(summary, output)
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="Sweep name; also the Optuna study's name.")],
+    optuna_storage: Annotated[
+        str,
+        typer.Option(
+            "--optuna-storage",
+            metavar="URL",
+            help="Optuna storage URL, e.g. sqlite:///optuna.db (optuna-dashboard reads it).",
+        ),
+    ],
+    replace: Annotated[
+        bool, typer.Option(help="Overwrite a study of the same name in that storage.")
+    ] = False,
+    storage: StorageOption = None,
+) -> None:
+    """Write a sweep as an Optuna study, for optuna-dashboard and Optuna's own tools."""
+    done = _export.export_study(_store(storage), name, optuna_storage, replace=replace)
+    left_out = f"; {done.running_left_out} RUNNING trials left out" if done.running_left_out else ""
+    err.print(
+        f"exported {done.trials} trials of {name} to Optuna study {done.study!r} in "
+        f"{done.url}{left_out}; browse it with: optuna-dashboard {done.url}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -215,5 +327,5 @@ def main() -> None:
     try:
         app()
     except (*USER_ERRORS, UserError) as exc:
-        err.print(f"error: {exc}", highlight=False, markup=False)
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)

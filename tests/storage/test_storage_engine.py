@@ -130,7 +130,10 @@ def test_retry_does_not_repeat_permanent_errors() -> None:
     assert is_transient(_locked())
 
 
-def test_locked_database_is_retried_then_reported(tmp_path: Path) -> None:
+def test_locked_database_is_retried_then_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("storage._engine.RETRY_BASE_DELAY_S", 0.001)  # give up quickly
     url = f"sqlite:///{tmp_path / 'x.db'}"
     with Store(url) as store:
         store.create_sweep("s", {}, {"accuracy": "max"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from importlib import resources
 
 import pytest
@@ -11,12 +12,13 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from storage_helpers import make_record
 
 from storage import StorageError, Store
 from storage._migrate import alembic_config, head_revision
 from storage._models import METRIC_COLUMNS, BaseModel
 
-TABLES = {"sweeps", "trials", "trial_layers", "trial_values"}
+TABLES = {"sweeps", "trials", "trial_details", "trial_layers", "trial_values"}
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def test_fresh_database_is_at_head_and_matches_models(
     assert not [record for record in caplog.records if record.name.startswith("alembic")]
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert context.get_current_revision() == head_revision() == "0001"
+        assert context.get_current_revision() == head_revision() == "0002"
         assert compare_metadata(context, BaseModel.metadata) == []
         inspector = sa.inspect(connection)
         assert set(inspector.get_table_names()) == TABLES | {"alembic_version"}
@@ -73,3 +75,86 @@ def test_migrations_are_packaged() -> None:
     assert migrations.joinpath("script.py.mako").is_file()
     assert migrations.joinpath("versions", "__init__.py").is_file()
     assert migrations.joinpath("versions", "0001_initial.py").is_file()
+    assert migrations.joinpath("versions", "0002_trial_details.py").is_file()
+
+
+def _insert(connection: sa.Connection, table: str, rows: list[dict[str, object]]) -> None:
+    reflected = sa.Table(table, sa.MetaData(), autoload_with=connection)
+    connection.execute(reflected.insert(), rows)
+
+
+def test_upgrade_from_a_0001_database_keeps_every_row(fresh_url: str, engine: sa.Engine) -> None:
+    """A database written by the first release (revision 0001): recipes, metrics and timings
+    move to trial_details; no layer or value row is lost in the rebuild of ``trials``."""
+    created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0001")
+        _insert(
+            connection,
+            "sweeps",
+            [
+                {
+                    "id": 1,
+                    "name": "old",
+                    "config": '{"search_space": {"amount": {"min": 0.0, "max": 0.9}}}',
+                    "objectives": '{"accuracy": "max", "size_bytes": "min"}',
+                    "status": "FINISHED",
+                    "created_at": created,
+                    "updated_at": created,
+                }
+            ],
+        )
+        recipe = '{"order": "prune_qat", "granularity": "per_tensor", "layers": %s}'
+        layers = '{"conv": {"amount": %s, "method": "unstructured"}}'
+        _insert(
+            connection,
+            "trials",
+            [
+                {
+                    "id": 10 + number,
+                    "sweep_id": 1,
+                    "number": number,
+                    "state": "COMPLETE",
+                    "recipe": recipe % (layers % (0.25 * number)),
+                    "order": "prune_qat",
+                    "granularity": "per_tensor",
+                    "accuracy": 0.9 - 0.1 * number,
+                    "size_bytes": 1000 - 100 * number,
+                    "metrics": '{"accuracy": %s, "extra": 1}' % (0.9 - 0.1 * number),
+                    "timings": '{"prune_s": 1.5}',
+                    "started_at": created,
+                    "finished_at": created,
+                    "attempt": 1,
+                }
+                for number in range(2)
+            ],
+        )
+        _insert(
+            connection,
+            "trial_layers",
+            [
+                {"trial_id": 10 + number, "layer": "conv", "amount": 0.25 * number}
+                | {"method": "unstructured", "granularity": "per_tensor"}
+                for number in range(2)
+            ],
+        )
+        _insert(connection, "trial_values", [{"trial_id": 11, "step": 0, "value": 0.5}])
+
+    with Store(fresh_url) as store:
+        frame = store.trials("old")
+        assert frame["number"].tolist() == [0, 1]
+        assert frame["recipe"][1]["layers"]["conv"]["amount"] == 0.25
+        assert frame["metrics"][0] == {"accuracy": 0.9, "extra": 1}
+        assert frame["timings"][1] == {"prune_s": 1.5}
+        assert store.layers("old")["amount"].tolist() == [0.0, 0.25]
+        assert store.intermediate_values("old")[["number", "step"]].values.tolist() == [[1, 0]]
+        assert store.pareto_front("old")["number"].tolist() == [0, 1]
+        store.record_trials("old", [make_record(2, metrics={"accuracy": 0.95})])
+        assert len(store.trials("old")) == 3
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert context.get_current_revision() == "0002"
+        assert compare_metadata(context, BaseModel.metadata) == []
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+        # The CHECK constraint on trial states survived the rebuild of ``trials``.
+        connection.execute(sa.text("UPDATE trials SET state = 'DONE' WHERE number = 0"))
