@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -116,6 +117,21 @@ def launch(
         f"{config.task!r}, store {store.url_display}"
     )
     _driver.connect_ray(config.ray_address)
+    _run_with_progress(
+        config.name,
+        store,
+        config.budget.n_trials,
+        lambda show: _driver.run_sweep(config, store, replace=replace, on_progress=show),
+    )
+
+
+def _run_with_progress(
+    name: str,
+    store: Store,
+    total: int,
+    run: Callable[[_driver.ProgressFn], _driver.Progress],
+) -> None:
+    """Run a sweep under a live progress bar, then print its front."""
     started = time.monotonic()
     columns = (
         TextColumn("{task.description}"),
@@ -125,28 +141,55 @@ def launch(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, transient=False) as bar:
-        task_id = bar.add_task("trials", total=config.budget.n_trials, detail="starting")
+        task_id = bar.add_task("trials", total=total, detail="starting")
 
         def show(p: _driver.Progress) -> None:
             best = ", ".join(f"{k} {_output._cell(k, v)}" for k, v in p.best.items())
             detail = f"running {p.running} failed {p.failed} pruned {p.pruned}" + (
                 f" | best {best}" if best else ""
             )
-            bar.update(task_id, completed=p.done, detail=detail)
+            bar.update(task_id, total=p.total, completed=p.done, detail=detail)
 
         try:
-            result = _driver.run_sweep(config, store, replace=replace, on_progress=show)
+            result = run(show)
         except KeyboardInterrupt:
-            err.print(f"interrupted: finished trials are stored in {store.url_display}")
+            err.print(
+                f"interrupted: finished trials are stored in {store.url_display}; "
+                f"continue with `sweep resume {name}`"
+            )
             raise typer.Exit(130) from None
     elapsed = time.monotonic() - started
     err.print(
         f"{result.done} trials in {elapsed:.1f} s ({60 * result.done / elapsed:.1f} per minute); "
         f"{result.failed} failed, {result.pruned} pruned"
     )
-    front = store.pareto_front(config.name)
-    _output.render(
-        front, "table", out, title=f"Pareto front of {config.name} ({len(front)} trials)"
+    front = store.pareto_front(name)
+    _output.render(front, "table", out, title=f"Pareto front of {name} ({len(front)} trials)")
+
+
+@app.command()
+def resume(
+    name: Annotated[str, typer.Argument(help="The sweep to finish.")],
+    storage: StorageOption = None,
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", min=1, help="New total trial budget.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address; none uses the sweep's, else a local Ray.")
+    ] = None,
+) -> None:
+    """Finish a stopped sweep: re-run the trials in flight, then the rest of the budget."""
+    store = _store(storage)
+    config = _driver.stored_config(store, name)
+    _driver.validate_before_ray(config)
+    total = n_trials or config.budget.n_trials
+    err.print(f"resuming sweep [bold]{name}[/] to {total} trials, store {store.url_display}")
+    _driver.connect_ray(address or config.ray_address)
+    _run_with_progress(
+        name,
+        store,
+        total,
+        lambda show: _driver.resume_sweep(name, store, n_trials=n_trials, on_progress=show),
     )
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from storage import Store
 from sweep import parse_config, run_sweep
-from sweep._driver import resume_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +56,16 @@ def test_resume_after_the_driver_is_killed(local_ray: None, tmp_path: Path) -> N
     assert len(running) >= 1, "the kill should leave trials in flight"
     assert len(before) < 14
 
-    resume_sweep("killed", store)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sweep", "resume", "killed", "--storage", f"sqlite:///{db}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Pareto front of killed" in resumed.stdout
 
     after = store.trials("killed")
     assert list(after["number"]) == list(range(14))  # none lost, none recorded twice
