@@ -36,7 +36,8 @@ class ClassificationTask:
     batch_size = 64
     latency_batch_size = 64
     baseline_max_epochs = 60
-    baseline_patience = 6
+    baseline_patience: int | None = 6
+    baseline_min_delta = 1e-4
     baseline_lr = 3e-3
 
     def __init__(self, seed: int = 0) -> None:
@@ -95,10 +96,21 @@ class ClassificationTask:
         return self.x_val[: self.latency_batch_size].clone()
 
     # -- baseline ----------------------------------------------------------------------------------
+    def _baseline_schedule(
+        self, optimizer: torch.optim.Optimizer
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """A learning-rate schedule stepped once per batch (none: a constant rate)."""
+        return None
+
     def _train_baseline(self) -> nn.Module:
+        """Adam over ``baseline_max_epochs``, keeping the epoch with the lowest calibration loss;
+        stops after ``baseline_patience`` epochs without an improvement of
+        ``baseline_min_delta`` (``None``: runs every epoch)."""
         seed_everything(self.seed)
         model = self.create_model()
         optimizer = torch.optim.Adam(model.parameters(), lr=self.baseline_lr)
+        schedule = self._baseline_schedule(optimizer)
+        self._epoch = 0
         best_loss, best_state, waited = math.inf, copy.deepcopy(model.state_dict()), 0
         for _ in range(self.baseline_max_epochs):
             model.train()
@@ -106,13 +118,16 @@ class ClassificationTask:
                 optimizer.zero_grad(set_to_none=True)
                 self.loss(model(inputs), targets).backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
             loss = self._calibration_loss(model)
-            if loss < best_loss - 1e-4:
+            if loss < best_loss - self.baseline_min_delta:
                 best_loss, best_state, waited = loss, copy.deepcopy(model.state_dict()), 0
             else:
                 waited += 1
-                if waited >= self.baseline_patience:
+                if self.baseline_patience is not None and waited >= self.baseline_patience:
                     break
+        self._epoch = 0  # fine-tuning then sees the same draws whether trained here or cached
         model.load_state_dict(best_state)
         return model.eval()
 

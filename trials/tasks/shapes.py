@@ -25,7 +25,6 @@ data-dependent control flow; ``nn.ReLU`` modules and ``+`` for adds), as FX int8
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trials._task import Batch, seed_everything
+from trials._task import Batch
 from trials.tasks._classification import ClassificationTask, _batches
 
 SIZE = 32
@@ -224,6 +223,9 @@ class ShapesTask(ClassificationTask):
     name = "shapes"
     batch_size = 64
     baseline_max_epochs = 12
+    # One-cycle schedule over every epoch: keep the best epoch, never stop early.
+    baseline_patience = None
+    baseline_min_delta = 0.0
     baseline_lr = 5e-3
 
     def __init__(
@@ -270,29 +272,13 @@ class ShapesTask(ClassificationTask):
             inputs, targets = generate(self.n_train, _split_seed(self.seed, 1 + self._epoch))
         return _batches(inputs, targets, self.batch_size, None)
 
-    def _train_baseline(self) -> nn.Module:
-        seed_everything(self.seed)
-        model = self.create_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.baseline_lr)
+    def _baseline_schedule(
+        self, optimizer: torch.optim.Optimizer
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
         steps_per_epoch = math.ceil(self.n_train / self.batch_size)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
+        return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=self.baseline_lr,
             total_steps=self.baseline_max_epochs * steps_per_epoch,
             pct_start=0.15,
         )
-        self._epoch = 0
-        best_loss, best_state = math.inf, copy.deepcopy(model.state_dict())
-        for _ in range(self.baseline_max_epochs):
-            model.train()
-            for inputs, targets in self.train_batches():
-                optimizer.zero_grad(set_to_none=True)
-                self.loss(model(inputs), targets).backward()
-                optimizer.step()
-                schedule.step()
-            loss = self._calibration_loss(model)
-            if loss < best_loss:
-                best_loss, best_state = loss, copy.deepcopy(model.state_dict())
-        self._epoch = 0  # fine-tuning then sees the same draws whether trained here or cached
-        model.load_state_dict(best_state)
-        return model.eval()
