@@ -86,19 +86,20 @@ def trial_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
     return pd.DataFrame({name: _series(name, values) for name, values in columns.items()})
 
 
-def layer_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
-    """Build the layer frame from ``(number, layer, amount, method, granularity)`` rows."""
-    columns: dict[str, list[Any]] = {name: [] for name in LAYER_COLUMNS}
+def _plain_frame(names: tuple[str, ...], rows: Sequence[Row[Any]]) -> pd.DataFrame:
+    """A frame whose columns are ``names``, one per field of each row, values as stored."""
+    columns: dict[str, list[Any]] = {name: [] for name in names}
     for row in rows:
-        for name, value in zip(LAYER_COLUMNS, row, strict=True):
+        for name, value in zip(names, row, strict=True):
             columns[name].append(value)
     return pd.DataFrame({name: _series(name, values) for name, values in columns.items()})
+
+
+def layer_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
+    """Build the layer frame from ``(number, layer, amount, method, granularity)`` rows."""
+    return _plain_frame(LAYER_COLUMNS, rows)
 
 
 def value_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
     """Build the intermediate-value frame from ``(number, step, value)`` rows."""
-    columns: dict[str, list[Any]] = {name: [] for name in VALUE_COLUMNS}
-    for row in rows:
-        for name, value in zip(VALUE_COLUMNS, row, strict=True):
-            columns[name].append(value)
-    return pd.DataFrame({name: _series(name, values) for name, values in columns.items()})
+    return _plain_frame(VALUE_COLUMNS, rows)
