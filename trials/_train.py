@@ -36,7 +36,8 @@ def train(
     """Train ``model`` in place for ``epochs`` over the task's train split, keeping pruned zeros."""
     if epochs <= 0:
         return
-    total_steps = epochs * sum(1 for _ in task.train_batches())
+    # Only a step hook needs the schedule's length; counting costs a pass over the batches.
+    total_steps = epochs * sum(1 for _ in task.train_batches()) if on_step is not None else 0
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     first_loss: float | None = None
     step = 0

@@ -22,7 +22,6 @@ from trials._task import AnalyticTask, Batch, Task
 from trials._train import TrialError, train
 
 ReportFn = Callable[[int, dict[str, float]], None]
-TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
 class TrialPruned(Exception):
