@@ -94,10 +94,31 @@ class EarlyStopping(_Strict):
     warmup_steps: int = Field(0, ge=0)
 
 
+_RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
 class Resources(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
+    # Fractions share a GPU: 0.25 runs four trials on each GPU at once.
     gpus_per_trial: float = Field(0.0, ge=0)
+    # Ray custom resources each trial needs, e.g. {fast_disk: 1}; nodes declare them.
+    custom: dict[str, float] = Field(default_factory=dict)
     max_concurrent: int | None = Field(None, ge=1)
+    # How long to wait for an autoscaler to add a node that carries the resources asked for;
+    # 0 fails at once when no node has them.
+    wait_for_nodes_s: float = Field(0.0, ge=0)
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in _RAY_BUILTIN_RESOURCES or not name.strip():
+                raise ValueError(
+                    f"{name!r} is not a custom resource name (use cpus_per_trial / gpus_per_trial)"
+                )
+            if not amount > 0:
+                raise ValueError(f"{name!r}: the amount must be > 0, got {amount}")
+        return value
 
 
 class SweepConfig(_Strict):

@@ -7,8 +7,10 @@ recipes and numbers, and asks new trials numbered after the last stored one.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,10 +22,10 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from storage import METRIC_COLUMNS, StorageError, Store, TrialRecord
-from sweep import _remote
+from sweep import _remote, _resources, _shipping
 from sweep._config import ConfigError, SweepConfig, parse_config
 from sweep._space import Space, objective_values, select_layers
-from trials import Recipe, TrialResult, resolve_task_factory
+from trials import Recipe, TaskError, TrialResult, resolve_task_factory
 
 log = logging.getLogger("sweep")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -35,6 +37,8 @@ POLL_S = 0.25
 _STORED_EXTRAS = ("layers", "fp32_metrics")
 _WRITE_RETRIES = 8
 SLOTS_REFRESH_S = 5.0
+# Set by Ray's job manager in a submitted job's driver (ray._private.runtime_env.constants).
+RAY_JOB_CONFIG_JSON_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 @dataclass
@@ -63,7 +67,9 @@ def validate_before_ray(config: SweepConfig) -> None:
             raise ConfigError(f"objectives: {name!r} is not a trial metric (choose from {choices})")
 
 
-def connect_ray(address: str | None) -> None:
+def connect_ray(address: str | None, task: str | None = None) -> None:
+    """Start a local Ray (``address`` None) or join a cluster (``auto``, ``host:port``,
+    ``ray://host:port``). On a cluster, the user's task code is shipped to the workers."""
     if ray.is_initialized():
         return
     ray.init(
@@ -72,7 +78,19 @@ def connect_ray(address: str | None) -> None:
         log_to_driver=False,
         logging_level=logging.ERROR,
         configure_logging=True,
+        runtime_env=_runtime_env(address, task),
     )
+
+
+def _runtime_env(address: str | None, task: str | None) -> dict[str, Any] | None:
+    # A local Ray's workers share this machine's files and working directory: nothing to ship.
+    if not address or task is None:
+        return None
+    # Under `ray job submit --working-dir .` (or --py-modules) the job already carries the code.
+    job = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    if job and {"working_dir", "py_modules"} & set(json.loads(job).get("runtime_env") or {}):
+        return None
+    return _shipping.runtime_env(task)
 
 
 def _sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
@@ -125,8 +143,18 @@ def _monitor() -> Any:
 
 
 def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
+    """Check that the cluster can run a trial, then describe the task on a worker."""
+    resources = config.resources
+    _resources.require(_resources.demand(resources), resources.wait_for_nodes_s)
     describe = ray.remote(num_cpus=config.resources.cpus_per_trial)(_remote.describe_task)
-    info: _remote.TaskInfo = ray.get(describe.remote(config.task, config.task_settings))
+    try:
+        info: _remote.TaskInfo = ray.get(describe.remote(config.task, config.task_settings))
+    except ray.exceptions.RayTaskError as exc:
+        # The worker could not load the task (say, a module missing on that node): the user's
+        # one-line error, not the remote traceback.
+        if isinstance(exc.cause, TaskError):
+            raise TaskError(f"{exc.cause} (on a Ray worker)") from None
+        raise
     space = Space(
         tuple(select_layers(info.layers, config.search_space)),
         config.search_space,
@@ -189,6 +217,7 @@ class _Driver:
         self.execute = ray.remote(
             num_cpus=resources.cpus_per_trial,
             num_gpus=resources.gpus_per_trial,
+            resources=dict(resources.custom),
             max_calls=0,  # reuse workers: a fresh process costs seconds of imports and CUDA init
             retry_exceptions=False,  # trial errors are results; Ray retries only lost workers
         )(execute_trial)
@@ -208,11 +237,9 @@ class _Driver:
         if now - self.slots_checked < SLOTS_REFRESH_S:
             return
         self.slots_checked = now
-        total = ray.cluster_resources()
-        fits = [total.get("CPU", 0.0) // resources.cpus_per_trial]
-        if resources.gpus_per_trial > 0:
-            fits.append(total.get("GPU", 0.0) // resources.gpus_per_trial)
-        self.slots = max(1, int(min(fits)))
+        self.slots = max(
+            1, _resources.fitting(_resources.demand(resources), ray.cluster_resources())
+        )
 
     # -- submitting ---------------------------------------------------------------------------
     def _submit(self, number: int, trial: optuna.trial.Trial, recipe: dict[str, Any]) -> None:

@@ -116,7 +116,7 @@ def launch(
         f"sweep [bold]{config.name}[/]: {config.budget.n_trials} trials of task "
         f"{config.task!r}, store {store.url_display}"
     )
-    _driver.connect_ray(config.ray_address)
+    _driver.connect_ray(config.ray_address, config.task)
     _run_with_progress(
         config.name,
         store,
@@ -184,7 +184,7 @@ def resume(
     _driver.validate_before_ray(config)
     total = n_trials or config.budget.n_trials
     err.print(f"resuming sweep [bold]{name}[/] to {total} trials, store {store.url_display}")
-    _driver.connect_ray(address or config.ray_address)
+    _driver.connect_ray(address or config.ray_address, config.task)
     _run_with_progress(
         name,
         store,

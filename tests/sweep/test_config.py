@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,15 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="expected a YAML mapping"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("custom", "message"),
+    [
+        ({"GPU": 1}, "resources.custom: Value error, 'GPU' is not a custom resource name"),
+        ({"fast": 0}, "resources.custom: Value error, 'fast': the amount must be > 0"),
+    ],
+)
+def test_custom_resources_are_validated(custom: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config({"name": "n", "task": "digits", "resources": {"custom": custom}})
