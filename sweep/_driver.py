@@ -73,7 +73,9 @@ def connect_ray(address: str | None, task: str | None = None) -> None:
     if ray.is_initialized():
         return
     ray.init(
-        address=address or None,
+        # "local" always starts a new Ray: without it ray.init() joins any Ray that `ray start`
+        # (or another program) left running on this machine.
+        address=address or "local",
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.ERROR,

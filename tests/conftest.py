@@ -16,6 +16,7 @@ os.environ.setdefault("SWEEP_CACHE_DIR", tempfile.mkdtemp(prefix="sweep-test-cac
 def local_ray() -> Iterator[None]:
     """One real local Ray for the whole session (random ports; token authentication stays on)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a Ray of its own, never one that another program left running here.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
