@@ -378,6 +378,9 @@ class _Driver:
                 if not final:
                     return
                 time.sleep(wait)
+            # After an outage a trial's RUNNING record and its result may both wait here: the
+            # later record supersedes the earlier (the store takes each number once per call).
+            self.pending = list({record.number: record for record in self.pending}.values())
             try:
                 self.store.record_trials(self.config.name, self.pending)
             except StorageError as exc:

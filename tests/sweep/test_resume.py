@@ -79,6 +79,49 @@ def test_resume_after_the_driver_is_killed(local_ray: None, tmp_path: Path) -> N
     assert store.get_sweep("killed").status == "FINISHED"
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_records_what_finished_and_resumes(local_ray: None, tmp_path: Path) -> None:
+    config = tmp_path / "stopped.yaml"
+    config.write_text(
+        "name: stopped\ntask: synthetic\ntask_settings: {trial_seconds: 0.6}\n"
+        "budget: {n_trials: 12}\nresources: {cpus_per_trial: 1, max_concurrent: 2}\n"
+    )
+    db = tmp_path / "s.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    launch = [sys.executable, "-m", "sweep", "launch", str(config), "--storage", f"sqlite:///{db}"]
+    driver = subprocess.Popen(
+        launch, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for(db, "stopped", complete=3, timeout=120)
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "continue with `sweep resume stopped`" in stderr
+    store = Store(f"sqlite:///{db}")
+    assert store.get_sweep("stopped").status == "INTERRUPTED"
+    before = store.trials("stopped")
+    assert 3 <= (before["state"] == "COMPLETE").sum() < 12  # what finished is recorded
+    assert set(before["state"]) <= {"COMPLETE", "RUNNING"}  # in flight: left to resume
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sweep", "resume", "stopped", "--storage", f"sqlite:///{db}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = store.trials("stopped")
+    assert list(after["number"]) == list(range(12))
+    assert set(after["state"]) == {"COMPLETE"}
+    assert store.get_sweep("stopped").status == "FINISHED"
+
+
 def test_trials_over_their_time_limit_fail_and_the_sweep_goes_on(
     local_ray: None, tmp_path: Path
 ) -> None:
