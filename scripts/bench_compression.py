@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 import trials
-from trials import LayerSpec, Recipe, Task, load_task, prunable_layers, run_trial
+from trials import LatencySpec, LayerSpec, Recipe, Task, load_task, prunable_layers, run_trial
 
 
 def _summary(task: Task, recipe: Recipe, repeats: int) -> dict[str, Any]:
-    result = run_trial(task, recipe, latency_repeats=repeats)
+    result = run_trial(task, recipe, latency=LatencySpec(repeats=repeats))
     if result.state != "COMPLETE":
         return {"state": result.state, "error": result.error}
     m = result.metrics
@@ -49,7 +49,7 @@ def _structurable(task: Task, layers: list[str]) -> list[str]:
 def bench_task(name: str, amounts: list[float], repeats: int) -> dict[str, Any]:
     task = load_task(name)
     layers = prunable_layers(task.build_model())
-    fp32 = run_trial(task, Recipe(finetune_epochs=0), latency_repeats=repeats).metrics
+    fp32 = run_trial(task, Recipe(finetune_epochs=0), latency=LatencySpec(repeats=repeats)).metrics
     report: dict[str, Any] = {
         "fp32": {k: fp32[f"fp32_{k}"] for k in ("accuracy", "size_bytes", "latency_ms", "params")},
         "layers": len(layers),

@@ -26,6 +26,8 @@ TRIAL_COLUMNS: Final[tuple[str, ...]] = (
     "duration_s",
     "worker",
     "attempt",
+    "measured_on",
+    "latency_node",
     "error",
     "started_at",
     "finished_at",

@@ -147,6 +147,10 @@ class TrialModel(BaseModel):
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Added by revision 0003, so last in the table. Where latency was measured: the hardware
+    # class (latencies compare only within one) and the node.
+    measured_on: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    latency_node: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     @classmethod
     def find_by_numbers(

@@ -44,6 +44,8 @@ class TrialRecord:
     finished_at: datetime | None = None
     worker: str | None = None
     attempt: int = 1
+    measured_on: str | None = None
+    latency_node: str | None = None
     error: str | None = None
     intermediate: dict[int, float] = field(default_factory=dict)
 
@@ -254,6 +256,12 @@ def trial_rows(sweep: str, record: TrialRecord) -> TrialRows:
         "duration_s": duration,
         "worker": _text(record.worker, f"{what}: worker", _limit(_TRIALS.worker)),
         "attempt": int(attempt),
+        "measured_on": _text(
+            record.measured_on, f"{what}: measured_on", _limit(_TRIALS.measured_on)
+        ),
+        "latency_node": _text(
+            record.latency_node, f"{what}: latency_node", _limit(_TRIALS.latency_node)
+        ),
         "error": _text(record.error, f"{what}: error"),
     }
     details = {

@@ -33,6 +33,7 @@ WHERE_FIELDS: Final[tuple[str, ...]] = (
     "duration_s",
     "attempt",
     "worker",
+    "measured_on",
 )
 """Names a ``--where`` clause may use: ``trials`` columns, compared as their SQL type says."""
 

@@ -78,11 +78,34 @@ class TrialSettings(_Strict):
     calibration_batches: int = Field(8, ge=1)
     learning_rate: float = Field(1e-3, gt=0, lt=10)
     round_to: int = Field(1, ge=1)
-    backend: Literal[BACKENDS] = "onednn"  # type: ignore[valid-type]
-    latency_threads: int = Field(1, ge=1)
-    latency_repeats: int = Field(15, ge=3)
     # A trial still running after this long is cancelled and recorded as FAIL.
     timeout_s: float | None = Field(None, gt=0)
+
+
+# Fields that lived in ``trial`` before the ``latency`` section: old configs and stored sweeps
+# still load.
+_LEGACY_LATENCY_FIELDS = {
+    "backend": "backend",
+    "latency_threads": "threads",
+    "latency_repeats": "repeats",
+}
+
+
+class Latency(_Strict):
+    """Where and how the int8 model's latency is measured.
+
+    ``target`` names a Ray custom resource that the target nodes carry (say ``target_arm64``):
+    each trial's int8 model is then timed by a small task on such a node, holding one unit of
+    it, while training runs wherever it fits. None times the model on the worker that trained it.
+    ``backend`` is the int8 kernel library of the target (it also decides how trials quantize).
+    """
+
+    target: str | None = Field(None, min_length=1)
+    backend: Literal[BACKENDS] = "onednn"  # type: ignore[valid-type]
+    threads: int = Field(1, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(15, ge=3)
 
 
 class EarlyStopping(_Strict):
@@ -137,6 +160,20 @@ class SweepConfig(_Strict):
     trial: TrialSettings = TrialSettings()
     early_stopping: EarlyStopping = EarlyStopping()
     resources: Resources = Resources()
+    latency: Latency = Latency()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_latency_fields(cls, data: Any) -> Any:
+        trial = data.get("trial") if isinstance(data, dict) else None
+        if not isinstance(trial, dict) or not set(trial) & set(_LEGACY_LATENCY_FIELDS):
+            return data
+        latency = dict(data.get("latency") or {})
+        trial = dict(trial)
+        for old, new in _LEGACY_LATENCY_FIELDS.items():
+            if old in trial:
+                latency.setdefault(new, trial.pop(old))
+        return {**data, "trial": trial, "latency": latency}
 
     @field_validator("objectives")
     @classmethod

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,10 +22,18 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from storage import METRIC_COLUMNS, StorageError, Store, TrialRecord
-from sweep import _remote, _resources, _shipping
+from sweep import _remote, _resources, _shipping, _target
 from sweep._config import ConfigError, SweepConfig, parse_config
 from sweep._space import Space, objective_values, select_layers
-from trials import Recipe, TaskError, TrialResult, resolve_task_factory
+from trials import (
+    LatencySpec,
+    Recipe,
+    TaskError,
+    TrialResult,
+    hardware_class,
+    latency_metrics,
+    resolve_task_factory,
+)
 
 log = logging.getLogger("sweep")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -34,7 +42,7 @@ PREFETCH = 1
 # How often the driver looks at intermediate values and time limits while trials run.
 POLL_S = 0.25
 # Keys the driver adds to the stored config beside the SweepConfig fields.
-_STORED_EXTRAS = ("layers", "fp32_metrics")
+_STORED_EXTRAS = ("layers", "fp32_metrics", "latency_baseline")
 _WRITE_RETRIES = 8
 SLOTS_REFRESH_S = 5.0
 # Set by Ray's job manager in a submitted job's driver (ray._private.runtime_env.constants).
@@ -162,6 +170,7 @@ def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
         config.search_space,
         config.trial,
         info.structured_prunable,
+        backend=config.latency.backend,
     )
     return space, info
 
@@ -189,6 +198,9 @@ class _InFlight:
     started: datetime
     started_monotonic: float
     shadow: optuna.trial.Trial | None
+    # Latency on a target: the int8 model waiting to be timed, then the training outcome.
+    model: ray.ObjectRef | None = None
+    trained: _remote.TrialOutcome | None = None
 
 
 class _Driver:
@@ -202,8 +214,11 @@ class _Driver:
         next_number: int,
         reruns: list[tuple[int, dict[str, Any]]],
         progress: Progress,
+        target: _target.Target | None = None,
     ) -> None:
         self.config, self.store, self.space, self.study = config, store, space, study
+        self.target = target
+        self.hardware_classes: set[str] = set()
         self.next_number = next_number
         self.reruns = reruns
         self.progress = progress
@@ -223,6 +238,9 @@ class _Driver:
             max_calls=0,  # reuse workers: a fresh process costs seconds of imports and CUDA init
             retry_exceptions=False,  # trial errors are results; Ray retries only lost workers
         )(execute_trial)
+        if target is not None:
+            self.execute = self.execute.options(num_returns=2)
+        self.measure = _target.measure_task(config, target.resource) if target else None
         self.monitor = _monitor()
         self.slots = 1
         self.slots_checked = -math.inf
@@ -245,8 +263,7 @@ class _Driver:
 
     # -- submitting ---------------------------------------------------------------------------
     def _submit(self, number: int, trial: optuna.trial.Trial, recipe: dict[str, Any]) -> None:
-        settings = self.config.trial
-        ref = self.execute.remote(
+        refs = self.execute.remote(
             self.config.task,
             self.config.task_settings,
             recipe,
@@ -254,20 +271,24 @@ class _Driver:
             number,
             self.monitor,
             self.shadow is not None,
-            settings.latency_threads,
-            settings.latency_repeats,
+            None if self.target else self.config.latency.model_dump(exclude={"target", "backend"}),
             self.config.resources.cpus_per_trial,
             self.config.resources.gpus_per_trial > 0,
         )
+        ref, model = refs if self.target else (refs, None)
         shadow = self.shadow.ask() if self.shadow is not None else None
         now = datetime.now(timezone.utc)
-        flight = _InFlight(number, trial, recipe, now, time.monotonic(), shadow)
+        flight = _InFlight(number, trial, recipe, now, time.monotonic(), shadow, model)
         self.in_flight[ref] = flight
         self.by_number[number] = flight
 
+    def _training(self) -> int:
+        """Trials holding (or waiting for) training resources; those being timed do not."""
+        return sum(flight.trained is None for flight in self.in_flight.values())
+
     def _fill(self, asked_budget: int, deadline: float) -> None:
         self._update_slots()
-        while len(self.in_flight) < self.slots + PREFETCH:
+        while self._training() < self.slots + PREFETCH:
             if self.reruns:
                 number, recipe = self.reruns.pop(0)
                 self.study.enqueue_trial(self.space.params_of(Recipe.from_dict(recipe)))
@@ -286,7 +307,13 @@ class _Driver:
             )
 
     # -- finishing ----------------------------------------------------------------------------
-    def _finish(self, ref: ray.ObjectRef, outcome: _remote.TrialOutcome | None, error: str) -> None:
+    def _finish(
+        self,
+        ref: ray.ObjectRef,
+        outcome: _remote.TrialOutcome | None,
+        error: str,
+        measurement: _remote.Measurement | None = None,
+    ) -> None:
         flight = self.in_flight.pop(ref)
         del self.by_number[flight.number]
         if outcome is None:
@@ -294,6 +321,22 @@ class _Driver:
         else:
             result, attempt = outcome.result, outcome.attempt
             worker = f"{outcome.node[:12]}/{outcome.result.worker}"
+        latency_node = None
+        if measurement is not None and self.target is not None and result.state == "COMPLETE":
+            baseline = self.target.baseline
+            spec = LatencySpec(**self.config.latency.model_dump(exclude={"target", "backend"}))
+            timed = latency_metrics(measurement.stats, baseline.stats, spec, measurement.batch)
+            timed.update(_target.baseline_metrics(self.target))
+            result = replace(
+                result,
+                metrics={**result.metrics, **timed},
+                environment=measurement.environment,
+            )
+            latency_node = measurement.node
+        elif result.state == "COMPLETE" and outcome is not None:
+            latency_node = outcome.node
+        measured_on = hardware_class(result.environment) if result.environment else None
+        self._note_hardware(flight.number, measured_on)
         objectives = self.config.objectives
         if result.state == "COMPLETE":
             values = objective_values(result.metrics, objectives)
@@ -329,18 +372,57 @@ class _Driver:
                 attempt=attempt,
                 error=result.error,
                 intermediate=dict(result.intermediate),
+                measured_on=measured_on,
+                latency_node=latency_node if measured_on else None,
             )
         )
 
+    def _note_hardware(self, number: int, measured_on: str | None) -> None:
+        """Say so when this sweep's latencies stop coming from one hardware class."""
+        if measured_on is None or measured_on in self.hardware_classes:
+            return
+        self.hardware_classes.add(measured_on)
+        if len(self.hardware_classes) > 1:
+            log.warning(
+                "trial %d: latency measured on %s; this sweep's latencies now come from %d "
+                "hardware classes and compare only within one (see the measured_on column; "
+                "set latency.target to time every trial on one class)",
+                number,
+                measured_on,
+                len(self.hardware_classes),
+            )
+
+    def _timed(self, ref: ray.ObjectRef, outcome: _remote.TrialOutcome) -> None:
+        """Training is done: send the int8 model to the latency target to be timed."""
+        flight = self.in_flight.pop(ref)
+        if self.measure is None or self.target is None or flight.model is None:
+            raise RuntimeError("a trial waits for a latency target that the sweep does not have")
+        latency = self.config.latency
+        measuring = self.measure.remote(
+            flight.model,
+            self.target.example,
+            latency.model_dump(exclude={"target", "backend"}),
+            latency.backend,
+        )
+        flight.trained, flight.model = outcome, None
+        self.in_flight[measuring] = flight
+
     def _collect(self, ready: list[ray.ObjectRef]) -> None:
         for ref in ready:
+            flight = self.in_flight[ref]
             try:
-                outcome: _remote.TrialOutcome = ray.get(ref)
+                done: _remote.TrialOutcome | _remote.Measurement = ray.get(ref)
             except (ray.exceptions.RayError, OSError) as exc:
                 # Lost after Ray's retries (the node died every time) or cancelled: a FAIL.
-                self._finish(ref, None, _one_line(exc))
+                where = "timing on the latency target: " if flight.trained else ""
+                self._finish(ref, None, where + _one_line(exc))
+                continue
+            if isinstance(done, _remote.Measurement):
+                self._finish(ref, flight.trained, "", done)
+            elif self.target is not None and done.result.state == "COMPLETE":
+                self._timed(ref, done)
             else:
-                self._finish(ref, outcome, "")
+                self._finish(ref, done, "")
 
     def _enforce_time_limit(self) -> None:
         limit = self.config.trial.timeout_s
@@ -447,12 +529,16 @@ def run_sweep(
 ) -> Progress:
     """Run ``config`` to its budget. The caller has connected Ray (:func:`connect_ray`)."""
     _monitor()  # starts now, while the task is described
+    _target.require_target(config)
     space, info = _describe(config)
+    target = _target.prepare_target(config, None)
     stored_config = {
         **config.model_dump(mode="json"),
         "layers": list(space.layers),
         "fp32_metrics": info.fp32_metrics,
     }
+    if target is not None:
+        stored_config["latency_baseline"] = target.stored()
     store.create_sweep(config.name, stored_config, dict(config.objectives), replace=replace)
     driver = _Driver(
         config,
@@ -462,6 +548,7 @@ def run_sweep(
         next_number=0,
         reruns=[],
         progress=Progress(total=config.budget.n_trials),
+        target=target,
     )
     return driver.run(on_progress)
 
@@ -487,8 +574,11 @@ def resume_sweep(
             update={"budget": config.budget.model_copy(update={"n_trials": n_trials})}
         )
     _monitor()
+    _target.require_target(config)
     space, _ = _describe(config)
-    stored_layers = store.get_sweep(name).config.get("layers")
+    stored = store.get_sweep(name).config
+    target = _target.prepare_target(config, stored.get("latency_baseline"))
+    stored_layers = stored.get("layers")
     if stored_layers is not None and list(stored_layers) != list(space.layers):
         raise ConfigError(
             f"{name}: the task's model no longer has the layers this sweep searched; "
@@ -531,6 +621,13 @@ def resume_sweep(
     store.set_sweep_status(name, "RUNNING")
     next_number = int(trials["number"].max()) + 1 if len(trials) else 0
     driver = _Driver(
-        config, store, space, study, next_number=next_number, reruns=reruns, progress=progress
+        config,
+        store,
+        space,
+        study,
+        next_number=next_number,
+        reruns=reruns,
+        progress=progress,
+        target=target,
     )
     return driver.run(on_progress)

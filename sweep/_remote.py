@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
 import torch
+from torch import nn
 
 from trials import (
     AnalyticTask,
+    LatencySpec,
+    LatencyStats,
     Recipe,
     Task,
     TrialPruned,
     TrialResult,
+    environment,
     load_task,
+    measure_latency,
     prunable_layers,
+    reference_model,
     run_trial,
     structured_prunable,
 )
@@ -113,11 +119,12 @@ def execute_trial(
     number: int,
     monitor: Any,  # ray.actor.ActorHandle of TrialMonitor
     report_intermediate: bool,
-    latency_threads: int,
-    latency_repeats: int,
+    latency: dict[str, Any] | None,
     cpus: float,
     use_gpu: bool,
-) -> TrialOutcome:
+) -> TrialOutcome | tuple[TrialOutcome, nn.Module | None]:
+    """Run one trial. ``latency`` None: the int8 model is timed elsewhere (on the latency
+    target), so it is returned beside the outcome, as a second Ray object."""
     attempt = int(ray.get(monitor.start.remote(sweep, number)))
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
@@ -131,7 +138,40 @@ def execute_trial(
         Recipe.from_dict(recipe),
         device=device,
         report=report if report_intermediate else None,
-        latency_threads=latency_threads,
-        latency_repeats=latency_repeats,
+        latency=None if latency is None else LatencySpec(**latency),
+        keep_model=latency is None,
     )
-    return TrialOutcome(result, attempt, ray.get_runtime_context().get_node_id())
+    outcome = TrialOutcome(replace(result, model=None), attempt, _node())
+    return outcome if latency is not None else (outcome, result.model)
+
+
+def _node() -> str:
+    return str(ray.get_runtime_context().get_node_id())
+
+
+def reference(spec: str, settings: dict[str, Any]) -> tuple[nn.Module, torch.Tensor, bool]:
+    """The fp32 reference model that int8 latencies are compared with, the example batch, and
+    whether BatchNorm was folded: built once on a worker that has the task, timed on targets."""
+    task = _task(spec, settings)
+    model, folded = reference_model(task.build_model().cpu().eval())
+    return model, task.example_input().cpu(), folded
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A latency timed on a target node, and where."""
+
+    stats: LatencyStats
+    environment: dict[str, str]
+    node: str
+    batch: int
+
+
+def measure(
+    model: nn.Module, example: torch.Tensor, latency: dict[str, Any], backend: str
+) -> Measurement:
+    """Time ``model`` here (a node carrying the latency target), threads pinned."""
+    spec = LatencySpec(**latency)
+    stats = measure_latency(model, example, spec, backend)
+    batch = example.shape[0] if spec.batch_size is None else spec.batch_size
+    return Measurement(stats, environment(backend, spec.threads), _node(), int(batch))

@@ -55,6 +55,7 @@ class Space:
     search: SearchSpace
     trial: TrialSettings
     structured_prunable: Mapping[str, str | None] = field(default_factory=dict)
+    backend: str = "onednn"  # the latency target's int8 backend: trials quantize for it
 
     def methods_of(self, name: str) -> list[str]:
         """The methods searched for layer ``name``."""
@@ -104,7 +105,7 @@ class Space:
             layers=layers,
             order=str(order),
             granularity=str(granularity),
-            backend=self.trial.backend,
+            backend=self.backend,
             finetune_epochs=self.trial.finetune_epochs,
             qat_epochs=self.trial.qat_epochs,
             calibration_batches=self.trial.calibration_batches,

@@ -6,6 +6,7 @@ Public API::
     from trials import structured_prunable, structured_groups  # which layers can lose channels
 """
 
+from trials._measure import LatencySpec, LatencyStats, environment, hardware_class
 from trials._pruning import enforce_masks, prunable_layers
 from trials._recipe import (
     BACKENDS,
@@ -28,7 +29,16 @@ from trials._task import (
     resolve_task_factory,
 )
 from trials._train import TrialError
-from trials._trial import TrialPruned, TrialResult, apply_recipe, finalize, run_trial
+from trials._trial import (
+    TrialPruned,
+    TrialResult,
+    apply_recipe,
+    finalize,
+    latency_metrics,
+    measure_latency,
+    reference_model,
+    run_trial,
+)
 
 __all__ = [
     "BACKENDS",
@@ -39,6 +49,8 @@ __all__ = [
     "ORDERS",
     "SCHEMA_VERSION",
     "AnalyticTask",
+    "LatencySpec",
+    "LatencyStats",
     "LayerSpec",
     "Recipe",
     "RecipeError",
@@ -49,10 +61,15 @@ __all__ = [
     "TrialResult",
     "apply_recipe",
     "enforce_masks",
+    "environment",
     "finalize",
+    "hardware_class",
     "kept_channels",
+    "latency_metrics",
     "load_task",
+    "measure_latency",
     "prunable_layers",
+    "reference_model",
     "resolve_task_factory",
     "run_trial",
     "structured_groups",

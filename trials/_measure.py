@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
+import platform
 import statistics
 import time
 import zlib
@@ -30,6 +32,67 @@ class LatencyStats:
     median_ms: float
     min_ms: float
     max_ms: float
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """How latency is measured: threads pinned with ``torch.set_num_threads``, the batch size
+    (None: the task's ``example_input`` as it is), warm-up passes, then timed repeats."""
+
+    threads: int = 1
+    batch_size: int | None = None
+    warmup: int = 3
+    repeats: int = 15
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("threads", 1), ("warmup", 0), ("repeats", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < minimum:
+                raise ValueError(f"latency.{name}: must be an integer >= {minimum}, got {value!r}")
+        if self.batch_size is not None and (
+            not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise ValueError(f"latency.batch_size: must be >= 1 or null, got {self.batch_size!r}")
+
+
+def example_batch(example: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+    """``example`` cut or tiled along the batch dimension to ``batch_size`` rows."""
+    if batch_size is None or batch_size == example.shape[0]:
+        return example
+    tiles = math.ceil(batch_size / example.shape[0])
+    return example.repeat(tiles, *([1] * (example.dim() - 1)))[:batch_size].contiguous()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
+                    return " ".join(value.split())
+    except OSError:
+        pass  # not Linux: fall back to what platform knows
+    return platform.processor() or "unknown CPU"
+
+
+def environment(backend: str, threads: int) -> dict[str, str]:
+    """Where a latency was measured: what makes two latencies comparable or not."""
+    return {
+        "arch": platform.machine(),
+        "cpu": _cpu_model(),
+        "torch": torch.__version__.split("+")[0],
+        "backend": backend,
+        "threads": str(threads),
+    }
+
+
+def hardware_class(env: dict[str, str]) -> str:
+    """One line naming the hardware class of :func:`environment`: latencies are comparable only
+    within one class."""
+    return (
+        f"{env['arch']} {env['cpu']}, torch {env['torch']}, {env['backend']}, "
+        f"{env['threads']} thread{'s' if env['threads'] != '1' else ''}"
+    )
 
 
 def serialized_sizes(model: nn.Module) -> tuple[int, int]:

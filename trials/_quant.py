@@ -95,7 +95,7 @@ def qconfig_mapping(recipe: Recipe, layers: list[str], qat: bool) -> QConfigMapp
     return mapping
 
 
-def _set_engine(backend: str) -> None:
+def set_engine(backend: str) -> None:
     if backend not in torch.backends.quantized.supported_engines:
         raise RuntimeError(
             f"backend: quantization engine {backend!r} is not available in this PyTorch build "
@@ -108,7 +108,7 @@ def prepare_ptq(
     model: nn.Module, recipe: Recipe, layers: list[str], example_inputs: ExampleInputs
 ) -> torch.fx.GraphModule:
     """Insert observers for post-training calibration; BatchNorm is folded into the convs."""
-    _set_engine(recipe.backend)
+    set_engine(recipe.backend)
     with quiet():
         return prepare_fx(model.eval(), qconfig_mapping(recipe, layers, qat=False), example_inputs)
 
@@ -117,7 +117,7 @@ def prepare_qat(
     model: nn.Module, recipe: Recipe, layers: list[str], example_inputs: ExampleInputs
 ) -> torch.fx.GraphModule:
     """Insert fake quantization for quantization-aware training (model returned in train mode)."""
-    _set_engine(recipe.backend)
+    set_engine(recipe.backend)
     with quiet():
         return prepare_qat_fx(
             model.train(), qconfig_mapping(recipe, layers, qat=True), example_inputs

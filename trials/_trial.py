@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from trials import _measure, _quant
+from trials._measure import LatencySpec
 from trials._pruning import enforce_masks, prunable_layers, prune_model
 from trials._recipe import Recipe, RecipeError
 from trials._structured import prune_structured
@@ -36,6 +37,10 @@ class TrialResult:
     error: str | None = None
     worker: str = ""
     intermediate: dict[int, float] = field(default_factory=dict)
+    # Where latency was measured (trials.environment), when it was.
+    environment: dict[str, str] = field(default_factory=dict)
+    # The int8 model, when run_trial was asked to keep it (to measure it elsewhere).
+    model: nn.Module | None = None
 
 
 def _example_inputs(example: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -118,28 +123,29 @@ def run_trial(
     *,
     device: str | torch.device = "cpu",
     report: ReportFn | None = None,
-    latency_threads: int = 1,
-    latency_repeats: int = 15,
+    latency: LatencySpec | None = LatencySpec(),
+    keep_model: bool = False,
 ) -> TrialResult:
     """Prune, fine-tune, quantize and measure one recipe. Never raises for a bad trial: it returns
-    a FAIL (or PRUNED) result whose ``error`` says why."""
+    a FAIL (or PRUNED) result whose ``error`` says why.
+
+    ``latency`` None skips the latency measurement (the caller measures the model elsewhere, on
+    its target hardware: pass ``keep_model=True`` to get the int8 model in ``result.model``).
+    """
     timer = _Timer()
     intermediate: dict[int, float] = {}
+    kept: list[nn.Module] = []
+    environment: dict[str, str] = {}
     try:
         if isinstance(task, AnalyticTask):
             metrics = _simulate(task, recipe, timer)
         else:
             with _quant.quiet():
                 metrics = _run(
-                    task,
-                    recipe,
-                    torch.device(device),
-                    report,
-                    timer,
-                    intermediate,
-                    latency_threads,
-                    latency_repeats,
+                    task, recipe, torch.device(device), report, timer, intermediate, latency, kept
                 )
+            if latency is not None:
+                environment = _measure.environment(recipe.backend, latency.threads)
     except TrialPruned as exc:
         return TrialResult(
             "PRUNED", {}, timer.timings, str(exc) or "pruned", worker_name(), intermediate
@@ -152,7 +158,10 @@ def run_trial(
             f"{type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}:{where.lineno})"
         )
         return TrialResult("FAIL", {}, timer.timings, reason, worker_name(), intermediate)
-    return TrialResult("COMPLETE", metrics, timer.timings, None, worker_name(), intermediate)
+    model = kept[0] if keep_model and kept else None
+    return TrialResult(
+        "COMPLETE", metrics, timer.timings, None, worker_name(), intermediate, environment, model
+    )
 
 
 def _simulate(task: AnalyticTask, recipe: Recipe, timer: _Timer) -> dict[str, float]:
@@ -170,8 +179,8 @@ def _run(
     report: ReportFn | None,
     timer: _Timer,
     intermediate: dict[int, float],
-    latency_threads: int,
-    latency_repeats: int,
+    latency: LatencySpec | None,
+    kept: list[nn.Module],
 ) -> dict[str, float]:
     with timer.phase("build_s"):
         baseline = task.build_model().cpu().eval()
@@ -215,14 +224,15 @@ def _run(
     float_model = model  # pruned and fine-tuned, before quantization
     with timer.phase("quantize_s"):
         int8 = finalize(trainable, recipe, task.calibration_batches())
+    kept.append(int8)
     cpu = torch.device("cpu")
     with timer.phase("evaluate_s"):
         int8_metrics = task.evaluate(int8, cpu)
         fp32_metrics = task.evaluate(baseline, cpu)
     with timer.phase("measure_s"):
-        metrics = _measurements(
-            baseline, float_model.cpu(), int8, layers, example, latency_threads, latency_repeats
-        )
+        metrics = _measurements(baseline, float_model.cpu(), int8, layers, example)
+        if latency is not None:
+            metrics.update(_latencies(baseline, int8, example, latency))
     metrics["channels_removed"] = float(_channels_removed(baseline, float_model, layers))
     metrics.update({k: float(v) for k, v in int8_metrics.items()})
     metrics.update({f"fp32_{k}": float(v) for k, v in fp32_metrics.items()})
@@ -244,13 +254,8 @@ def _measurements(
     int8: nn.Module,
     layers: list[str],
     example: torch.Tensor,
-    latency_threads: int,
-    latency_repeats: int,
 ) -> dict[str, float]:
-    fp32_reference, reference_kind = _quant.fold_batchnorm(baseline)
-    fp32_latency, int8_latency = _measure.latencies(
-        [fp32_reference, int8], example, num_threads=latency_threads, repeats=latency_repeats
-    )
+    """Sizes, parameter counts and MACs: the same wherever they are measured."""
     size, compressed = _measure.serialized_sizes(int8)
     fp32_size, fp32_compressed = _measure.serialized_sizes(baseline)
     params, nonzero = _measure.count_params(pruned)
@@ -260,16 +265,6 @@ def _measurements(
         "compressed_bytes": compressed,
         "fp32_size_bytes": fp32_size,
         "fp32_compressed_bytes": fp32_compressed,
-        "latency_ms": int8_latency.median_ms,
-        "latency_min_ms": int8_latency.min_ms,
-        "latency_max_ms": int8_latency.max_ms,
-        "fp32_latency_ms": fp32_latency.median_ms,
-        "fp32_latency_min_ms": fp32_latency.min_ms,
-        "fp32_latency_max_ms": fp32_latency.max_ms,
-        "fp32_bn_folded": 1.0 if reference_kind == "bn_folded" else 0.0,
-        "speedup": fp32_latency.median_ms / int8_latency.median_ms,
-        "latency_threads": latency_threads,
-        "latency_batch": example.shape[0],
         "sparsity": _measure.weight_sparsity(pruned, layers),
         "params": params,
         "nonzero_params": nonzero,
@@ -277,3 +272,56 @@ def _measurements(
         "macs": _measure.count_macs(pruned, example),
     }
     return {k: float(v) for k, v in metrics.items()}
+
+
+def reference_model(baseline: nn.Module) -> tuple[nn.Module, bool]:
+    """The fp32 model that int8 latency is compared with: the baseline with BatchNorm folded
+    into the convolutions where it can be (as a deployed fp32 model would be), and whether it was.
+    """
+    model, kind = _quant.fold_batchnorm(baseline)
+    return model, kind == "bn_folded"
+
+
+def measure_latency(
+    model: nn.Module, example: torch.Tensor, spec: LatencySpec, backend: str
+) -> _measure.LatencyStats:
+    """Time one model as a latency target does: ``backend``'s int8 kernels, threads pinned,
+    warm-up, then the median (and spread) of ``spec.repeats`` timed passes."""
+    _quant.set_engine(backend)
+    batch = _measure.example_batch(example, spec.batch_size)
+    [stats] = _measure.latencies(
+        [model], batch, num_threads=spec.threads, warmup=spec.warmup, repeats=spec.repeats
+    )
+    return stats
+
+
+def _latencies(
+    baseline: nn.Module, int8: nn.Module, example: torch.Tensor, spec: LatencySpec
+) -> dict[str, float]:
+    """int8 and fp32 latency, timed interleaved on this machine, and their ratio."""
+    reference, folded = reference_model(baseline)
+    batch = _measure.example_batch(example, spec.batch_size)
+    fp32, measured = _measure.latencies(
+        [reference, int8], batch, num_threads=spec.threads, warmup=spec.warmup, repeats=spec.repeats
+    )
+    return {
+        **latency_metrics(measured, fp32, spec, batch.shape[0]),
+        "fp32_bn_folded": 1.0 if folded else 0.0,
+    }
+
+
+def latency_metrics(
+    int8: _measure.LatencyStats, fp32: _measure.LatencyStats, spec: LatencySpec, batch: int
+) -> dict[str, float]:
+    """The latency metrics of a trial, from its int8 and its fp32 reference's timings."""
+    return {
+        "latency_ms": int8.median_ms,
+        "latency_min_ms": int8.min_ms,
+        "latency_max_ms": int8.max_ms,
+        "fp32_latency_ms": fp32.median_ms,
+        "fp32_latency_min_ms": fp32.min_ms,
+        "fp32_latency_max_ms": fp32.max_ms,
+        "speedup": fp32.median_ms / int8.median_ms,
+        "latency_threads": float(spec.threads),
+        "latency_batch": float(batch),
+    }

@@ -30,6 +30,8 @@ TRIAL_COLUMNS = [
     "duration_s",
     "worker",
     "attempt",
+    "measured_on",
+    "latency_node",
     "error",
     "started_at",
     "finished_at",

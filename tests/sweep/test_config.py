@@ -43,7 +43,7 @@ def test_defaults_fill_everything_but_name_and_task() -> None:
             "search_space.orders.0",
         ),
         ({"name": "x", "task": "digits", "objectives": {"accuracy": "up"}}, "objectives.accuracy"),
-        ({"name": "x", "task": "digits", "trial": {"backend": "tensorrt"}}, "trial.backend"),
+        ({"name": "x", "task": "digits", "latency": {"backend": "tensorrt"}}, "latency.backend"),
         ({"name": "bad name!", "task": "digits"}, "name:"),
     ],
 )

@@ -7,6 +7,7 @@ from torch import nn
 from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from trials import (
+    LatencySpec,
     LayerSpec,
     Recipe,
     Task,
@@ -105,7 +106,7 @@ def test_layer_kept_in_float(digits: Task) -> None:
 def test_run_trial_measures_everything(digits: Task, digits_fp32_accuracy: float) -> None:
     layers = prunable_layers(digits.build_model())
     recipe = Recipe(layers={n: LayerSpec(0.5) for n in layers})
-    result = run_trial(digits, recipe, latency_repeats=5)
+    result = run_trial(digits, recipe, latency=LatencySpec(repeats=5))
     assert result.state == "COMPLETE", result.error
     m = result.metrics
     for key in (
@@ -134,7 +135,7 @@ def test_more_pruning_compresses_smaller(digits: Task) -> None:
     sizes = []
     for amount in (0.0, 0.9):
         recipe = Recipe(layers={n: LayerSpec(amount) for n in layers}, finetune_epochs=0)
-        result = run_trial(digits, recipe, latency_repeats=3)
+        result = run_trial(digits, recipe, latency=LatencySpec(repeats=3))
         sizes.append(result.metrics["compressed_bytes"])
     assert sizes[1] < 0.7 * sizes[0]
 
@@ -154,7 +155,7 @@ class _NanLossTask:
 
 
 def test_nan_loss_fails_the_trial_with_reason(digits: Task) -> None:
-    result = run_trial(_NanLossTask(digits), Recipe(), latency_repeats=3)  # type: ignore[arg-type]
+    result = run_trial(_NanLossTask(digits), Recipe(), latency=LatencySpec(repeats=3))  # type: ignore[arg-type]
     assert result.state == "FAIL"
     assert result.error is not None and "loss became nan" in result.error
 
@@ -171,7 +172,7 @@ def test_no_deprecation_warnings_reach_users(digits: Task) -> None:
         recipe = Recipe(layers={n: LayerSpec(0.3) for n in layers}, order=order)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run_trial(digits, recipe, latency_repeats=3)
+            result = run_trial(digits, recipe, latency=LatencySpec(repeats=3))
         assert result.state == "COMPLETE", result.error
         noisy = [
             str(w.message)[:80]

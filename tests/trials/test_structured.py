@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from trials import (
+    LatencySpec,
     LayerSpec,
     Recipe,
     RecipeError,
@@ -403,7 +404,7 @@ def unpruned(digits: Task) -> dict[str, dict[str, float]]:
     for granularity in ("per_tensor", "per_channel"):
         # Sizes, params and MACs do not depend on fine-tuning: skip it for the reference.
         recipe = Recipe(granularity=granularity, finetune_epochs=0)
-        result = run_trial(digits, recipe, latency_repeats=7)
+        result = run_trial(digits, recipe, latency=LatencySpec(repeats=7))
         assert result.state == "COMPLETE", result.error
         results[granularity] = result.metrics
     return results
@@ -420,7 +421,7 @@ def test_digits_structured_half_the_convs(
         granularity=granularity,
         finetune_epochs=1 if order == "prune_ptq" else 0,  # prune_qat trains in its QAT epoch
     )
-    result = run_trial(digits, recipe, latency_repeats=7)
+    result = run_trial(digits, recipe, latency=LatencySpec(repeats=7))
     assert result.state == "COMPLETE", result.error
     metrics, base = result.metrics, unpruned[granularity]
     assert metrics["channels_removed"] == 16 + 32 + 64

@@ -13,6 +13,7 @@ from torch import nn
 from trials import (
     METHODS,
     AnalyticTask,
+    LatencySpec,
     LayerSpec,
     Recipe,
     Task,
@@ -123,7 +124,7 @@ def test_shapes_baseline_accuracy_is_high_but_not_perfect(shapes_fp32_accuracy: 
 
 
 def test_shapes_default_recipe_completes_in_int8(shapes: Task, shapes_fp32_accuracy: float) -> None:
-    result = run_trial(shapes, Recipe(), latency_repeats=3)
+    result = run_trial(shapes, Recipe(), latency=LatencySpec(repeats=3))
     assert result.state == "COMPLETE", result.error
     assert set(result.metrics) >= TRIAL_KEYS
     assert result.metrics["fp32_accuracy"] == pytest.approx(shapes_fp32_accuracy)
