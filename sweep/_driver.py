@@ -271,7 +271,8 @@ class _Driver:
             number,
             self.monitor,
             self.shadow is not None,
-            None if self.target else self.config.latency.model_dump(exclude={"target", "backend"}),
+            self.config.latency.model_dump(exclude={"target", "backend"}),
+            self.target is None,
             self.config.resources.cpus_per_trial,
             self.config.resources.gpus_per_trial > 0,
         )

@@ -8,7 +8,6 @@ from typing import Any
 
 import ray
 import torch
-from torch import nn
 
 from trials import (
     AnalyticTask,
@@ -19,12 +18,15 @@ from trials import (
     TrialPruned,
     TrialResult,
     environment,
+    example_batch,
+    from_portable,
     load_task,
     measure_latency,
     prunable_layers,
     reference_model,
     run_trial,
     structured_prunable,
+    to_portable,
 )
 
 # One loaded task per worker process: data and the trained baseline are loaded once, not per trial.
@@ -119,12 +121,13 @@ def execute_trial(
     number: int,
     monitor: Any,  # ray.actor.ActorHandle of TrialMonitor
     report_intermediate: bool,
-    latency: dict[str, Any] | None,
+    latency: dict[str, Any],
+    time_here: bool,
     cpus: float,
     use_gpu: bool,
-) -> TrialOutcome | tuple[TrialOutcome, nn.Module | None]:
-    """Run one trial. ``latency`` None: the int8 model is timed elsewhere (on the latency
-    target), so it is returned beside the outcome, as a second Ray object."""
+) -> TrialOutcome | tuple[TrialOutcome, bytes | None]:
+    """Run one trial. Unless ``time_here``, the int8 model is timed elsewhere (on the latency
+    target): it is returned beside the outcome, as TorchScript bytes in a second Ray object."""
     attempt = int(ray.get(monitor.start.remote(sweep, number)))
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
@@ -133,28 +136,39 @@ def execute_trial(
         if ray.get(monitor.report.remote(sweep, number, step, float(metrics["accuracy"]))):
             raise TrialPruned(f"stopped early at step {step}: intermediate accuracy too low")
 
+    task = _task(spec, settings)
+    spec_ = LatencySpec(**latency)
     result = run_trial(
-        _task(spec, settings),
+        task,
         Recipe.from_dict(recipe),
         device=device,
         report=report if report_intermediate else None,
-        latency=None if latency is None else LatencySpec(**latency),
-        keep_model=latency is None,
+        latency=spec_ if time_here else None,
+        keep_model=not time_here,
     )
     outcome = TrialOutcome(replace(result, model=None), attempt, _node())
-    return outcome if latency is not None else (outcome, result.model)
+    if time_here:
+        return outcome
+    model = None
+    if result.model is not None:
+        model = to_portable(result.model, example_batch(task.example_input(), spec_.batch_size))
+    return outcome, model
 
 
 def _node() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
 
-def reference(spec: str, settings: dict[str, Any]) -> tuple[nn.Module, torch.Tensor, bool]:
-    """The fp32 reference model that int8 latencies are compared with, the example batch, and
-    whether BatchNorm was folded: built once on a worker that has the task, timed on targets."""
+def reference(
+    spec: str, settings: dict[str, Any], latency: dict[str, Any]
+) -> tuple[bytes, torch.Tensor, bool]:
+    """The fp32 reference model that int8 latencies are compared with (TorchScript bytes), the
+    batch that models are timed on, and whether BatchNorm was folded: built once on a worker
+    that has the task, timed on the targets."""
     task = _task(spec, settings)
     model, folded = reference_model(task.build_model().cpu().eval())
-    return model, task.example_input().cpu(), folded
+    batch = example_batch(task.example_input().cpu(), LatencySpec(**latency).batch_size)
+    return to_portable(model, batch), batch, folded
 
 
 @dataclass(frozen=True)
@@ -168,10 +182,10 @@ class Measurement:
 
 
 def measure(
-    model: nn.Module, example: torch.Tensor, latency: dict[str, Any], backend: str
+    model: bytes, batch: torch.Tensor, latency: dict[str, Any], backend: str
 ) -> Measurement:
-    """Time ``model`` here (a node carrying the latency target), threads pinned."""
-    spec = LatencySpec(**latency)
-    stats = measure_latency(model, example, spec, backend)
-    batch = example.shape[0] if spec.batch_size is None else spec.batch_size
-    return Measurement(stats, environment(backend, spec.threads), _node(), int(batch))
+    """Time ``model`` (TorchScript bytes) on ``batch`` here, on a node carrying the latency
+    target, threads pinned."""
+    spec = replace(LatencySpec(**latency), batch_size=None)  # ``batch`` is already the size
+    stats = measure_latency(from_portable(model), batch, spec, backend)
+    return Measurement(stats, environment(backend, spec.threads), _node(), int(batch.shape[0]))

@@ -22,8 +22,8 @@ class Target:
     """The latency target of a running sweep."""
 
     resource: str
-    reference: ray.ObjectRef  # the fp32 reference model, in the object store
-    example: ray.ObjectRef  # the batch models are timed on
+    reference: ray.ObjectRef  # the fp32 reference model as TorchScript, in the object store
+    example: ray.ObjectRef  # the batch models are timed on (its size is latency.batch_size)
     baseline: _remote.Measurement  # the fp32 reference, timed on the target
     bn_folded: bool
 
@@ -69,7 +69,11 @@ def prepare_target(config: SweepConfig, stored: dict[str, Any] | None) -> Target
         return None
     # Any: Ray's stubs do not type a task with several returns.
     build: Any = ray.remote(num_cpus=config.resources.cpus_per_trial, num_returns=3)
-    reference, example, folded = build(_remote.reference).remote(config.task, config.task_settings)
+    latency = config.latency
+    exclude = {"target", "backend"}
+    reference, example, folded = build(_remote.reference).remote(
+        config.task, config.task_settings, latency.model_dump(exclude=exclude)
+    )
     baseline: _remote.Measurement
     if stored is not None and stored.get("target") == resource:
         baseline = _remote.Measurement(
@@ -80,14 +84,10 @@ def prepare_target(config: SweepConfig, stored: dict[str, Any] | None) -> Target
         )
     else:
         measure = measure_task(config, resource)
-        latency = config.latency
         try:
             baseline = ray.get(
                 measure.remote(
-                    reference,
-                    example,
-                    latency.model_dump(exclude={"target", "backend"}),
-                    latency.backend,
+                    reference, example, latency.model_dump(exclude=exclude), latency.backend
                 )
             )
         except ray.exceptions.RayTaskError as exc:

@@ -6,7 +6,15 @@ Public API::
     from trials import structured_prunable, structured_groups  # which layers can lose channels
 """
 
-from trials._measure import LatencySpec, LatencyStats, environment, hardware_class
+from trials._measure import (
+    LatencySpec,
+    LatencyStats,
+    environment,
+    example_batch,
+    from_portable,
+    hardware_class,
+    to_portable,
+)
 from trials._pruning import enforce_masks, prunable_layers
 from trials._recipe import (
     BACKENDS,
@@ -62,7 +70,9 @@ __all__ = [
     "apply_recipe",
     "enforce_masks",
     "environment",
+    "example_batch",
     "finalize",
+    "from_portable",
     "hardware_class",
     "kept_channels",
     "latency_metrics",
@@ -74,4 +84,5 @@ __all__ = [
     "run_trial",
     "structured_groups",
     "structured_prunable",
+    "to_portable",
 ]

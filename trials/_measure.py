@@ -142,6 +142,23 @@ def latencies(
     return [LatencyStats(statistics.median(t), min(t), max(t)) for t in times]
 
 
+def to_portable(model: nn.Module, example: torch.Tensor) -> bytes:
+    """``model`` as TorchScript bytes (traced on ``example``): the form in which a model is sent
+    to another machine to be timed. FX int8 models do not survive pickling, and TorchScript is
+    how they are deployed; loading it runs no pickled Python code."""
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        traced = torch.jit.trace(model.eval(), example, check_trace=False)
+    torch.jit.save(traced, buffer)
+    return buffer.getvalue()
+
+
+def from_portable(blob: bytes) -> nn.Module:
+    """The model saved by :func:`to_portable`, on the CPU."""
+    module: nn.Module = torch.jit.load(io.BytesIO(blob), map_location="cpu")
+    return module.eval()
+
+
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Dense multiply-accumulates of one forward pass on a single example (fp32 model)."""
     counter = FlopCounterMode(display=False)
