@@ -77,3 +77,17 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 def test_custom_resources_are_validated(custom: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config({"name": "n", "task": "digits", "resources": {"custom": custom}})
+
+
+def test_latency_fields_of_old_configs_move_to_the_latency_section() -> None:
+    old = {
+        "name": "n",
+        "task": "digits",
+        "trial": {"backend": "x86", "latency_threads": 2, "latency_repeats": 5},
+    }
+    config = parse_config(old)
+    assert (config.latency.backend, config.latency.threads, config.latency.repeats) == ("x86", 2, 5)
+    assert config.latency.target is None
+    # A value given in the latency section wins over the old place.
+    both = parse_config({**old, "latency": {"threads": 4}})
+    assert both.latency.threads == 4 and both.latency.backend == "x86"
