@@ -440,11 +440,12 @@ class _Driver:
             return
         for number, step, value in ray.get(self.monitor.drain.remote(self.config.name)):
             flight = self.by_number.get(number)
-            if flight is None or flight.shadow is None:
+            if flight is None or flight.shadow is None:  # finished meanwhile: nothing to stop
+                self.monitor.decide.remote(self.config.name, number, step, False)
                 continue
             flight.shadow.report(value, step)
-            if flight.shadow.should_prune():
-                self.monitor.stop.remote(self.config.name, number)
+            stop = flight.shadow.should_prune()
+            self.monitor.decide.remote(self.config.name, number, step, stop)
 
     # -- the store ----------------------------------------------------------------------------
     def _flush(self, final: bool = False) -> None:
@@ -497,8 +498,9 @@ class _Driver:
                 if ready:
                     rest = [r for r in refs if r not in ready]
                     ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-                self._collect(ready)
+                # Reports first: a trial that just finished may still have reports to judge.
                 self._early_stopping()
+                self._collect(ready)
                 self._enforce_time_limit()
                 if on_progress and ready:
                     on_progress(self.progress)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +31,10 @@ from trials import (
     to_portable,
 )
 
+# How long a worker waits for the driver's early-stopping verdict on a report, and how often
+# it asks. The driver judges reports every few hundred milliseconds.
+VERDICT_WAIT_S = 5.0
+VERDICT_POLL_S = 0.05
 # One loaded task per worker process: data and the trained baseline are loaded once, not per trial.
 _TASKS: dict[str, Task] = {}
 
@@ -83,6 +89,7 @@ class TrialMonitor:
         self._attempts: dict[tuple[str, int], int] = {}
         self._reports: dict[str, list[tuple[int, int, float]]] = {}
         self._stop: set[tuple[str, int]] = set()
+        self._decided: dict[tuple[str, int], int] = {}  # the last step the driver judged
 
     def start(self, sweep: str, number: int) -> int:
         key = (sweep, number)
@@ -96,13 +103,25 @@ class TrialMonitor:
     def drain(self, sweep: str) -> list[tuple[int, int, float]]:
         return self._reports.pop(sweep, [])
 
-    def stop(self, sweep: str, number: int) -> None:
-        self._stop.add((sweep, number))
+    def decide(self, sweep: str, number: int, step: int, stop: bool) -> None:
+        """The driver's verdict on a trial's report at ``step``."""
+        key = (sweep, number)
+        if stop:
+            self._stop.add(key)
+        self._decided[key] = max(step, self._decided.get(key, -1))
+
+    def verdict(self, sweep: str, number: int, step: int) -> bool | None:
+        """Whether to stop, once the driver has judged ``step``; None while it has not."""
+        key = (sweep, number)
+        if key in self._stop:
+            return True
+        return False if self._decided.get(key, -1) >= step else None
 
     def forget(self, sweep: str) -> None:
         """Drop a finished sweep's state (its name may be launched again with --replace)."""
         self._attempts = {k: v for k, v in self._attempts.items() if k[0] != sweep}
         self._stop = {k for k in self._stop if k[0] != sweep}
+        self._decided = {k: v for k, v in self._decided.items() if k[0] != sweep}
         self._reports.pop(sweep, None)
 
 
@@ -132,10 +151,7 @@ def execute_trial(
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
 
-    def report(step: int, metrics: dict[str, float]) -> None:
-        if ray.get(monitor.report.remote(sweep, number, step, float(metrics["accuracy"]))):
-            raise TrialPruned(f"stopped early at step {step}: intermediate accuracy too low")
-
+    report = reporter(monitor, sweep, number)
     task = _task(spec, settings)
     spec_ = LatencySpec(**latency)
     result = run_trial(
@@ -153,6 +169,25 @@ def execute_trial(
     if result.model is not None:
         model = to_portable(result.model, example_batch(task.example_input(), spec_.batch_size))
     return outcome, model
+
+
+def reporter(monitor: Any, sweep: str, number: int) -> Callable[[int, dict[str, float]], None]:
+    """The ``report`` callback of a trial: sends each intermediate accuracy to the driver and
+    raises TrialPruned when the driver stops the trial."""
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        stop = ray.get(monitor.report.remote(sweep, number, step, float(metrics["accuracy"])))
+        # Wait (briefly) for the driver's verdict on this very step: without it a hopeless
+        # trial would train one more epoch before it learns that it was stopped.
+        deadline = time.monotonic() + VERDICT_WAIT_S
+        while not stop and time.monotonic() < deadline:
+            stop = ray.get(monitor.verdict.remote(sweep, number, step))
+            if stop is None:
+                time.sleep(VERDICT_POLL_S)
+        if stop:
+            raise TrialPruned(f"stopped early at step {step}: intermediate accuracy too low")
+
+    return report
 
 
 def _node() -> str:

@@ -56,14 +56,26 @@ def apply_recipe(model: nn.Module, recipe: Recipe, example_input: torch.Tensor) 
     quantization for ``prune_qat``. Train it with any optimizer; pruned weights stay zero.
     Create the optimizer after this call: structured pruning replaces the pruned Parameters.
     """
+    layers = _prune(model, recipe, example_input)
+    if recipe.order == "prune_qat":
+        return _prepare_qat(model, recipe, layers, example_input)
+    return model
+
+
+def _prune(model: nn.Module, recipe: Recipe, example_input: torch.Tensor) -> list[str]:
+    """Structured, then unstructured pruning, in place; returns the prunable layers."""
     layers = prunable_layers(model)
     recipe.check_layers(layers)
     prune_structured(model, recipe, example_input)
     prune_model(model, recipe)
-    if recipe.order == "prune_qat":
-        device = next(model.parameters()).device
-        return _quant.prepare_qat(model, recipe, layers, _example_inputs(example_input, device))
-    return model
+    return layers
+
+
+def _prepare_qat(
+    model: nn.Module, recipe: Recipe, layers: list[str], example_input: torch.Tensor
+) -> nn.Module:
+    device = next(model.parameters()).device
+    return _quant.prepare_qat(model, recipe, layers, _example_inputs(example_input, device))
 
 
 def finalize(
@@ -196,8 +208,11 @@ def _run(
         intermediate[len(intermediate)] = value["accuracy"]
         report(len(intermediate) - 1, value)
 
+    # Both orders prune first and fine-tune the pruned float model; prune_qat then trains on
+    # with fake quantization (QAT) before converting.
     with timer.phase("prune_s"):
-        trainable = apply_recipe(model, recipe, example) if recipe.order == "prune_ptq" else model
+        _prune(model, recipe, example)
+    trainable: nn.Module = model
     with timer.phase("finetune_s"):
         train(
             trainable,
@@ -210,7 +225,7 @@ def _run(
         )
     if recipe.order == "prune_qat":
         with timer.phase("qat_s"):
-            trainable = apply_recipe(model, recipe, example)
+            trainable = _prepare_qat(model, recipe, layers, example)
             train(
                 trainable,
                 task,

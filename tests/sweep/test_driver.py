@@ -1,11 +1,14 @@
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import ray
 
 from storage import Store
-from sweep import ConfigError, parse_config, run_sweep, validate_before_ray
-from trials import TaskError
+from sweep import ConfigError, _remote, parse_config, run_sweep, validate_before_ray
+from trials import TaskError, TrialPruned
 
 FAST_TRIAL = {"finetune_epochs": 1, "qat_epochs": 1, "calibration_batches": 2, "latency_repeats": 3}
 
@@ -72,3 +75,30 @@ def test_a_users_own_task_runs_through_a_sweep(local_ray: None, tmp_path: Path) 
     layers = set(trials.iloc[0]["recipe"]["layers"])
     assert layers == {"body.0", "body.2", "body.4", "classifier"}
     assert (trials["fp32_accuracy"] > 0.5).all()
+
+
+def test_a_stop_verdict_reaches_the_trial_at_the_step_it_judged(local_ray: None) -> None:
+    """The worker waits for the driver's verdict on each report, so a stopped trial does not
+    train another epoch first."""
+    monitor = ray.remote(_remote.TrialMonitor).remote()
+    judged: list[tuple[int, int]] = []
+    stop_driver = threading.Event()
+
+    def driver() -> None:  # what _Driver._early_stopping does: judge step 1 hopeless
+        while not stop_driver.is_set():
+            for number, step, _ in ray.get(monitor.drain.remote("s")):
+                judged.append((number, step))
+                monitor.decide.remote("s", number, step, step >= 1)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=driver)
+    thread.start()
+    try:
+        report = _remote.reporter(monitor, "s", 7)
+        report(0, {"accuracy": 0.9})  # judged: go on
+        with pytest.raises(TrialPruned, match="stopped early at step 1"):
+            report(1, {"accuracy": 0.1})
+    finally:
+        stop_driver.set()
+        thread.join()
+    assert judged == [(7, 0), (7, 1)]
