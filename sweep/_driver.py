@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,11 +20,11 @@ import optuna
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from storage import METRIC_COLUMNS, StorageError, Store, TrialRecord
+from storage import METRIC_COLUMNS, StorageError, StorageFullError, Store, TrialRecord
 from sweep import _remote
 from sweep._config import ConfigError, SweepConfig, parse_config
 from sweep._space import Space, objective_values, select_layers
-from trials import Recipe, TrialResult, resolve_task_factory
+from trials import Recipe, TaskError, TrialResult, resolve_task_factory
 
 log = logging.getLogger("sweep")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -35,6 +36,7 @@ POLL_S = 0.25
 _STORED_EXTRAS = ("layers", "fp32_metrics")
 _WRITE_RETRIES = 8
 SLOTS_REFRESH_S = 5.0
+RAY_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -63,16 +65,41 @@ def validate_before_ray(config: SweepConfig) -> None:
             raise ConfigError(f"objectives: {name!r} is not a trial metric (choose from {choices})")
 
 
+def _check_answers(address: str) -> None:
+    """Fail fast on a head address nothing listens at: ray.init would retry it for minutes."""
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"ray_address: {address!r} is not auto, HOST:PORT or ray://HOST:PORT; "
+            "leave it out to start a local Ray"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"ray_address: nothing answers at {address} ({exc.strerror or exc}); start the "
+            "cluster there (ray start --head), fix the address, or leave it out for a local Ray"
+        ) from None
+
+
 def connect_ray(address: str | None) -> None:
+    """Connect to the Ray cluster at ``address``, or start a local Ray when it is ``None``."""
     if ray.is_initialized():
         return
-    ray.init(
-        address=address or None,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        configure_logging=True,
-    )
+    if address:
+        _check_answers(address)
+    try:
+        ray.init(
+            address=address or None,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+        )
+    except ConnectionError as exc:  # e.g. "auto" with no cluster on this machine
+        raise ConfigError(f"ray_address: cannot connect to {address!r}: {_one_line(exc)}") from None
 
 
 def _sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
@@ -126,7 +153,14 @@ def _monitor() -> Any:
 
 def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
     describe = ray.remote(num_cpus=config.resources.cpus_per_trial)(_remote.describe_task)
-    info: _remote.TaskInfo = ray.get(describe.remote(config.task, config.task_settings))
+    try:
+        info: _remote.TaskInfo = ray.get(describe.remote(config.task, config.task_settings))
+    except ray.exceptions.RayTaskError as exc:
+        # The user's task failed on the worker: one line, not the remote traceback.
+        cause = exc.cause
+        if isinstance(cause, TaskError | ConfigError):
+            raise type(cause)(str(cause)) from None
+        raise TaskError(f"task: {config.task} failed on a worker: {_one_line(cause)}") from None
     space = Space(
         tuple(select_layers(info.layers, config.search_space)),
         config.search_space,
@@ -351,6 +385,8 @@ class _Driver:
                 time.sleep(wait)
             try:
                 self.store.record_trials(self.config.name, self.pending)
+            except StorageFullError:
+                raise  # waiting does not free disk space; trials left RUNNING are resumable
             except StorageError as exc:
                 self.write_failures += 1
                 if self.write_failures > _WRITE_RETRIES:
