@@ -65,7 +65,8 @@ def progress(
     ``done_before``: trials already finished when ``elapsed_s`` started counting (a resumed
     sweep), left out of the rate.
     """
-    total = max(total, done + running)
+    total = max(total, done)
+    running = min(running, total - done)  # the driver's count lags a trial that just finished
     finished_here = done - done_before
     remaining: float | None = None
     if status == "RUNNING" and finished_here > 0 and elapsed_s > 0 and done < total:
