@@ -156,5 +156,10 @@ def load_config(path: str | Path) -> SweepConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        what = f" ({problem})" if problem else ""
+        raise ConfigError(
+            f"{path}: not valid YAML{where}{what}; fix the syntax there (a value holding "
+            "': ' or '#' needs quotes)"
+        ) from None
     return parse_config(data, str(path))
