@@ -21,6 +21,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from storage import METRIC_COLUMNS, StorageError, StorageFullError, Store, TrialRecord
+from storage._engine import mask_url
 from sweep import _remote
 from sweep._config import ConfigError, SweepConfig, parse_config
 from sweep._space import Space, objective_values, select_layers
@@ -454,6 +455,8 @@ def run_sweep(
     space, info = _describe(config)
     stored_config = {
         **config.model_dump(mode="json"),
+        # The store is readable by everyone who queries it: never keep a password there.
+        "storage": None if config.storage is None else mask_url(config.storage),
         "layers": list(space.layers),
         "fp32_metrics": info.fp32_metrics,
     }

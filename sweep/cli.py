@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from storage import StorageError, StorageFullError, Store
 from sweep import _driver, _export, _output, _status
 from sweep._config import DEFAULT_STORAGE, ConfigError, load_config
-from trials import RecipeError, TaskError
+from trials import RecipeError, TaskError, task_file
 
 app = typer.Typer(
     add_completion=False,
@@ -109,6 +109,9 @@ def launch(
         updates["budget"] = config.budget.model_copy(update={"n_trials": n_trials})
     if address is not None:
         updates["ray_address"] = address
+    task_path = task_file(config.task)
+    if task_path is not None:  # workers run elsewhere: they get the file the user meant, absolute
+        updates["task"] = f"{task_path}:{config.task.rpartition(':')[2]}"
     if updates:
         config = type(config).model_validate({**config.model_dump(), **updates})
     _driver.validate_before_ray(config)

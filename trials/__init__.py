@@ -26,6 +26,7 @@ from trials._task import (
     TaskError,
     load_task,
     resolve_task_factory,
+    task_file,
 )
 from trials._train import TrialError
 from trials._trial import TrialPruned, TrialResult, apply_recipe, finalize, run_trial
@@ -57,4 +58,5 @@ __all__ = [
     "run_trial",
     "structured_groups",
     "structured_prunable",
+    "task_file",
 ]
