@@ -118,8 +118,9 @@ def test_watch_returns_at_once_for_a_stopped_sweep(
 
 def _watch(db: str, cwd: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [*SWEEP, "status", "run", "--storage", db, "--format", "csv"]
     return subprocess.Popen(
-        [*SWEEP, "status", "run", "--storage", db, "--watch", "--interval", "0.2", "--format", "csv"],
+        [*argv, "--watch", "--interval", "0.2"],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
