@@ -143,8 +143,8 @@ class _FrontCount:
         self.read_at = -math.inf
         self.value = 0
 
-    def size(self) -> int:
-        if time.monotonic() - self.read_at >= FRONT_REFRESH_S:
+    def size(self, *, now: bool = False) -> int:
+        if now or time.monotonic() - self.read_at >= FRONT_REFRESH_S:
             self.read_at = time.monotonic()
             self.value = len(self.store.pareto_front(self.name))
         return self.value
@@ -181,7 +181,7 @@ def _run_with_progress(
                 running=p.running,
                 failed=p.failed,
                 pruned=p.pruned,
-                front_size=front_count.size(),
+                front_size=front_count.size(now=p.done >= p.total),
                 best=p.best,
                 elapsed_s=time.monotonic() - started,
                 done_before=done_before,
@@ -199,6 +199,7 @@ def _run_with_progress(
             raise typer.Exit(130) from None
         except StorageFullError as exc:
             raise StorageFullError(f"{exc}; `sweep resume {name}` continues this sweep") from None
+        show(result)  # once more, now that every result is stored: the exact front size
     elapsed = time.monotonic() - started
     err.print(
         f"{result.done} trials in {elapsed:.1f} s ({60 * result.done / elapsed:.1f} per minute); "
