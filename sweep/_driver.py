@@ -77,7 +77,9 @@ def _check_answers(address: str) -> None:
             "leave it out to start a local Ray"
         )
     try:
-        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+        socket.create_connection(
+            (host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S
+        ).close()
     except OSError as exc:
         raise ConfigError(
             f"ray_address: nothing answers at {address} ({exc.strerror or exc}); start the "
