@@ -168,11 +168,14 @@ def _run_with_progress(
     with Progress(*columns, console=err, transient=False) as bar:
         task_id = bar.add_task("trials", total=total, detail="starting")
         done_before: int | None = None
+        trials_started = started
 
         def show(p: _driver.Progress) -> None:
-            nonlocal done_before
-            if done_before is None:  # a resumed sweep: its old trials are not this run's rate
-                done_before = p.done
+            # Counted from the first trial, as `sweep status` counts from the sweep's creation:
+            # Ray's start-up is not trial time. A resumed sweep's old trials are not this rate.
+            nonlocal done_before, trials_started
+            if done_before is None:
+                done_before, trials_started = p.done, time.monotonic()
             state = _status.progress(
                 name,
                 "RUNNING",
@@ -183,7 +186,7 @@ def _run_with_progress(
                 pruned=p.pruned,
                 front_size=front_count.size(now=p.done >= p.total),
                 best=p.best,
-                elapsed_s=time.monotonic() - started,
+                elapsed_s=time.monotonic() - trials_started,
                 done_before=done_before,
             )
             detail = _status.bar_detail(state, _output._cell)

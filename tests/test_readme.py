@@ -42,6 +42,7 @@ def test_the_examples_are_marked() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a launch and about ten fresh processes, on a shared machine
 def test_the_examples_run(tmp_path: Path) -> None:
     """A small sweep named like the walk-through's, then every marked block, in order."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -49,7 +50,7 @@ def test_the_examples_run(tmp_path: Path) -> None:
     # The `sweep` entry point installed beside this interpreter, as after the set-up command.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     (tmp_path / "demo.yaml").write_text(
-        "name: digits-demo\ntask: synthetic\nbudget: {n_trials: 16}\n"
+        "name: digits-demo\ntask: synthetic\nbudget: {n_trials: 8}\n"
         "task_settings: {trial_seconds: 0.0, n_layers: 4}\n"
     )
 
