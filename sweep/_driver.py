@@ -66,6 +66,10 @@ def validate_before_ray(config: SweepConfig) -> None:
             raise ConfigError(f"objectives: {name!r} is not a trial metric (choose from {choices})")
 
 
+class RayStartError(RuntimeError):
+    """Ray did not start or answer in time: not the user's mistake (the command exits 1)."""
+
+
 def _check_answers(address: str) -> None:
     """Fail fast on a head address nothing listens at: ray.init would retry it for minutes."""
     if address in ("auto", "local"):
@@ -103,6 +107,11 @@ def connect_ray(address: str | None) -> None:
         )
     except ConnectionError as exc:  # e.g. "auto" with no cluster on this machine
         raise ConfigError(f"ray_address: cannot connect to {address!r}: {_one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its processes time out
+        where = f"connect to Ray at {address}" if address else "start a local Ray"
+        raise RayStartError(
+            f"could not {where}: {_one_line(exc)}; try again when the machine is less loaded"
+        ) from None
 
 
 def _sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:

@@ -39,7 +39,7 @@ USER_ERRORS = (
     _export.ExportError,
 )
 # Failures outside the user's control that still deserve one line (exit 1, no traceback).
-FAILURES = (StorageFullError, _output.DiskFullError)
+FAILURES = (StorageFullError, _output.DiskFullError, _driver.RayStartError)
 
 StorageOption = Annotated[
     str | None,
