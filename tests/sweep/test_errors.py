@@ -112,7 +112,7 @@ CASES: dict[str, Case] = {
         LAUNCH,
         2,
         "task: the model has no prunable layer (no Conv or Linear module)",
-        "name: new\ntask: flat_task:make\nbudget: {n_trials: 2}\n",
+        "name: new\ntask: flat_task.py:make\nbudget: {n_trials: 2}\n",
         files=(("flat_task.py", NO_LAYERS_TASK),),
         subprocess=True,
     ),
