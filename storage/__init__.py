@@ -12,7 +12,13 @@ Several drivers may write one database at once (each its own sweep); transient e
 locked SQLite file, a dropped connection) are retried with backoff.
 """
 
-from storage._errors import DuplicateSweepError, StorageError, SweepNotFoundError, WhereError
+from storage._errors import (
+    DuplicateSweepError,
+    StorageError,
+    StorageFullError,
+    SweepNotFoundError,
+    WhereError,
+)
 from storage._models import METRIC_COLUMNS, TRIAL_STATES
 from storage._records import SweepInfo, TrialRecord
 from storage._store import Store
@@ -22,6 +28,7 @@ __all__ = [
     "TRIAL_STATES",
     "DuplicateSweepError",
     "StorageError",
+    "StorageFullError",
     "Store",
     "SweepInfo",
     "SweepNotFoundError",

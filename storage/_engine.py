@@ -69,6 +69,19 @@ def scrub(message: str, url: URL) -> str:
     return line
 
 
+# SQLite reports a full disk as SQLITE_FULL, and a write past a file size limit (EFBIG) as
+# SQLITE_IOERR_WRITE; PostgreSQL as SQLSTATE 53100 (disk_full).
+_DISK_FULL_SQLITE: Final = ("SQLITE_FULL", "SQLITE_IOERR_WRITE")
+_DISK_FULL_SQLSTATE: Final = "53100"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for a DB-API error that means the database could not grow on disk."""
+    if getattr(error, "sqlite_errorname", None) in _DISK_FULL_SQLITE:
+        return True
+    return getattr(error, "sqlstate", None) == _DISK_FULL_SQLSTATE
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: lost/refused connections and SQLite lock contention."""
     if not isinstance(exc, OperationalError):

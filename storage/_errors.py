@@ -36,3 +36,11 @@ class DuplicateSweepError(StorageError):
 
 class WhereError(StorageError):
     """Raised for a ``--where`` expression that cannot be parsed or refers to unknown columns."""
+
+
+class StorageFullError(StorageError):
+    """Raised when the database cannot grow: the disk is full or a file size limit is reached.
+
+    Not the user's mistake: the command line exits 1. The failed transaction is rolled back, so
+    everything written before stays intact.
+    """

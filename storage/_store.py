@@ -17,6 +17,7 @@ from storage import _json
 from storage._engine import (
     WRITE_OPTIONS,
     build_engine,
+    is_disk_full,
     mask_url,
     migrate,
     open_error,
@@ -24,7 +25,7 @@ from storage._engine import (
     scrub,
     with_retry,
 )
-from storage._errors import DuplicateSweepError, StorageError
+from storage._errors import DuplicateSweepError, StorageError, StorageFullError
 from storage._frames import layer_frame, trial_frame, trial_select, value_frame
 from storage._front import collection_paused, frame_rows, front_ids, layer_summary
 from storage._models import (
@@ -148,6 +149,12 @@ class Store:
             return with_retry(attempt)
         except SQLAlchemyError as exc:
             reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            if is_disk_full(reason):
+                raise StorageFullError(
+                    f"cannot write to {self.url_display}: the disk is full or the file reached "
+                    f"its size limit ({scrub(str(reason), self._url)}); free disk space, then "
+                    "run the command again (what was stored before is intact)"
+                ) from exc
             raise StorageError(
                 f"database error on {self.url_display}: {scrub(str(reason), self._url)}"
             ) from exc

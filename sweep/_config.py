@@ -145,6 +145,9 @@ class Resources(_Strict):
 
 
 class SweepConfig(_Strict):
+    """A whole ``sweep.yaml``: every field, its default and meaning are in the README's
+    configuration reference. Frozen; unknown fields are errors."""
+
     name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     task: str = Field(..., min_length=1)
     task_settings: dict[str, Any] = Field(default_factory=dict)
@@ -188,6 +191,8 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_config(data: object, source: str = "config") -> SweepConfig:
+    """Validate a parsed mapping; a bad field raises :class:`ConfigError` with one line that
+    names it (``source`` prefixes the message, e.g. the file name)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a YAML mapping of fields (name, task, ...)")
     try:
@@ -204,6 +209,8 @@ def parse_config(data: object, source: str = "config") -> SweepConfig:
 
 
 def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate a ``sweep.yaml``; unreadable files, YAML syntax and bad fields raise
+    :class:`ConfigError` with one line."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -214,5 +221,10 @@ def load_config(path: str | Path) -> SweepConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        what = f" ({problem})" if problem else ""
+        raise ConfigError(
+            f"{path}: not valid YAML{where}{what}; fix the syntax there (a value holding "
+            "': ' or '#' needs quotes)"
+        ) from None
     return parse_config(data, str(path))

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,8 @@ import optuna
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from storage import METRIC_COLUMNS, StorageError, Store, TrialRecord
+from storage import METRIC_COLUMNS, StorageError, StorageFullError, Store, TrialRecord
+from storage._engine import mask_url
 from sweep import _remote, _resources, _shipping, _target
 from sweep._config import ConfigError, SweepConfig, parse_config
 from sweep._space import Space, objective_values, select_layers
@@ -47,6 +49,7 @@ _WRITE_RETRIES = 8
 SLOTS_REFRESH_S = 5.0
 # Set by Ray's job manager in a submitted job's driver (ray._private.runtime_env.constants).
 RAY_JOB_CONFIG_JSON_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+RAY_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -75,21 +78,57 @@ def validate_before_ray(config: SweepConfig) -> None:
             raise ConfigError(f"objectives: {name!r} is not a trial metric (choose from {choices})")
 
 
+class RayStartError(RuntimeError):
+    """Ray did not start or answer in time: not the user's mistake (the command exits 1)."""
+
+
+def _check_answers(address: str) -> None:
+    """Fail fast on a head address nothing listens at: ray.init would retry it for minutes."""
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"ray_address: {address!r} is not auto, HOST:PORT or ray://HOST:PORT; "
+            "leave it out to start a local Ray"
+        )
+    try:
+        socket.create_connection(
+            (host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S
+        ).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"ray_address: nothing answers at {address} ({exc.strerror or exc}); start the "
+            "cluster there (ray start --head), fix the address, or leave it out for a local Ray"
+        ) from None
+
+
 def connect_ray(address: str | None, task: str | None = None) -> None:
     """Start a local Ray (``address`` None) or join a cluster (``auto``, ``host:port``,
     ``ray://host:port``). On a cluster, the user's task code is shipped to the workers."""
     if ray.is_initialized():
         return
-    ray.init(
-        # "local" always starts a new Ray: without it ray.init() joins any Ray that `ray start`
-        # (or another program) left running on this machine.
-        address=address or "local",
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        configure_logging=True,
-        runtime_env=_runtime_env(address, task),
-    )
+    if address:
+        _check_answers(address)
+    runtime_env = _runtime_env(address, task)
+    try:
+        ray.init(
+            # "local" always starts a new Ray: without it ray.init() joins any Ray that
+            # `ray start` (or another program) left running on this machine.
+            address=address or "local",
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+            runtime_env=runtime_env,
+        )
+    except ConnectionError as exc:  # e.g. "auto" with no cluster on this machine
+        raise ConfigError(f"ray_address: cannot connect to {address!r}: {_one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its processes time out
+        where = f"connect to Ray at {address}" if address else "start a local Ray"
+        raise RayStartError(
+            f"could not {where}: {_one_line(exc)}; try again when the machine is less loaded"
+        ) from None
 
 
 def _runtime_env(address: str | None, task: str | None) -> dict[str, Any] | None:
@@ -160,11 +199,11 @@ def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
     try:
         info: _remote.TaskInfo = ray.get(describe.remote(config.task, config.task_settings))
     except ray.exceptions.RayTaskError as exc:
-        # The worker could not load the task (say, a module missing on that node): the user's
-        # one-line error, not the remote traceback.
-        if isinstance(exc.cause, TaskError):
-            raise TaskError(f"{exc.cause} (on a Ray worker)") from None
-        raise
+        # The user's task failed on the worker: one line, not the remote traceback.
+        cause = exc.cause
+        if isinstance(cause, TaskError | ConfigError):
+            raise type(cause)(str(cause)) from None
+        raise TaskError(f"task: {config.task} failed on a worker: {_one_line(cause)}") from None
     space = Space(
         tuple(select_layers(info.layers, config.search_space)),
         config.search_space,
@@ -467,6 +506,8 @@ class _Driver:
             self.pending = list({record.number: record for record in self.pending}.values())
             try:
                 self.store.record_trials(self.config.name, self.pending)
+            except StorageFullError:
+                raise  # waiting does not free disk space; trials left RUNNING are resumable
             except StorageError as exc:
                 self.write_failures += 1
                 if self.write_failures > _WRITE_RETRIES:
@@ -537,6 +578,8 @@ def run_sweep(
     target = _target.prepare_target(config, None)
     stored_config = {
         **config.model_dump(mode="json"),
+        # The store is readable by everyone who queries it: never keep a password there.
+        "storage": None if config.storage is None else mask_url(config.storage),
         "layers": list(space.layers),
         "fp32_metrics": info.fp32_metrics,
     }

@@ -3,6 +3,7 @@ Parquet, on the terminal or into a file (``-o``)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from collections.abc import Sequence
@@ -70,6 +71,13 @@ class OutputError(Exception):
     """A listing that cannot be written as asked; one line that says how to fix it."""
 
 
+class DiskFullError(Exception):
+    """A listing that could not be written for lack of disk space: not the user's mistake."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
 def resolve_format(fmt: str | None, output: Path | None) -> str:
     """``--format``, or the ``-o`` file's extension (.csv, .json, .parquet), else table."""
     if fmt is None:
@@ -91,11 +99,12 @@ def _flat(frame: pd.DataFrame) -> pd.DataFrame:
     return flat
 
 
-def _table(frame: pd.DataFrame, title: str | None, columns: Sequence[str] | None) -> Table:
+def table(frame: pd.DataFrame, title: str | None, columns: Sequence[str] | None) -> Table:
+    """``frame`` as a rich table of ``columns`` (default: the trial columns), cells formatted."""
     table = Table(title=title)
     names = list(columns) if columns is not None else [c for c in TABLE_COLUMNS if c in frame]
     for name in names:
-        left = name in ("state", "order", "granularity", "layer")
+        left = name in ("state", "order", "granularity", "layer", "name", "status", "best")
         table.add_column(Text(name), justify="left" if left else "right")
     for row in frame.to_dict(orient="records"):  # Text: "[...]" in names is not rich markup
         table.add_row(*(Text(_cell(name, row[name])) for name in names))
@@ -135,7 +144,7 @@ def render(
         if fmt == "parquet":
             raise OutputError("--format parquet writes a binary file: add -o FILE.parquet")
         if fmt == "table":
-            console.print(_table(frame, title, columns))
+            console.print(table(frame, title, columns))
         else:
             console.out(_text(frame, fmt), highlight=False)
         return
@@ -144,12 +153,15 @@ def render(
             _parquet(frame, output)
         elif fmt == "table":
             with output.open("w", encoding="utf-8") as file:
-                Console(file=file, width=200, color_system=None).print(
-                    _table(frame, title, columns)
-                )
+                Console(file=file, width=200, color_system=None).print(table(frame, title, columns))
         else:
             output.write_text(_text(frame, fmt) + "\n", encoding="utf-8")
     except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise DiskFullError(
+                f"-o: cannot write {output}: the disk is full or the file reached its size "
+                f"limit ({exc.strerror}); free disk space or write to another disk"
+            ) from None
         raise OutputError(f"-o: cannot write {output}: {exc.strerror or exc}") from None
 
 

@@ -21,6 +21,11 @@ UNSTRUCTURED = "unstructured"
 
 def select_layers(prunable: Sequence[str], space: SearchSpace) -> list[str]:
     """The prunable layers the config searches, in model order; an unmatched pattern is an error."""
+    if not prunable:
+        raise ConfigError(
+            "task: the model has no prunable layer (no Conv or Linear module); give a model "
+            "with Conv1d/2d/3d or Linear layers"
+        )
     for pattern in [*space.layers, *space.exclude]:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in prunable):
             shown = ", ".join(prunable[:8]) + (" ..." if len(prunable) > 8 else "")

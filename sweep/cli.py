@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -11,14 +12,14 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from storage import StorageError, Store
-from sweep import _driver, _export, _output
+from storage import StorageError, StorageFullError, Store
+from sweep import _driver, _export, _output, _status
 from sweep._config import DEFAULT_STORAGE, ConfigError, load_config
-from trials import RecipeError, TaskError
+from trials import RecipeError, TaskError, task_file
 
 app = typer.Typer(
     add_completion=False,
@@ -37,6 +38,8 @@ USER_ERRORS = (
     _output.OutputError,
     _export.ExportError,
 )
+# Failures outside the user's control that still deserve one line (exit 1, no traceback).
+FAILURES = (StorageFullError, _output.DiskFullError, _driver.RayStartError)
 
 StorageOption = Annotated[
     str | None,
@@ -75,6 +78,9 @@ class UserError(Exception):
     """A mistake the user can fix; the message says how."""
 
 
+FRONT_REFRESH_S = 3.0
+
+
 def _store(url: str | None) -> Store:
     return Store(url or DEFAULT_STORAGE)
 
@@ -103,6 +109,9 @@ def launch(
         updates["budget"] = config.budget.model_copy(update={"n_trials": n_trials})
     if address is not None:
         updates["ray_address"] = address
+    task_path = task_file(config.task)
+    if task_path is not None:  # workers run elsewhere: they get the file the user meant, absolute
+        updates["task"] = f"{task_path}:{config.task.rpartition(':')[2]}"
     if updates:
         config = type(config).model_validate({**config.model_dump(), **updates})
     _driver.validate_before_ray(config)
@@ -125,6 +134,22 @@ def launch(
     )
 
 
+class _FrontCount:
+    """The size of the stored Pareto front, re-read at most every FRONT_REFRESH_S seconds (a
+    query per finished trial would slow the driver on large sweeps)."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store, self.name = store, name
+        self.read_at = -math.inf
+        self.value = 0
+
+    def size(self, *, now: bool = False) -> int:
+        if now or time.monotonic() - self.read_at >= FRONT_REFRESH_S:
+            self.read_at = time.monotonic()
+            self.value = len(self.store.pareto_front(self.name))
+        return self.value
+
+
 def _run_with_progress(
     name: str,
     store: Store,
@@ -138,17 +163,34 @@ def _run_with_progress(
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
     )
+    front_count = _FrontCount(store, name)
     with Progress(*columns, console=err, transient=False) as bar:
         task_id = bar.add_task("trials", total=total, detail="starting")
+        done_before: int | None = None
+        trials_started = started
 
         def show(p: _driver.Progress) -> None:
-            best = ", ".join(f"{k} {_output._cell(k, v)}" for k, v in p.best.items())
-            detail = f"running {p.running} failed {p.failed} pruned {p.pruned}" + (
-                f" | best {best}" if best else ""
+            # Counted from the first trial, as `sweep status` counts from the sweep's creation:
+            # Ray's start-up is not trial time. A resumed sweep's old trials are not this rate.
+            nonlocal done_before, trials_started
+            if done_before is None:
+                done_before, trials_started = p.done, time.monotonic()
+            state = _status.progress(
+                name,
+                "RUNNING",
+                total=p.total,
+                done=p.done,
+                running=p.running,
+                failed=p.failed,
+                pruned=p.pruned,
+                front_size=front_count.size(now=p.done >= p.total),
+                best=p.best,
+                elapsed_s=time.monotonic() - trials_started,
+                done_before=done_before,
             )
-            bar.update(task_id, total=p.total, completed=p.done, detail=detail)
+            detail = _status.bar_detail(state, _output._cell)
+            bar.update(task_id, total=state.total, completed=p.done, detail=detail)
 
         try:
             result = run(show)
@@ -158,6 +200,9 @@ def _run_with_progress(
                 f"continue with `sweep resume {name}`"
             )
             raise typer.Exit(130) from None
+        except StorageFullError as exc:
+            raise StorageFullError(f"{exc}; `sweep resume {name}` continues this sweep") from None
+        show(result)  # once more, now that every result is stored: the exact front size
     elapsed = time.monotonic() - started
     err.print(
         f"{result.done} trials in {elapsed:.1f} s ({60 * result.done / elapsed:.1f} per minute); "
@@ -331,36 +376,59 @@ def export(
 def status(
     name: Annotated[str | None, typer.Argument(help="One sweep (default: all).")] = None,
     storage: StorageOption = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, csv or json (default table).")
+    ] = "table",
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Refresh until no shown sweep is RUNNING (Ctrl-C stops watching, exit 0).",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="Seconds between --watch refreshes.")
+    ] = 2.0,
 ) -> None:
-    """Show sweeps and their progress."""
+    """Show sweeps and their progress: done, running, failed, pruned, front size, best value
+    of each objective, elapsed and (while RUNNING) an estimate of the time remaining."""
+    if fmt not in ("table", "csv", "json"):
+        raise UserError(f"--format: {fmt!r} is not one of table, csv, json")
     store = _store(storage)
-    sweeps = [store.get_sweep(name)] if name else store.list_sweeps()
-    table = Table(title=f"Sweeps in {store.url_display}")
-    for column in (
-        "name",
-        "status",
-        "trials",
-        "complete",
-        "running",
-        "failed",
-        "pruned",
-        "updated",
-    ):
-        table.add_column(column)
-    for info in sweeps:
-        budget = info.config.get("budget", {}).get("n_trials", "?")
-        c = info.counts
-        table.add_row(
-            info.name,
-            info.status,
-            f"{sum(c.values())}/{budget}",
-            str(c["COMPLETE"]),
-            str(c["RUNNING"]),
-            str(c["FAIL"]),
-            str(c["PRUNED"]),
-            info.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-        )
-    out.print(table)
+
+    def read() -> list[_status.SweepProgress]:
+        infos = [store.get_sweep(name)] if name else store.list_sweeps()
+        return [_status.from_store(store, info) for info in infos]
+
+    def render(states: list[_status.SweepProgress]) -> RenderableType | None:
+        title = f"Sweeps in {store.url_display}"
+        if fmt == "table":
+            frame = _status.table_frame(states, _output._cell)
+            return _output.table(frame, title, _status.TABLE_COLUMNS)
+        _output.render(_status.frame(states), fmt, out)
+        return None
+
+    states = read()
+    if not watch:
+        shown = render(states)
+        if shown is not None:
+            out.print(shown)
+        return
+    try:
+        if fmt != "table":
+            while True:  # csv/json: one listing per refresh, for a log or a pipe
+                render(states)
+                if not any(s.status == "RUNNING" for s in states):
+                    return
+                time.sleep(interval)
+                states = read()
+        with Live(render(states), console=out, auto_refresh=False) as live:
+            while any(s.status == "RUNNING" for s in states):
+                time.sleep(interval)
+                states = read()
+                live.update(render(states) or "", refresh=True)
+    except KeyboardInterrupt:
+        return  # stopping to watch is not a failure: the sweep runs on
 
 
 def main() -> None:
@@ -369,6 +437,9 @@ def main() -> None:
         sys.path.insert(0, os.getcwd())
     try:
         app()
+    except FAILURES as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
     except (*USER_ERRORS, UserError) as exc:
         err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)

@@ -35,6 +35,7 @@ from trials._task import (
     TaskError,
     load_task,
     resolve_task_factory,
+    task_file,
 )
 from trials._train import TrialError
 from trials._trial import (
@@ -84,5 +85,6 @@ __all__ = [
     "run_trial",
     "structured_groups",
     "structured_prunable",
+    "task_file",
     "to_portable",
 ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import random
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -112,8 +115,48 @@ def cached_state_dict(
     return state
 
 
+def task_file(spec: str) -> Path | None:
+    """The absolute path of a ``path/to/file.py:factory`` spec (relative paths against the
+    working directory), or ``None`` for built-in names and dotted module paths."""
+    path, sep, _ = spec.partition(":")
+    if not sep or not path.endswith(".py"):
+        return None
+    return Path(os.getcwd(), path).resolve()
+
+
+def _import_file(path_text: str) -> ModuleType:
+    """Import the file itself (never a module of the same name elsewhere on ``sys.path``)."""
+    path = Path(os.getcwd(), path_text).resolve()
+    if not path.is_file():
+        raise TaskError(
+            f"task: {path_text!r} is not a file (looked for {path}); give the path of your "
+            "task's .py file, relative to the working directory or absolute"
+        )
+    name = f"_sweep_task_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TaskError(f"task: cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look classes up by module name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - any error in the user's module, named
+        del sys.modules[name]
+        raise TaskError(
+            f"task: importing {path_text!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    return module
+
+
 def resolve_task_factory(spec: str) -> Callable[..., Any]:
-    """The factory that ``spec`` names, imported but not called (cheap: for early validation)."""
+    """The factory that ``spec`` names, imported but not called (cheap: for early validation).
+
+    ``spec`` is a built-in task name, ``package.module:factory`` (imported from ``sys.path``)
+    or ``path/to/file.py:factory``: that file and no other, a relative path taken against the
+    working directory.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise TaskError(
             "task: give a built-in task name or an import path 'package.module:factory'"
@@ -126,6 +169,12 @@ def resolve_task_factory(spec: str) -> Callable[..., Any]:
             f"task: {spec!r} is neither a built-in task ({known}) nor an import path "
             "'package.module:factory'"
         )
+    if module_name.endswith(".py"):
+        module = _import_file(module_name)
+        factory = getattr(module, attr, None)
+        if factory is None or not callable(factory):
+            raise TaskError(f"task: {module_name!r} has no callable {attr!r}")
+        return factory
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -144,7 +193,8 @@ def resolve_task_factory(spec: str) -> Callable[..., Any]:
 
 
 def load_task(spec: str, settings: Mapping[str, Any] | None = None) -> Task:
-    """A task by built-in name (``digits``) or import path ``package.module:factory``.
+    """A task by built-in name (``digits``), import path ``package.module:factory`` or file
+    ``path/to/file.py:factory`` (see :func:`resolve_task_factory`).
 
     ``factory(**settings)`` must return an object that implements :class:`Task`.
     """

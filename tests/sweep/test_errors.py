@@ -1,0 +1,336 @@
+"""Bad input as a new user gives it, through the real command line (a subprocess of
+``python -m sweep``): each case exits with its code, prints one ``error:`` line that names what
+is wrong and how to fix it, no traceback, and leaves the sweep stored before it intact."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from storage import Store, TrialRecord
+from sweep import cli
+from trials import Recipe, RecipeError, apply_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "s3cret-pw"
+LAYERS = [f"block{i}.conv" for i in range(20)]
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Case:
+    """``argv`` after ``sweep``; ``{db}``, ``{dir}`` and ``{port}`` are filled in. ``config``:
+    the text of ``{dir}/sweep.yaml``; ``files``: more files in ``{dir}`` (a user's task)."""
+
+    argv: tuple[str, ...]
+    code: int
+    expected: str
+    config: str = ""
+    files: tuple[tuple[str, str], ...] = ()
+    file_size_limit: int | None = None  # RLIMIT_FSIZE: writes past it fail as on a full disk
+    # A fresh process: for Ray start-up and file size limits. Others run in this process
+    # through ``cli.main()`` (same code path, without seconds of imports per case).
+    subprocess: bool = False
+
+
+LAUNCH = ("launch", "{dir}/sweep.yaml", "--storage", "{db}")
+TINY = "trial: {finetune_epochs: 0, calibration_batches: 1, latency_repeats: 3}\n"
+NO_LAYERS_TASK = """
+from torch import nn
+from trials import Recipe
+
+
+class Flat:
+    name = "flat"
+    trial_seconds = 0.0
+
+    def build_model(self):
+        return nn.Sequential(nn.Flatten(), nn.ReLU())
+
+    def analytic_metrics(self, recipe: Recipe):
+        return {"accuracy": 0.5, "compressed_bytes": 1.0, "latency_ms": 1.0}
+
+
+def make():
+    return Flat()
+"""
+
+# The table of bad input: id -> case. Cases that start Ray are marked slow below.
+CASES: dict[str, Case] = {
+    "malformed_yaml": Case(
+        LAUNCH, 2, "sweep.yaml: not valid YAML at line 2 (expected ',' or ']'", "name: [new\n"
+    ),
+    "unknown_config_field": Case(
+        LAUNCH,
+        2,
+        "budgt: unknown field; check its spelling against the configuration reference",
+        "name: new\ntask: digits\nbudgt: {n_trials: 3}\n",
+    ),
+    "negative_amount": Case(
+        LAUNCH,
+        2,
+        "search_space.amount.min: Input should be greater than or equal to 0",
+        "name: new\ntask: digits\nsearch_space: {amount: {min: -0.2}}\n",
+    ),
+    "unknown_task_path": Case(
+        LAUNCH,
+        2,
+        "task: cannot import 'no_such_pkg.tasks'",
+        "name: new\ntask: no_such_pkg.tasks:make\n",
+    ),
+    "task_fails_to_import": Case(
+        LAUNCH,
+        2,
+        "task: importing 'broken_task' failed: SyntaxError",
+        "name: new\ntask: broken_task:make\n",
+        files=(("broken_task.py", "def make(:\n    pass\n"),),
+    ),
+    "task_import_raises": Case(
+        LAUNCH,
+        2,
+        "task: importing 'needs_dep' failed: ImportError: install nonexistent_dep",
+        "name: new\ntask: needs_dep:make\n",
+        files=(("needs_dep.py", "raise ImportError('install nonexistent_dep')\n"),),
+    ),
+    "no_prunable_layers": Case(
+        LAUNCH,
+        2,
+        "task: the model has no prunable layer (no Conv or Linear module)",
+        "name: new\ntask: flat_task.py:make\nbudget: {n_trials: 2}\n",
+        files=(("flat_task.py", NO_LAYERS_TASK),),
+        subprocess=True,
+    ),
+    "unreachable_storage": Case(
+        ("status", "--storage", f"postgresql+psycopg://sweep:{PASSWORD}@127.0.0.1:{{port}}/x"),
+        2,
+        "cannot open database postgresql+psycopg://sweep:***@127.0.0.1:",
+    ),
+    "wrong_storage_scheme": Case(
+        ("status", "--storage", "mysql://sweep@localhost/x"),
+        2,
+        "unsupported database URL 'mysql://sweep@localhost/x': only SQLite and PostgreSQL",
+    ),
+    "unknown_sweep": Case(
+        ("pareto", "ghost", "--storage", "{db}"),
+        2,
+        "sweep 'ghost' not found in sqlite:///",
+    ),
+    "unknown_sweep_status": Case(
+        ("status", "ghost", "--storage", "{db}"), 2, "run `sweep status` to list"
+    ),
+    "where_unknown_column": Case(
+        ("pareto", "keep", "--where", "speed > 1", "--storage", "{db}"), 2, "unknown name 'speed'"
+    ),
+    "where_sql_injection": Case(
+        ("trials", "keep", "--where", "accuracy > 0; DROP TABLE trials", "--storage", "{db}"),
+        2,
+        "invalid --where expression",
+    ),
+    "where_sql_in_value": Case(
+        ("trials", "keep", "--where", "order == 'x' OR 1=1 --", "--storage", "{db}"),
+        2,
+        "invalid --where expression",
+    ),
+    "bad_format": Case(
+        ("status", "--format", "xml", "--storage", "{db}"), 2, "--format: 'xml' is not one of"
+    ),
+    "ray_address_does_not_answer": Case(
+        (*LAUNCH, "--address", "127.0.0.1:{port}"),
+        2,
+        "ray_address: nothing answers at 127.0.0.1:",
+        "name: new\ntask: digits\n",
+        subprocess=True,
+    ),
+    "ray_address_malformed": Case(
+        (*LAUNCH, "--address", "head-node"),
+        2,
+        "ray_address: 'head-node' is not auto, HOST:PORT or ray://HOST:PORT",
+        "name: new\ntask: digits\n",
+        subprocess=True,
+    ),
+    "disk_full_writing_a_listing": Case(
+        ("trials", "keep", "--format", "json", "-o", "{dir}/all.json", "--storage", "{db}"),
+        1,
+        "the disk is full or the file reached its size limit (File too large)",
+        file_size_limit=40_000,  # above SQLite's 32 KiB shared-memory file, below the listing
+        subprocess=True,
+    ),
+}
+SLOW = {"no_prunable_layers"}
+
+
+def _keep(url: str) -> None:
+    """The sweep stored before each case; every case must leave it as it was."""
+    recipe = Recipe.from_dict(
+        {"order": "prune_ptq", "layers": {name: {"amount": 0.5} for name in LAYERS}}
+    ).to_dict()
+    with Store(url) as store:
+        store.create_sweep("keep", {"budget": {"n_trials": 30}}, {"accuracy": "max"})
+        records = [
+            TrialRecord(number=n, state="COMPLETE", recipe=recipe, metrics={"accuracy": n / 30})
+            for n in range(30)
+        ]
+        store.record_trials("keep", records)
+        store.set_sweep_status("keep", "FINISHED")
+
+
+def _snapshot(url: str) -> pd.DataFrame:
+    with Store(url) as store:
+        return store.trials("keep")[["number", "state", "accuracy", "recipe"]]
+
+
+def _limit_file_size(limit: int | None) -> None:
+    if limit is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def run_sweep_cli(
+    argv: list[str], cwd: Path, *, file_size_limit: int | None = None, code: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``sweep ARGV`` in a subprocess; ``code`` runs first, in the same process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("SWEEP_STORAGE", None)
+    program = f"{code}\nfrom sweep.cli import main\nmain()"
+    return subprocess.run(
+        [sys.executable, "-c", program, *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: _limit_file_size(file_size_limit),
+    )
+
+
+def _in_process(
+    argv: list[str],
+    cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> subprocess.CompletedProcess[str]:
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["sweep", *argv])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # main() adds the working directory
+    monkeypatch.delenv("SWEEP_STORAGE", raising=False)
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+
+def check_one_error_line(result: subprocess.CompletedProcess[str], code: int, expected: str) -> str:
+    """The run exited ``code`` with exactly one ``error:`` line, its last, holding ``expected``."""
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:], result.stderr[-3000:]
+    assert expected in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "case_id", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES]
+)
+def test_bad_input(
+    case_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    case = CASES[case_id]
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    _keep(db)
+    before = _snapshot(db)
+    if case.config:
+        (tmp_path / "sweep.yaml").write_text(case.config)
+    for name, text in case.files:
+        (tmp_path / name).write_text(text)
+    fill = {"db": db, "dir": str(tmp_path), "port": str(_closed_port())}
+    argv = [arg.format(**fill) for arg in case.argv]
+    if case.subprocess:
+        result = run_sweep_cli(argv, tmp_path, file_size_limit=case.file_size_limit)
+    else:
+        result = _in_process(argv, tmp_path, monkeypatch, capsys)
+    line = check_one_error_line(result, case.code, case.expected)
+    assert PASSWORD not in result.stdout + result.stderr
+    assert len(line) < 600, line  # one readable line, not a dump
+    pd.testing.assert_frame_equal(_snapshot(db), before)
+
+
+@pytest.mark.slow
+def test_disk_full_while_a_sweep_writes(tmp_path: Path) -> None:
+    """The store's disk fills up mid-sweep: exit 1 with one line, what was stored is intact.
+
+    The file size limit is set once Ray runs (Ray's own processes keep theirs), so the first
+    write of the store that grows past it fails as a full disk does."""
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    _keep(db)
+    before = _snapshot(db)
+    (tmp_path / "sweep.yaml").write_text(
+        "name: new\ntask: synthetic\nbudget: {n_trials: 200}\n"
+        "task_settings: {trial_seconds: 0.0, n_layers: 30}\n"
+    )
+    limit_after_ray = f"""
+import sweep._driver as driver
+from tests.sweep.test_errors import _limit_file_size
+connect = driver.connect_ray
+def connect_then_limit(address):
+    connect(address)
+    _limit_file_size({(tmp_path / "store.db").stat().st_size + 64 * 1024})
+driver.connect_ray = connect_then_limit
+"""
+    argv = ["launch", str(tmp_path / "sweep.yaml"), "--storage", db]
+    result = run_sweep_cli(argv, tmp_path, code=limit_after_ray)
+    argv_done = check_one_error_line(result, 1, "the disk is full or the file reached its size")
+    assert "`sweep resume new` continues this sweep" in argv_done
+    pd.testing.assert_frame_equal(_snapshot(db), before)
+    with Store(db) as store:
+        assert store.get_sweep("new").status == "FAILED"
+        stored = store.trials("new")
+    assert len(stored) < 200  # it stopped when the disk was full
+
+
+def test_recipe_for_another_model_is_one_line() -> None:
+    """`sweep apply` is not on this branch: the engine-level row of the table. A recipe naming
+    layers the model does not have raises RecipeError with one line naming them."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
+    example = torch.zeros(1, 1, 8, 8)
+    model(example)
+    recipe = Recipe.from_dict({"order": "prune_ptq", "layers": {"encoder.0": {"amount": 0.5}}})
+    with pytest.raises(RecipeError) as raised:
+        apply_recipe(model, recipe, example)
+    message = str(raised.value)
+    assert "\n" not in message and "encoder.0" in message
+
+
+def test_password_never_printed(tmp_path: Path) -> None:
+    """A password in a PostgreSQL URL: not in the error, not in any output line."""
+    url = f"postgresql+psycopg://sweep:{PASSWORD}@127.0.0.1:{_closed_port()}/x"
+    for argv in (["status", "--storage", url], ["trials", "a", "--storage", url]):
+        result = run_sweep_cli(argv, tmp_path)
+        check_one_error_line(result, 2, "sweep:***@127.0.0.1")
+        assert PASSWORD not in result.stdout + result.stderr

@@ -1,0 +1,157 @@
+"""`sweep status`: the progress fields (shared with launch's bar), read from a real SQLite store;
+--format; --watch stops by itself when the sweep stops, and on Ctrl-C with exit 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage import Store, TrialRecord
+from sweep import _status, cli
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEP = (sys.executable, "-m", "sweep")
+RECIPE = {"schema_version": 1, "order": "prune_ptq", "granularity": "per_tensor", "layers": {}}
+
+
+def _record(number: int, state: str, accuracy: float, size: int) -> TrialRecord:
+    metrics = {"accuracy": accuracy, "compressed_bytes": size} if state == "COMPLETE" else {}
+    return TrialRecord(number=number, state=state, recipe=RECIPE, metrics=metrics)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with Store(url) as store:
+        store.create_sweep(
+            "run", {"budget": {"n_trials": 10}}, {"accuracy": "max", "compressed_bytes": "min"}
+        )
+        store.record_trials(
+            "run",
+            [
+                _record(0, "COMPLETE", 0.90, 500),  # front
+                _record(1, "COMPLETE", 0.95, 900),  # front
+                _record(2, "COMPLETE", 0.85, 950),  # dominated by 0 and 1
+                _record(3, "FAIL", 0, 0),
+                _record(4, "PRUNED", 0, 0),
+                _record(5, "RUNNING", 0, 0),
+            ],
+        )
+    return url
+
+
+def test_remaining_is_the_trials_left_at_the_rate_so_far() -> None:
+    state = _status.progress(
+        "s", "RUNNING", total=10, done=4, running=2, failed=1, pruned=0, front_size=2,
+        best={"accuracy": 0.9}, elapsed_s=20.0,
+    )  # fmt: skip
+    assert state.remaining_s == pytest.approx(30.0)  # 6 left at 5 s each
+    resumed = _status.progress(
+        "s", "RUNNING", total=10, done=6, running=1, failed=0, pruned=0, front_size=2,
+        best={}, elapsed_s=8.0, done_before=4,
+    )  # fmt: skip
+    assert resumed.remaining_s == pytest.approx(16.0)  # this run: 2 trials in 8 s, 4 left
+    finished = _status.progress(
+        "s", "FINISHED", total=10, done=10, running=3, failed=0, pruned=0, front_size=2,
+        best={}, elapsed_s=8.0,
+    )  # fmt: skip
+    assert finished.remaining_s is None and finished.running == 0
+    assert _status.clock(3725.2) == "1:02:05" and _status.clock(None) == "-"
+
+
+def _cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["sweep", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_status_fields_from_the_store(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _cli(monkeypatch, capsys, "status", "run", "--storage", db, "--format", "json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert {k: row[k] for k in ("name", "status", "done", "total", "running")} == {
+        "name": "run",
+        "status": "RUNNING",
+        "done": 5,
+        "total": 10,
+        "running": 1,
+    }
+    assert (row["failed"], row["pruned"], row["front"]) == (1, 1, 2)
+    assert (row["best_accuracy"], row["best_compressed_bytes"]) == (0.95, 500)
+    assert row["elapsed_s"] >= 0 and row["remaining_s"] is not None
+
+    code, out, _ = _cli(monkeypatch, capsys, "status", "--storage", db, "--format", "csv")
+    assert code == 0
+    header, line = out.strip().splitlines()
+    assert header.startswith("name,status,done,total,running,failed,pruned,front,best_accuracy")
+    assert line.startswith("run,RUNNING,5,10,1,1,1,2,0.95,500")
+
+    code, out, _ = _cli(monkeypatch, capsys, "status", "--storage", db)
+    assert code == 0
+    assert "5/10" in out and "accuracy 95.00%, compressed_bytes 500" in out
+
+
+def test_watch_returns_at_once_for_a_stopped_sweep(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Store(db) as store:
+        store.set_sweep_status("run", "INTERRUPTED")
+    code, out, _ = _cli(monkeypatch, capsys, "status", "run", "--storage", db, "--watch")
+    assert code == 0 and "INTERRUPTED" in out
+
+
+def _watch(db: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [*SWEEP, "status", "run", "--storage", db, "--format", "csv"]
+    return subprocess.Popen(
+        [*argv, "--watch", "--interval", "0.2"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _first_line(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    return process.stdout.readline()  # the first listing: the watcher is running
+
+
+@pytest.mark.slow  # a subprocess: seconds of imports on a loaded machine
+def test_watch_stops_when_the_sweep_finishes(db: str, tmp_path: Path) -> None:
+    watcher = _watch(db, tmp_path)
+    assert _first_line(watcher).startswith("name,status")
+    with Store(db) as store:
+        store.record_trials("run", [_record(5, "COMPLETE", 0.99, 990)])
+        store.set_sweep_status("run", "FINISHED")
+    out, err = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, err
+    assert "run,FINISHED,6,10,0" in out
+
+
+@pytest.mark.slow
+def test_watch_ctrl_c_exits_0(db: str, tmp_path: Path) -> None:
+    watcher = _watch(db, tmp_path)
+    assert _first_line(watcher).startswith("name,status")
+    time.sleep(0.5)  # inside the refresh loop (not a timing assertion: any moment is fine)
+    watcher.send_signal(signal.SIGINT)
+    _, err = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, err
+    assert "Traceback" not in err
