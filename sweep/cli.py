@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from storage import StorageError, Store
-from sweep import _driver, _export, _output
+from sweep import _apply, _driver, _export, _output, _recommend
 from sweep._config import DEFAULT_STORAGE, ConfigError, load_config
 from trials import RecipeError, TaskError
 
@@ -36,6 +36,7 @@ USER_ERRORS = (
     RecipeError,
     _output.OutputError,
     _export.ExportError,
+    _recommend.RecommendError,
 )
 
 StorageOption = Annotated[
@@ -361,6 +362,143 @@ def status(
             info.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     out.print(table)
+
+
+@app.command()
+def best(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    objective: ObjectiveOption = None,
+    storage: StorageOption = None,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+) -> None:
+    """The best COMPLETE trial for each objective on its own (default: the sweep's)."""
+    fmt = _output.resolve_format(fmt, output)
+    chosen = _objectives(objective or [])
+    frame = _recommend.best_per_objective(_store(storage), name, chosen)
+    columns = ["best_for", *(c for c in _output.TABLE_COLUMNS if c in frame)]
+    title = f"Best trial of {name} per objective"
+    _output.render(frame, fmt, out, title=title, output=output, columns=columns)
+    _wrote(frame, output)
+
+
+@app.command()
+def recommend(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    max_drop: Annotated[
+        float | None,
+        typer.Option("--max-drop", help="Largest accuracy drop vs fp32, a fraction (0.01 = 1 pt)."),
+    ] = None,
+    minimize: Annotated[
+        str | None, typer.Option("--minimize", metavar="METRIC", help="Metric to minimize.")
+    ] = None,
+    maximize: Annotated[
+        str | None, typer.Option("--maximize", metavar="METRIC", help="Metric to maximize.")
+    ] = None,
+    where: WhereOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Write the trial's recipe (JSON)."),
+    ] = None,
+    storage: StorageOption = None,
+) -> None:
+    """The trial that meets the constraints and is best on one metric; -o writes its recipe.
+    Exits 1, writing nothing, when no trial meets the constraints."""
+    if (minimize is None) == (maximize is None):
+        raise UserError("give exactly one of --minimize METRIC or --maximize METRIC")
+    metric, direction = (minimize, "min") if minimize is not None else (maximize, "max")
+    goal = _recommend.Goal(str(metric), direction, max_drop, tuple(where or ()))
+    store = _store(storage)
+    try:
+        trial = _recommend.recommend(store, name, goal)
+    except _recommend.NoMatchError as exc:
+        err.print(f"no match: {exc}", highlight=False, markup=False, soft_wrap=True)
+        _output.render(exc.closest, "table", err, title=f"Closest trials of {name}")
+        raise typer.Exit(1) from None
+    frame = trial.to_frame().T
+    _output.render(frame, "table", out, title=f"Recommended: trial {trial['number']} of {name}")
+    if output is not None:
+        _recommend.write_recipe(_recommend.recipe_document(store, name, trial), output)
+        err.print(f"wrote the recipe of trial {trial['number']} to {output}", highlight=False)
+
+
+def _stored_metrics(
+    source: dict[str, object], from_trial: str | None, storage: str | None
+) -> tuple[dict[str, float], str]:
+    """The stored trial to compare with: ``--from SWEEP:NUMBER``, else the recipe's source."""
+    if from_trial is None:
+        metrics = source.get("metrics")
+        if not isinstance(metrics, dict) or not metrics:
+            return {}, ""
+        return metrics, f"trial {source.get('trial')} of {source.get('sweep')}"
+    sweep_name, sep, number = from_trial.rpartition(":")
+    if not sep or not sweep_name or not number.isdigit():
+        raise UserError(f"--from: {from_trial!r} must look like SWEEP:NUMBER")
+    rows = _store(storage).trials(sweep_name, where=f"number == {int(number)}")
+    if rows.empty:
+        raise UserError(f"--from: sweep {sweep_name!r} has no trial {number}")
+    row = rows.iloc[0]
+    metrics = {k: float(row[k]) for k in _recommend.SOURCE_METRICS if pd.notna(row.get(k))}
+    return metrics, f"trial {number} of {sweep_name}"
+
+
+@app.command(name="apply")
+def apply_command(
+    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="A recipe JSON file.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="FILE", help="Where to save the int8 model.")
+    ],
+    task: Annotated[
+        str | None,
+        typer.Option(help="Task (built-in name or module:factory); default: the recipe's own."),
+    ] = None,
+    task_setting: Annotated[
+        list[str] | None,
+        typer.Option("--task-setting", metavar="NAME=VALUE", help="Task setting, repeatable."),
+    ] = None,
+    from_trial: Annotated[
+        str | None,
+        typer.Option("--from", metavar="SWEEP:NUMBER", help="Stored trial to compare with."),
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(help="Accept a recipe that leaves some prunable layers out (kept as is)."),
+    ] = False,
+    device: Annotated[str, typer.Option(help="Fine-tuning device: cpu or cuda.")] = "cpu",
+    storage: StorageOption = None,
+) -> None:
+    """Run a recipe once more on its task, save the int8 model (reload it with
+    trials.load_int8), and compare accuracy, size and latency with the stored trial."""
+    recipe_file = _apply.read_recipe(recipe_path)
+    settings = _apply.parse_settings(task_setting or [])
+    stored, label = _stored_metrics(recipe_file.source, from_trial, storage)
+    err.print(f"applying {recipe_path} ...", highlight=False)
+    applied = _apply.apply_file(
+        recipe_file,
+        output,
+        task=task,
+        settings=settings,
+        allow_missing=allow_missing,
+        device=device,
+    )
+    table = Table(title=f"{recipe_path} on task {applied.task!r}, saved to {output}")
+    table.add_column("metric")
+    table.add_column("applied", justify="right")
+    if stored:
+        table.add_column(f"stored ({label})", justify="right")
+    for name in _recommend.SOURCE_METRICS:
+        if name in applied.metrics:
+            shown = name.removeprefix("fp32_")  # formatted as the int8 metric it matches
+            cells = [_output._cell(shown, applied.metrics[name])]
+            if stored:
+                cells.append(_output._cell(shown, stored.get(name)))
+            table.add_row(name, *cells)
+    out.print(table)
+    err.print(
+        f"reload: trials.load_int8({str(output)!r}, model, example_input); "
+        "the file itself reads with torch.load(..., weights_only=True)",
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ Public API::
 
     from trials import Recipe, LayerSpec, load_task, run_trial, apply_recipe, finalize
     from trials import structured_prunable, structured_groups  # which layers can lose channels
+    from trials import compress, save_int8, load_int8  # one recipe, its int8 model to a file
 """
 
 from trials._pruning import enforce_masks, prunable_layers
@@ -14,10 +15,12 @@ from trials._recipe import (
     METHODS,
     ORDERS,
     SCHEMA_VERSION,
+    SOURCE_FIELD,
     LayerSpec,
     Recipe,
     RecipeError,
 )
+from trials._saved import load_int8, read_int8, save_int8
 from trials._structured import kept_channels, structured_groups, structured_prunable
 from trials._task import (
     BUILTIN_TASKS,
@@ -28,7 +31,15 @@ from trials._task import (
     resolve_task_factory,
 )
 from trials._train import TrialError
-from trials._trial import TrialPruned, TrialResult, apply_recipe, finalize, run_trial
+from trials._trial import (
+    Compressed,
+    TrialPruned,
+    TrialResult,
+    apply_recipe,
+    compress,
+    finalize,
+    run_trial,
+)
 
 __all__ = [
     "BACKENDS",
@@ -38,7 +49,9 @@ __all__ = [
     "METHODS",
     "ORDERS",
     "SCHEMA_VERSION",
+    "SOURCE_FIELD",
     "AnalyticTask",
+    "Compressed",
     "LayerSpec",
     "Recipe",
     "RecipeError",
@@ -48,13 +61,17 @@ __all__ = [
     "TrialPruned",
     "TrialResult",
     "apply_recipe",
+    "compress",
     "enforce_masks",
     "finalize",
     "kept_channels",
+    "load_int8",
     "load_task",
     "prunable_layers",
+    "read_int8",
     "resolve_task_factory",
     "run_trial",
+    "save_int8",
     "structured_groups",
     "structured_prunable",
 ]

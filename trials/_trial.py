@@ -130,7 +130,7 @@ def run_trial(
             metrics = _simulate(task, recipe, timer)
         else:
             with _quant.quiet():
-                metrics = _run(
+                metrics, _ = _run(
                     task,
                     recipe,
                     torch.device(device),
@@ -172,7 +172,7 @@ def _run(
     intermediate: dict[int, float],
     latency_threads: int,
     latency_repeats: int,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], nn.Module]:
     with timer.phase("build_s"):
         baseline = task.build_model().cpu().eval()
         layers = prunable_layers(baseline)
@@ -227,7 +227,36 @@ def _run(
     metrics.update({k: float(v) for k, v in int8_metrics.items()})
     metrics.update({f"fp32_{k}": float(v) for k, v in fp32_metrics.items()})
     metrics["accuracy_drop"] = metrics["fp32_accuracy"] - metrics["accuracy"]
-    return metrics
+    return metrics, int8
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """What :func:`compress` made: the int8 model (CPU), its metrics and phase timings."""
+
+    model: nn.Module
+    metrics: dict[str, float]
+    timings: dict[str, float]
+
+
+def compress(
+    task: Task,
+    recipe: Recipe,
+    *,
+    device: str | torch.device = "cpu",
+    latency_threads: int = 1,
+    latency_repeats: int = 15,
+) -> Compressed:
+    """:func:`run_trial`'s flow, keeping the int8 model; errors raise instead of becoming a FAIL
+    (a :class:`RecipeError` for a recipe that does not fit the task's model)."""
+    if isinstance(task, AnalyticTask):
+        raise RecipeError("task: an analytic task has no model to compress; use a real task")
+    timer = _Timer()
+    with _quant.quiet():
+        metrics, int8 = _run(
+            task, recipe, torch.device(device), None, timer, {}, latency_threads, latency_repeats
+        )
+    return Compressed(int8, metrics, timer.timings)
 
 
 def _channels_removed(baseline: nn.Module, pruned: nn.Module, layers: list[str]) -> int:
