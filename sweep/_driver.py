@@ -7,6 +7,7 @@ recipes and numbers, and asks new trials numbered after the last stored one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from storage import METRIC_COLUMNS, StorageError, Store, TrialRecord
-from sweep import _remote
+from sweep import _bounds, _remote
 from sweep._config import ConfigError, SweepConfig, parse_config
 from sweep._space import Space, objective_values, select_layers
 from trials import Recipe, TrialResult, resolve_task_factory
@@ -32,7 +33,7 @@ PREFETCH = 1
 # How often the driver looks at intermediate values and time limits while trials run.
 POLL_S = 0.25
 # Keys the driver adds to the stored config beside the SweepConfig fields.
-_STORED_EXTRAS = ("layers", "fp32_metrics")
+_STORED_EXTRAS = ("layers", "fp32_metrics", "kind", _bounds.KIND, _bounds.BOUNDS_KEY)
 _WRITE_RETRIES = 8
 SLOTS_REFRESH_S = 5.0
 
@@ -416,17 +417,21 @@ def run_sweep(
     """Run ``config`` to its budget. The caller has connected Ray (:func:`connect_ray`)."""
     _monitor()  # starts now, while the task is described
     space, info = _describe(config)
+    space = _bounds.bounded_space(store, config, space)
     stored_config = {
         **config.model_dump(mode="json"),
         "layers": list(space.layers),
         "fp32_metrics": info.fp32_metrics,
+        **({_bounds.BOUNDS_KEY: dict(space.upper)} if space.upper else {}),
     }
     store.create_sweep(config.name, stored_config, dict(config.objectives), replace=replace)
+    study = _new_study(config)
+    _bounds.enqueue_uniform(study, space, config)
     driver = _Driver(
         config,
         store,
         space,
-        _new_study(config),
+        study,
         next_number=0,
         reruns=[],
         progress=Progress(total=config.budget.n_trials),
@@ -456,6 +461,10 @@ def resume_sweep(
         )
     _monitor()
     space, _ = _describe(config)
+    # The bounds the sweep was launched with, even if its scan has been replaced since.
+    space = dataclasses.replace(
+        space, upper=store.get_sweep(name).config.get(_bounds.BOUNDS_KEY) or {}
+    )
     stored_layers = store.get_sweep(name).config.get("layers")
     if stored_layers is not None and list(stored_layers) != list(space.layers):
         raise ConfigError(

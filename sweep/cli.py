@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from storage import StorageError, Store
-from sweep import _apply, _driver, _export, _output, _recommend
+from sweep import _apply, _bounds, _driver, _export, _output, _recommend, _sensitivity
 from sweep._config import DEFAULT_STORAGE, ConfigError, load_config
 from trials import RecipeError, TaskError
 
@@ -131,8 +131,10 @@ def _run_with_progress(
     store: Store,
     total: int,
     run: Callable[[_driver.ProgressFn], _driver.Progress],
+    *,
+    show_front: bool = True,
 ) -> None:
-    """Run a sweep under a live progress bar, then print its front."""
+    """Run a sweep under a live progress bar, then print its front (unless not wanted)."""
     started = time.monotonic()
     columns = (
         TextColumn("{task.description}"),
@@ -164,6 +166,8 @@ def _run_with_progress(
         f"{result.done} trials in {elapsed:.1f} s ({60 * result.done / elapsed:.1f} per minute); "
         f"{result.failed} failed, {result.pruned} pruned"
     )
+    if not show_front:
+        return
     front = store.pareto_front(name)
     _output.render(front, "table", out, title=f"Pareto front of {name} ({len(front)} trials)")
 
@@ -499,6 +503,99 @@ def apply_command(
         "the file itself reads with torch.load(..., weights_only=True)",
         highlight=False,
     )
+
+
+@app.command()
+def sensitivity(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="The sweep's YAML config.")],
+    name: Annotated[
+        str | None, typer.Option(help="Scan name (default: <config name>-sensitivity).")
+    ] = None,
+    amounts: Annotated[
+        str | None,
+        typer.Option(help="Amounts to scan, e.g. 0.3,0.5,0.7 (default: the config's grid)."),
+    ] = None,
+    granularities: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--granularities",
+            help="per_tensor or per_channel, repeatable (default: config's first).",
+        ),
+    ] = None,
+    finetune_epochs: Annotated[
+        int, typer.Option("--finetune-epochs", min=0, help="Fine-tuning after pruning (0: none).")
+    ] = 0,
+    max_drop: Annotated[
+        float, typer.Option("--max-drop", min=0, max=1, help="Accuracy drop a safe amount keeps.")
+    ] = 0.01,
+    plot: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="PNG plot (default: <scan name>.png)."),
+    ] = None,
+    show: Annotated[
+        bool, typer.Option(help="Show a stored scan of that name; run nothing.")
+    ] = False,
+    storage: StorageOption = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address; none starts a local Ray.")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option(help="Delete a stored scan of the same name first.")
+    ] = False,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Prune each layer alone at increasing amounts; table and plot of accuracy drop per layer,
+    most sensitive first. The scan is stored as a sweep (`sweep trials NAME` lists it)."""
+    fmt = _output.resolve_format(fmt, output)
+    config = load_config(config_path)
+    scan = name or _sensitivity.scan_name(config)
+    store = _store(storage or config.storage)
+    if not show:
+        chosen = _sensitivity.check_granularities(config, granularities or [])
+        grid = (
+            _sensitivity.parse_amounts(amounts) if amounts else _sensitivity.default_amounts(config)
+        )
+        _driver.validate_before_ray(config)
+        if not replace and any(s.name == scan for s in store.list_sweeps()):
+            raise UserError(
+                f"--name: a sweep {scan!r} already exists in {store.url_display}; pass --replace "
+                "to run the scan again, or --show to show it"
+            )
+        err.print(
+            f"scan [bold]{scan}[/]: each layer alone at {len(grid)} amounts, "
+            f"{', '.join(chosen)}, {finetune_epochs} fine-tuning epoch(s); "
+            f"store {store.url_display}"
+        )
+        if address is not None:
+            config = config.model_copy(update={"ray_address": address})
+        _run_with_progress(
+            scan,
+            store,
+            0,
+            lambda show_progress: _sensitivity.run_scan(
+                config,
+                store,
+                name=scan,
+                amounts=grid,
+                granularities=chosen,
+                finetune_epochs=finetune_epochs,
+                replace=replace,
+                on_progress=show_progress,
+            ),
+            show_front=False,
+        )
+    results = _bounds.scan_results(store, scan)
+    table = _sensitivity.sensitivity_table(results, max_drop)
+    title = (
+        f"{scan}: accuracy lost to pruning each layer alone (vs unpruned int8), most sensitive "
+        f"first; amount_safe keeps it <= {max_drop:g}"
+    )
+    _output.render(table, fmt, out, title=title, output=output, columns=list(table.columns))
+    _wrote(table, output)
+    target = plot or Path(f"{scan}.png")
+    _sensitivity.plot(results, table, max_drop, target)
+    err.print(f"plot: {target}", highlight=False)
 
 
 def main() -> None:
