@@ -69,7 +69,7 @@ def config_for(args: argparse.Namespace, name: str, seed: int, bounded: bool) ->
             "amount": {"min": 0.0, "max": 0.95, "step": 0.05},
             "methods": ["unstructured"],
             "orders": ["prune_ptq"],
-            "granularities": ["per_tensor"],
+            "granularities": [args.granularity],
         },
         "trial": {"finetune_epochs": args.finetune_epochs, "latency_repeats": 5},
     }
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--uniform", type=int, default=3)
+    parser.add_argument("--granularity", default="per_channel")
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--scan-amounts", default=None, help="default: the 0.05 grid")
     parser.add_argument("--cpus", type=int, default=2)
@@ -110,7 +111,7 @@ def main() -> None:
         store,
         name="scan",
         amounts=amounts,
-        granularities=("per_tensor",),
+        granularities=(args.granularity,),
         finetune_epochs=0,
     )
     scan_s = time.monotonic() - started
@@ -134,6 +135,7 @@ def main() -> None:
                 "trials_per_sweep": args.trials,
                 "seeds": args.seeds,
                 "max_drop": args.max_drop,
+                "granularity": args.granularity,
                 "scan_trials": scan.done,
                 "scan_seconds": round(scan_s, 1),
                 "safe_amounts": bounds,
