@@ -41,7 +41,8 @@ def save_int8(
 
 def read_int8(path: str | Path) -> dict[str, Any]:
     """The saved file's contents (recipe, metrics, state_dict), checked to be one of ours."""
-    data = torch.load(Path(path), weights_only=True)
+    with _quant.quiet():  # quantized tensors rebuild through a deprecated storage path
+        data = torch.load(Path(path), weights_only=True)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise RecipeError(f"{path}: not an int8 model saved by sweep apply / trials.save_int8")
     if data.get("format_version") != FORMAT_VERSION:
