@@ -53,6 +53,16 @@ class AmountRange(_Strict):
         return self
 
 
+class BoundsFrom(_Strict):
+    """Per-layer amount bounds from a stored sensitivity scan (``sweep sensitivity``)."""
+
+    sensitivity: str = Field(..., min_length=1)  # the scan's sweep name in the same store
+    # A layer's upper bound: its largest scanned amount whose accuracy drop stays within this.
+    max_drop: float = Field(0.01, ge=0.0, lt=1.0)
+    # Uniform recipes (every layer at one amount, capped by its bound) enqueued as first trials.
+    enqueue_uniform: int = Field(3, ge=0, le=20)
+
+
 class SearchSpace(_Strict):
     layers: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     exclude: list[str] = Field(default_factory=list)
@@ -65,6 +75,7 @@ class SearchSpace(_Strict):
     granularities: list[Literal[GRANULARITIES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(GRANULARITIES), min_length=1
     )
+    bounds_from: BoundsFrom | None = None
 
 
 class Budget(_Strict):

@@ -7,6 +7,7 @@ recipes and numbers, and asks new trials numbered after the last stored one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from storage import METRIC_COLUMNS, StorageError, StorageFullError, Store, TrialRecord
 from storage._engine import mask_url
-from sweep import _remote, _resources, _shipping, _target
+from sweep import _bounds, _remote, _resources, _shipping, _target
 from sweep._config import ConfigError, SweepConfig, parse_config
 from sweep._space import Space, objective_values, select_layers
 from trials import (
@@ -44,7 +45,14 @@ PREFETCH = 1
 # How often the driver looks at intermediate values and time limits while trials run.
 POLL_S = 0.25
 # Keys the driver adds to the stored config beside the SweepConfig fields.
-_STORED_EXTRAS = ("layers", "fp32_metrics", "latency_baseline")
+_STORED_EXTRAS = (
+    "layers",
+    "fp32_metrics",
+    "latency_baseline",
+    "kind",
+    _bounds.KIND,
+    _bounds.BOUNDS_KEY,
+)
 _WRITE_RETRIES = 8
 SLOTS_REFRESH_S = 5.0
 # Set by Ray's job manager in a submitted job's driver (ray._private.runtime_env.constants).
@@ -575,6 +583,7 @@ def run_sweep(
     _monitor()  # starts now, while the task is described
     _target.require_target(config)
     space, info = _describe(config)
+    space = _bounds.bounded_space(store, config, space)
     target = _target.prepare_target(config, None)
     stored_config = {
         **config.model_dump(mode="json"),
@@ -582,15 +591,18 @@ def run_sweep(
         "storage": None if config.storage is None else mask_url(config.storage),
         "layers": list(space.layers),
         "fp32_metrics": info.fp32_metrics,
+        **({_bounds.BOUNDS_KEY: dict(space.upper)} if space.upper else {}),
     }
     if target is not None:
         stored_config["latency_baseline"] = target.stored()
     store.create_sweep(config.name, stored_config, dict(config.objectives), replace=replace)
+    study = _new_study(config)
+    _bounds.enqueue_uniform(study, space, config)
     driver = _Driver(
         config,
         store,
         space,
-        _new_study(config),
+        study,
         next_number=0,
         reruns=[],
         progress=Progress(total=config.budget.n_trials),
@@ -624,6 +636,8 @@ def resume_sweep(
     space, _ = _describe(config)
     stored = store.get_sweep(name).config
     target = _target.prepare_target(config, stored.get("latency_baseline"))
+    # The bounds the sweep was launched with, even if its scan has been replaced since.
+    space = dataclasses.replace(space, upper=stored.get(_bounds.BOUNDS_KEY) or {})
     stored_layers = stored.get("layers")
     if stored_layers is not None and list(stored_layers) != list(space.layers):
         raise ConfigError(

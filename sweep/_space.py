@@ -61,6 +61,9 @@ class Space:
     trial: TrialSettings
     structured_prunable: Mapping[str, str | None] = field(default_factory=dict)
     backend: str = "onednn"  # the latency target's int8 backend: trials quantize for it
+    # Per-layer upper bounds on the amount (from a sensitivity scan); snapped down to the grid,
+    # and a bound below the grid's minimum fixes the layer at that minimum.
+    upper: Mapping[str, float] = field(default_factory=dict)
 
     def methods_of(self, name: str) -> list[str]:
         """The methods searched for layer ``name``."""
@@ -82,14 +85,15 @@ class Space:
             return chosen if chosen in methods else UNSTRUCTURED
         return str(trial.suggest_categorical(METHOD_PREFIX + name, methods))
 
-    def _amount_grid(self) -> tuple[float, float, float]:
+    def amount_grid(self, name: str) -> tuple[float, float, float]:
+        """(low, high, step) of layer ``name``'s amount: the config's grid, capped by ``upper``."""
         amount = self.search.amount
+        top = min(amount.max, self.upper.get(name, amount.max))
         # Optuna needs (high - low) to be a multiple of step: snap the top of the range down.
-        steps = int(round((amount.max - amount.min) / amount.step, 9))
+        steps = max(0, int(round((top - amount.min) / amount.step, 9)))
         return amount.min, round(amount.min + steps * amount.step, 9), amount.step
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Recipe:
-        low, high, step = self._amount_grid()
         order = trial.suggest_categorical("order", list(self.search.orders))
         granularity = trial.suggest_categorical("granularity", list(self.search.granularities))
         chosen = (
@@ -99,6 +103,7 @@ class Space:
         )
         layers: dict[str, LayerSpec] = {}
         for name in self.layers:
+            low, high, step = self.amount_grid(name)
             amount = (
                 trial.suggest_float(AMOUNT_PREFIX + name, low, high, step=step)
                 if high > low
@@ -120,7 +125,6 @@ class Space:
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """Every parameter :meth:`suggest` may draw, with its distribution (to rebuild trials)."""
-        low, high, step = self._amount_grid()
         found: dict[str, BaseDistribution] = {
             "order": CategoricalDistribution(list(self.search.orders)),
             "granularity": CategoricalDistribution(list(self.search.granularities)),
@@ -129,6 +133,7 @@ class Space:
         if global_method:
             found[METHOD_PARAM] = CategoricalDistribution(list(self.search.methods))
         for name in self.layers:
+            low, high, step = self.amount_grid(name)
             if high > low:
                 found[AMOUNT_PREFIX + name] = FloatDistribution(low, high, step=step)
             if len(self.methods_of(name)) > 1 and not global_method:

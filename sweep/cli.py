@@ -15,9 +15,10 @@ import typer
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
 
 from storage import StorageError, StorageFullError, Store
-from sweep import _driver, _export, _output, _status
+from sweep import _apply, _bounds, _driver, _export, _output, _recommend, _sensitivity, _status
 from sweep._config import DEFAULT_STORAGE, ConfigError, load_config
 from trials import RecipeError, TaskError, task_file
 
@@ -37,6 +38,7 @@ USER_ERRORS = (
     RecipeError,
     _output.OutputError,
     _export.ExportError,
+    _recommend.RecommendError,
 )
 # Failures outside the user's control that still deserve one line (exit 1, no traceback).
 FAILURES = (StorageFullError, _output.DiskFullError, _driver.RayStartError)
@@ -155,8 +157,10 @@ def _run_with_progress(
     store: Store,
     total: int,
     run: Callable[[_driver.ProgressFn], _driver.Progress],
+    *,
+    show_front: bool = True,
 ) -> None:
-    """Run a sweep under a live progress bar, then print its front."""
+    """Run a sweep under a live progress bar, then print its front (unless not wanted)."""
     started = time.monotonic()
     columns = (
         TextColumn("{task.description}"),
@@ -208,6 +212,8 @@ def _run_with_progress(
         f"{result.done} trials in {elapsed:.1f} s ({60 * result.done / elapsed:.1f} per minute); "
         f"{result.failed} failed, {result.pruned} pruned"
     )
+    if not show_front:
+        return
     front = store.pareto_front(name)
     _output.render(front, "table", out, title=f"Pareto front of {name} ({len(front)} trials)")
 
@@ -429,6 +435,236 @@ def status(
                 live.update(render(states) or "", refresh=True)
     except KeyboardInterrupt:
         return  # stopping to watch is not a failure: the sweep runs on
+
+
+@app.command()
+def best(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    objective: ObjectiveOption = None,
+    storage: StorageOption = None,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+) -> None:
+    """The best COMPLETE trial for each objective on its own (default: the sweep's)."""
+    fmt = _output.resolve_format(fmt, output)
+    chosen = _objectives(objective or [])
+    frame = _recommend.best_per_objective(_store(storage), name, chosen)
+    columns = ["best_for", *(c for c in _output.TABLE_COLUMNS if c in frame)]
+    title = f"Best trial of {name} per objective"
+    _output.render(frame, fmt, out, title=title, output=output, columns=columns)
+    _wrote(frame, output)
+
+
+@app.command()
+def recommend(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    max_drop: Annotated[
+        float | None,
+        typer.Option("--max-drop", help="Largest accuracy drop vs fp32, a fraction (0.01 = 1 pt)."),
+    ] = None,
+    minimize: Annotated[
+        str | None, typer.Option("--minimize", metavar="METRIC", help="Metric to minimize.")
+    ] = None,
+    maximize: Annotated[
+        str | None, typer.Option("--maximize", metavar="METRIC", help="Metric to maximize.")
+    ] = None,
+    where: WhereOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Write the trial's recipe (JSON)."),
+    ] = None,
+    storage: StorageOption = None,
+) -> None:
+    """The trial that meets the constraints and is best on one metric; -o writes its recipe.
+    Exits 1, writing nothing, when no trial meets the constraints."""
+    if (minimize is None) == (maximize is None):
+        raise UserError("give exactly one of --minimize METRIC or --maximize METRIC")
+    metric, direction = (minimize, "min") if minimize is not None else (maximize, "max")
+    goal = _recommend.Goal(str(metric), direction, max_drop, tuple(where or ()))
+    store = _store(storage)
+    try:
+        trial = _recommend.recommend(store, name, goal)
+    except _recommend.NoMatchError as exc:
+        err.print(f"no match: {exc}", highlight=False, markup=False, soft_wrap=True)
+        _output.render(exc.closest, "table", err, title=f"Closest trials of {name}")
+        raise typer.Exit(1) from None
+    frame = trial.to_frame().T
+    _output.render(frame, "table", out, title=f"Recommended: trial {trial['number']} of {name}")
+    if output is not None:
+        _recommend.write_recipe(_recommend.recipe_document(store, name, trial), output)
+        err.print(f"wrote the recipe of trial {trial['number']} to {output}", highlight=False)
+
+
+def _stored_metrics(
+    source: dict[str, object], from_trial: str | None, storage: str | None
+) -> tuple[dict[str, float], str]:
+    """The stored trial to compare with: ``--from SWEEP:NUMBER``, else the recipe's source."""
+    if from_trial is None:
+        metrics = source.get("metrics")
+        if not isinstance(metrics, dict) or not metrics:
+            return {}, ""
+        return metrics, f"trial {source.get('trial')} of {source.get('sweep')}"
+    sweep_name, sep, number = from_trial.rpartition(":")
+    if not sep or not sweep_name or not number.isdigit():
+        raise UserError(f"--from: {from_trial!r} must look like SWEEP:NUMBER")
+    rows = _store(storage).trials(sweep_name, where=f"number == {int(number)}")
+    if rows.empty:
+        raise UserError(f"--from: sweep {sweep_name!r} has no trial {number}")
+    row = rows.iloc[0]
+    metrics = {k: float(row[k]) for k in _recommend.SOURCE_METRICS if pd.notna(row.get(k))}
+    return metrics, f"trial {number} of {sweep_name}"
+
+
+@app.command(name="apply")
+def apply_command(
+    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="A recipe JSON file.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="FILE", help="Where to save the int8 model.")
+    ],
+    task: Annotated[
+        str | None,
+        typer.Option(help="Task (built-in name or module:factory); default: the recipe's own."),
+    ] = None,
+    task_setting: Annotated[
+        list[str] | None,
+        typer.Option("--task-setting", metavar="NAME=VALUE", help="Task setting, repeatable."),
+    ] = None,
+    from_trial: Annotated[
+        str | None,
+        typer.Option("--from", metavar="SWEEP:NUMBER", help="Stored trial to compare with."),
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(help="Accept a recipe that leaves some prunable layers out (kept as is)."),
+    ] = False,
+    device: Annotated[str, typer.Option(help="Fine-tuning device: cpu or cuda.")] = "cpu",
+    storage: StorageOption = None,
+) -> None:
+    """Run a recipe once more on its task, save the int8 model (reload it with
+    trials.load_int8), and compare accuracy, size and latency with the stored trial."""
+    recipe_file = _apply.read_recipe(recipe_path)
+    settings = _apply.parse_settings(task_setting or [])
+    stored, label = _stored_metrics(recipe_file.source, from_trial, storage)
+    err.print(f"applying {recipe_path} ...", highlight=False)
+    applied = _apply.apply_file(
+        recipe_file,
+        output,
+        task=task,
+        settings=settings,
+        allow_missing=allow_missing,
+        device=device,
+    )
+    table = Table(title=f"{recipe_path} on task {applied.task!r}, saved to {output}")
+    table.add_column("metric")
+    table.add_column("applied", justify="right")
+    if stored:
+        table.add_column(f"stored ({label})", justify="right")
+    for name in _recommend.SOURCE_METRICS:
+        if name in applied.metrics:
+            shown = name.removeprefix("fp32_")  # formatted as the int8 metric it matches
+            cells = [_output._cell(shown, applied.metrics[name])]
+            if stored:
+                cells.append(_output._cell(shown, stored.get(name)))
+            table.add_row(name, *cells)
+    out.print(table)
+    err.print(
+        f"reload: trials.load_int8({str(output)!r}, model, example_input); "
+        "the file itself reads with torch.load(..., weights_only=True)",
+        highlight=False,
+    )
+
+
+@app.command()
+def sensitivity(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="The sweep's YAML config.")],
+    name: Annotated[
+        str | None, typer.Option(help="Scan name (default: <config name>-sensitivity).")
+    ] = None,
+    amounts: Annotated[
+        str | None,
+        typer.Option(help="Amounts to scan, e.g. 0.3,0.5,0.7 (default: the config's grid)."),
+    ] = None,
+    granularities: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--granularities",
+            help="per_tensor or per_channel, repeatable (default: config's first).",
+        ),
+    ] = None,
+    finetune_epochs: Annotated[
+        int, typer.Option("--finetune-epochs", min=0, help="Fine-tuning after pruning (0: none).")
+    ] = 0,
+    max_drop: Annotated[
+        float, typer.Option("--max-drop", min=0, max=1, help="Accuracy drop a safe amount keeps.")
+    ] = 0.01,
+    plot: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="PNG plot (default: <scan name>.png)."),
+    ] = None,
+    show: Annotated[
+        bool, typer.Option(help="Show a stored scan of that name; run nothing.")
+    ] = False,
+    storage: StorageOption = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address; none starts a local Ray.")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option(help="Delete a stored scan of the same name first.")
+    ] = False,
+    fmt: FormatOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Prune each layer alone at increasing amounts; table and plot of accuracy drop per layer,
+    most sensitive first. The scan is stored as a sweep (`sweep trials NAME` lists it)."""
+    fmt = _output.resolve_format(fmt, output)
+    config = load_config(config_path)
+    scan = name or _sensitivity.scan_name(config)
+    store = _store(storage or config.storage)
+    if not show:
+        chosen = _sensitivity.check_granularities(config, granularities or [])
+        grid = (
+            _sensitivity.parse_amounts(amounts) if amounts else _sensitivity.default_amounts(config)
+        )
+        _driver.validate_before_ray(config)
+        if not replace and any(s.name == scan for s in store.list_sweeps()):
+            raise UserError(
+                f"--name: a sweep {scan!r} already exists in {store.url_display}; pass --replace "
+                "to run the scan again, or --show to show it"
+            )
+        err.print(
+            f"scan [bold]{scan}[/]: each layer alone at {len(grid)} amounts, "
+            f"{', '.join(chosen)}, {finetune_epochs} fine-tuning epoch(s); "
+            f"store {store.url_display}"
+        )
+        if address is not None:
+            config = config.model_copy(update={"ray_address": address})
+        _run_with_progress(
+            scan,
+            store,
+            0,
+            lambda show_progress: _sensitivity.run_scan(
+                config,
+                store,
+                name=scan,
+                amounts=grid,
+                granularities=chosen,
+                finetune_epochs=finetune_epochs,
+                replace=replace,
+                on_progress=show_progress,
+            ),
+            show_front=False,
+        )
+    results = _bounds.scan_results(store, scan)
+    table = _sensitivity.sensitivity_table(results, max_drop)
+    title = (
+        f"{scan}: accuracy lost to pruning each layer alone (vs unpruned int8), most sensitive "
+        f"first; amount_safe keeps it <= {max_drop:g}"
+    )
+    _output.render(table, fmt, out, title=title, output=output, columns=list(table.columns))
+    _wrote(table, output)
+    target = plot or Path(f"{scan}.png")
+    _sensitivity.plot(results, table, max_drop, target)
+    err.print(f"plot: {target}", highlight=False)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ Public API::
 
     from trials import Recipe, LayerSpec, load_task, run_trial, apply_recipe, finalize
     from trials import structured_prunable, structured_groups  # which layers can lose channels
+    from trials import compress, save_int8, load_int8  # one recipe, its int8 model to a file
 """
 
 from trials._measure import (
@@ -23,10 +24,12 @@ from trials._recipe import (
     METHODS,
     ORDERS,
     SCHEMA_VERSION,
+    SOURCE_FIELD,
     LayerSpec,
     Recipe,
     RecipeError,
 )
+from trials._saved import load_int8, read_int8, save_int8
 from trials._structured import kept_channels, structured_groups, structured_prunable
 from trials._task import (
     BUILTIN_TASKS,
@@ -39,9 +42,11 @@ from trials._task import (
 )
 from trials._train import TrialError
 from trials._trial import (
+    Compressed,
     TrialPruned,
     TrialResult,
     apply_recipe,
+    compress,
     finalize,
     latency_metrics,
     measure_latency,
@@ -57,7 +62,9 @@ __all__ = [
     "METHODS",
     "ORDERS",
     "SCHEMA_VERSION",
+    "SOURCE_FIELD",
     "AnalyticTask",
+    "Compressed",
     "LatencySpec",
     "LatencyStats",
     "LayerSpec",
@@ -69,6 +76,7 @@ __all__ = [
     "TrialPruned",
     "TrialResult",
     "apply_recipe",
+    "compress",
     "enforce_masks",
     "environment",
     "example_batch",
@@ -77,12 +85,15 @@ __all__ = [
     "hardware_class",
     "kept_channels",
     "latency_metrics",
+    "load_int8",
     "load_task",
     "measure_latency",
     "prunable_layers",
+    "read_int8",
     "reference_model",
     "resolve_task_factory",
     "run_trial",
+    "save_int8",
     "structured_groups",
     "structured_prunable",
     "task_file",

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 SCHEMA_VERSION = 1
+# Optional top-level object of a recipe file saying where it came from (sweep, trial, metrics);
+# read by tools such as ``sweep apply``, ignored by :meth:`Recipe.from_dict`.
+SOURCE_FIELD = "source"
 
 METHODS = ("unstructured", "structured")
 ORDERS = ("prune_ptq", "prune_qat")
@@ -107,15 +110,23 @@ class Recipe:
             spec = replace(spec, granularity=self.granularity)
         return spec
 
-    def check_layers(self, known: Iterable[str]) -> None:
-        """Raise if the recipe names a layer that the model does not have as a prunable layer."""
+    def check_layers(self, known: Iterable[str], *, complete: bool = False) -> None:
+        """Raise if the recipe names a layer that the model does not have as a prunable layer,
+        or, with ``complete``, if it leaves out one of the model's prunable layers."""
         known_set = set(known)
         unknown = sorted(set(self.layers) - known_set)
         if unknown:
             hint = ", ".join(sorted(known_set)[:8]) + (" ..." if len(known_set) > 8 else "")
             raise RecipeError(
                 f"layers: {unknown[0]!r} is not a prunable layer of this model "
-                f"(prunable layers: {hint})"
+                f"(prunable layers: {hint}); is the recipe for another model?"
+            )
+        missing = sorted(known_set - set(self.layers))
+        if complete and missing:
+            shown = ", ".join(repr(n) for n in missing[:8]) + (" ..." if len(missing) > 8 else "")
+            raise RecipeError(
+                f"layers: the recipe does not mention {len(missing)} prunable layer(s) of this "
+                f"model ({shown}); is it for another model? Add them with amount 0 to keep them"
             )
 
     def with_layers(self, layers: Mapping[str, LayerSpec]) -> Recipe:
@@ -154,6 +165,7 @@ class Recipe:
         known = {f for f in cls.__dataclass_fields__ if f != "layers"} | {
             "layers",
             "schema_version",
+            SOURCE_FIELD,
         }
         extra = sorted(set(data) - known)
         if extra:
@@ -176,7 +188,9 @@ class Recipe:
                 layers[name] = LayerSpec(**raw)
             except RecipeError as exc:
                 raise RecipeError(f"layers.{name}.{exc}") from None
-        kwargs = {k: v for k, v in data.items() if k not in ("layers", "schema_version")}
+        kwargs = {
+            k: v for k, v in data.items() if k not in ("layers", "schema_version", SOURCE_FIELD)
+        }
         return cls(layers=layers, **kwargs)
 
     def to_json(self, indent: int | None = 2) -> str:

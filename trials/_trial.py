@@ -255,6 +255,33 @@ def _run(
     return metrics
 
 
+@dataclass(frozen=True)
+class Compressed:
+    """What :func:`compress` made: the int8 model (CPU), its metrics and phase timings."""
+
+    model: nn.Module
+    metrics: dict[str, float]
+    timings: dict[str, float]
+
+
+def compress(
+    task: Task,
+    recipe: Recipe,
+    *,
+    device: str | torch.device = "cpu",
+    latency: LatencySpec | None = LatencySpec(),
+) -> Compressed:
+    """:func:`run_trial`'s flow, keeping the int8 model; errors raise instead of becoming a FAIL
+    (a :class:`RecipeError` for a recipe that does not fit the task's model)."""
+    if isinstance(task, AnalyticTask):
+        raise RecipeError("task: an analytic task has no model to compress; use a real task")
+    timer = _Timer()
+    kept: list[nn.Module] = []
+    with _quant.quiet():
+        metrics = _run(task, recipe, torch.device(device), None, timer, {}, latency, kept)
+    return Compressed(kept[0], metrics, timer.timings)
+
+
 def _channels_removed(baseline: nn.Module, pruned: nn.Module, layers: list[str]) -> int:
     """Output channels that structured pruning removed, summed over the Conv/Linear layers."""
     before, after = dict(baseline.named_modules()), dict(pruned.named_modules())
