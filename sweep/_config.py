@@ -53,6 +53,23 @@ class AmountRange(_Strict):
         return self
 
 
+class Constraints(_Strict):
+    """Limits on a recipe, known before its trial runs (from each layer's weight count); the
+    sampler learns to stay inside them and the front of a sweep keeps only trials that do."""
+
+    max_sparsity: float | None = Field(None, gt=0.0, le=1.0)
+    min_sparsity: float | None = Field(None, ge=0.0, lt=1.0)
+    max_params: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Constraints:
+        if None not in (self.min_sparsity, self.max_sparsity) and (
+            float(self.min_sparsity or 0) > float(self.max_sparsity or 0)
+        ):
+            raise ValueError("min_sparsity must be <= max_sparsity")
+        return self
+
+
 class SearchSpace(_Strict):
     layers: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     exclude: list[str] = Field(default_factory=list)
@@ -65,6 +82,14 @@ class SearchSpace(_Strict):
     granularities: list[Literal[GRANULARITIES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(GRANULARITIES), min_length=1
     )
+    # Groups of layer globs whose layers share one amount (e.g. the branches of a residual add).
+    tie: list[list[str]] = Field(default_factory=list)
+    constraints: Constraints = Constraints()
+
+
+class SamplerSettings(_Strict):
+    # Trials drawn at random before the model-based samplers (tpe, gp) start to model the front.
+    n_startup_trials: int | None = Field(None, ge=0)
 
 
 class Budget(_Strict):
@@ -107,7 +132,8 @@ class SweepConfig(_Strict):
     storage: str | None = None
     ray_address: str | None = None
     seed: int = 0
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "random", "gp", "grid"] = "tpe"
+    sampler_settings: SamplerSettings = SamplerSettings()
     objectives: dict[str, Literal["max", "min"]] = Field(
         default_factory=lambda: dict(DEFAULT_OBJECTIVES)
     )

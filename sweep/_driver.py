@@ -22,6 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from storage import METRIC_COLUMNS, StorageError, Store, TrialRecord
 from sweep import _remote
 from sweep._config import ConfigError, SweepConfig, parse_config
+from sweep._samplers import make_sampler
 from sweep._space import Space, objective_values, select_layers
 from trials import Recipe, TrialResult, resolve_task_factory
 
@@ -75,19 +76,10 @@ def connect_ray(address: str | None) -> None:
     )
 
 
-def _sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
-    if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
-    if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=config.seed)
-    # constant_liar: trials in flight count as pessimistic guesses, so parallel asks spread out.
-    return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, constant_liar=True)
-
-
-def _new_study(config: SweepConfig) -> optuna.Study:
+def _new_study(config: SweepConfig, space: Space) -> optuna.Study:
     return optuna.create_study(
         directions=["maximize" if d == "max" else "minimize" for d in config.objectives.values()],
-        sampler=_sampler(config),
+        sampler=make_sampler(config, space),
     )
 
 
@@ -132,6 +124,8 @@ def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
         config.search_space,
         config.trial,
         info.structured_prunable,
+        info.layer_params,
+        info.params,
     )
     return space, info
 
@@ -241,13 +235,16 @@ class _Driver:
         while len(self.in_flight) < self.slots + PREFETCH:
             if self.reruns:
                 number, recipe = self.reruns.pop(0)
-                self.study.enqueue_trial(self.space.params_of(Recipe.from_dict(recipe)))
-                self._submit(number, self.study.ask(), recipe)
+                parsed = Recipe.from_dict(recipe)
+                self.study.enqueue_trial(self.space.params_of(parsed))
+                trial = self.study.ask()
+                self._constrained(trial, parsed)
+                self._submit(number, trial, recipe)
                 continue
             if self.next_number >= asked_budget or time.monotonic() >= deadline:
                 return
             trial = self.study.ask()
-            recipe = self.space.suggest(trial).to_dict()
+            recipe = self._constrained(trial, self.space.suggest(trial)).to_dict()
             number = self.next_number
             self.next_number += 1
             self._submit(number, trial, recipe)
@@ -255,6 +252,12 @@ class _Driver:
             self.pending.append(
                 TrialRecord(number=number, state="RUNNING", recipe=recipe, started_at=started)
             )
+
+    def _constrained(self, trial: optuna.trial.Trial, recipe: Recipe) -> Recipe:
+        """Set the recipe's constraint values on its trial, where the samplers read them."""
+        for key, value in self.space.constraint_values(recipe).items():
+            trial.set_constraint(key, value)
+        return recipe
 
     # -- finishing ----------------------------------------------------------------------------
     def _finish(self, ref: ray.ObjectRef, outcome: _remote.TrialOutcome | None, error: str) -> None:
@@ -426,7 +429,7 @@ def run_sweep(
         config,
         store,
         space,
-        _new_study(config),
+        _new_study(config, space),
         next_number=0,
         reruns=[],
         progress=Progress(total=config.budget.n_trials),
@@ -462,7 +465,7 @@ def resume_sweep(
             f"{name}: the task's model no longer has the layers this sweep searched; "
             "launch a new sweep instead"
         )
-    study = _new_study(config)
+    study = _new_study(config, space)
     distributions = space.distributions()
     trials = store.trials(name)
     progress = Progress(total=max(config.budget.n_trials, len(trials)))
@@ -473,7 +476,11 @@ def resume_sweep(
         if state == "RUNNING":
             reruns.append((number, recipe))
             continue
-        params = space.params_of(Recipe.from_dict(recipe))
+        parsed = Recipe.from_dict(recipe)
+        params = space.params_of(parsed)
+        constraints = {
+            f"constraints:{key}": value for key, value in space.constraint_values(parsed).items()
+        }
         values = None
         if state == "COMPLETE":
             values = [float(row[objective]) for objective in config.objectives]
@@ -487,6 +494,7 @@ def resume_sweep(
                     distributions={k: d for k, d in distributions.items() if k in params},
                     values=values,
                     state=optuna.trial.TrialState[state],
+                    system_attrs=constraints,  # where Trial.set_constraint keeps them
                 )
             )
         except ValueError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import optuna
@@ -41,6 +42,31 @@ def select_layers(prunable: Sequence[str], space: SearchSpace) -> list[str]:
     return chosen
 
 
+def tie_owners(layers: Sequence[str], space: SearchSpace) -> dict[str, str]:
+    """Each searched layer -> the layer whose ``amount:`` parameter it takes: the first layer of
+    its ``search_space.tie`` group, else itself. Bad groups are config errors."""
+    owners = {name: name for name in layers}
+    for index, group in enumerate(space.tie):
+        members: list[str] = []
+        for pattern in group:
+            matched = [name for name in layers if fnmatch.fnmatchcase(name, pattern)]
+            if not matched:
+                raise ConfigError(
+                    f"search_space.tie.{index}: pattern {pattern!r} matches no searched layer "
+                    "(excluded layers cannot be tied)"
+                )
+            members += [name for name in matched if name not in members]
+        for name in members:
+            if owners[name] != name:
+                raise ConfigError(
+                    f"search_space.tie.{index}: layer {name!r} is already in another tie group; "
+                    "merge the two groups"
+                )
+        for name in members:
+            owners[name] = members[0]
+    return owners
+
+
 @dataclass(frozen=True)
 class Space:
     """``structured_prunable`` is :func:`trials.structured_prunable` of the task's model: a layer
@@ -49,12 +75,36 @@ class Space:
 
     Methods are searched per layer (one ``method:<layer>`` parameter each) or, with
     ``search.method_scope: global``, by one ``method`` parameter for every layer that can take it.
+    Tied layers (``search.tie``) share the ``amount:`` parameter of their group's first layer.
+
+    ``layer_params`` (weights per layer) and ``model_params`` (the fp32 model's parameters)
+    estimate a recipe's sparsity and parameter count for ``search.constraints``.
     """
 
     layers: tuple[str, ...]
     search: SearchSpace
     trial: TrialSettings
     structured_prunable: Mapping[str, str | None] = field(default_factory=dict)
+    layer_params: Mapping[str, int] = field(default_factory=dict)
+    model_params: int = 0
+
+    def __post_init__(self) -> None:
+        self.owners  # noqa: B018 - validates the tie groups now, as a config error
+        limits = self.search.constraints
+        if limits.max_params is not None and not self.model_params:
+            raise ConfigError(
+                "search_space.constraints.max_params: the task's parameter count is unknown"
+            )
+        if (limits.max_sparsity, limits.min_sparsity) != (None, None) and not self.layer_params:
+            raise ConfigError(
+                "search_space.constraints: the task's layer sizes are unknown; "
+                "remove max_sparsity/min_sparsity"
+            )
+
+    @cached_property
+    def owners(self) -> dict[str, str]:
+        """Layer -> the layer whose amount parameter it takes (itself unless tied)."""
+        return tie_owners(self.layers, self.search)
 
     def methods_of(self, name: str) -> list[str]:
         """The methods searched for layer ``name``."""
@@ -93,8 +143,9 @@ class Space:
         )
         layers: dict[str, LayerSpec] = {}
         for name in self.layers:
+            owner = self.owners[name]
             amount = (
-                trial.suggest_float(AMOUNT_PREFIX + name, low, high, step=step)
+                trial.suggest_float(AMOUNT_PREFIX + owner, low, high, step=step)
                 if high > low
                 else low
             )
@@ -123,7 +174,7 @@ class Space:
         if global_method:
             found[METHOD_PARAM] = CategoricalDistribution(list(self.search.methods))
         for name in self.layers:
-            if high > low:
+            if high > low and self.owners[name] == name:
                 found[AMOUNT_PREFIX + name] = FloatDistribution(low, high, step=step)
             if len(self.methods_of(name)) > 1 and not global_method:
                 found[METHOD_PREFIX + name] = CategoricalDistribution(self.methods_of(name))
@@ -135,13 +186,38 @@ class Space:
         global_method = self._global_method()
         for name in self.layers:
             spec = recipe.layer(name)
-            params[AMOUNT_PREFIX + name] = spec.amount
+            if self.owners[name] == name:
+                params[AMOUNT_PREFIX + name] = spec.amount
             if len(self.methods_of(name)) > 1:
                 if global_method:
                     params.setdefault(METHOD_PARAM, spec.method)
                 else:
                     params[METHOD_PREFIX + name] = spec.method
         return params
+
+    def constraint_values(self, recipe: Recipe) -> dict[str, float]:
+        """Optuna constraint values of ``recipe`` (feasible when <= 0), one per configured limit.
+
+        Sparsity is the fraction of the searched layers' weights that the amounts prune; the
+        parameter count is the model's minus those pruned weights (an estimate for structured
+        pruning, which also removes biases, BatchNorm channels and the next layer's inputs).
+        """
+        limits = self.search.constraints
+        if limits == type(limits)():
+            return {}
+        weights = {name: self.layer_params.get(name, 0) for name in self.layers}
+        pruned = sum(recipe.layer(name).amount * count for name, count in weights.items())
+        sparsity = pruned / max(1, sum(weights.values()))
+        values: dict[str, float] = {}
+        if limits.max_sparsity is not None:
+            values["max_sparsity"] = sparsity - limits.max_sparsity
+        if limits.min_sparsity is not None:
+            values["min_sparsity"] = limits.min_sparsity - sparsity
+        if limits.max_params is not None:
+            values["max_params"] = (self.model_params - pruned - limits.max_params) / max(
+                1, self.model_params
+            )
+        return values
 
 
 def objective_values(metrics: Mapping[str, float], objectives: Mapping[str, str]) -> list[float]:

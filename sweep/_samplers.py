@@ -1,0 +1,75 @@
+"""The Optuna sampler a sweep asks its trials from, built from the config and the search space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from sweep._config import ConfigError, SweepConfig
+from sweep._space import Space
+
+# Optuna's own default for TPE and GP; see the README's "Search quality" for the measurements.
+DEFAULT_STARTUP_TRIALS = 10
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, minus its ``study.stop()`` on the last point: stop() works only
+    inside ``study.optimize``, and the driver stops at its budget anyway."""
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return None
+
+
+def grid_values(space: Space) -> dict[str, list[object]]:
+    """Every value of every parameter of ``space``: the grid that ``sampler: grid`` walks."""
+    grid: dict[str, list[object]] = {}
+    for name, distribution in space.distributions().items():
+        if isinstance(distribution, CategoricalDistribution):
+            grid[name] = list(distribution.choices)
+        elif isinstance(distribution, FloatDistribution) and distribution.step is not None:
+            count = round((distribution.high - distribution.low) / distribution.step) + 1
+            values = np.linspace(distribution.low, distribution.high, count)
+            grid[name] = [round(float(v), 6) for v in values]
+        else:  # every parameter of a Space is categorical or stepped; a new kind must be added
+            raise TypeError(f"grid sampler: no grid for parameter {name!r} ({distribution})")
+    return grid
+
+
+def grid_size(space: Space) -> int:
+    return int(np.prod([len(values) for values in grid_values(space).values()]))
+
+
+def make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampler:
+    """Constraints (``search_space.constraints``) reach every sampler through the values the
+    driver sets on each trial (``Trial.set_constraint``): TPE, NSGA-II and GP prefer feasible
+    trials; random and grid ignore them."""
+    seed = config.seed
+    startup = config.sampler_settings.n_startup_trials
+    startup = DEFAULT_STARTUP_TRIALS if startup is None else startup
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if config.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if config.sampler == "grid":
+        size = grid_size(space)
+        if size > 100_000:
+            raise ConfigError(
+                f"sampler: grid has {size} points; tie the layers (search_space.tie) or coarsen "
+                "search_space.amount.step"
+            )
+        return _Grid(grid_values(space), seed=seed)  # type: ignore[arg-type]
+    # constant_liar: trials in flight count as pessimistic guesses, so parallel asks spread out.
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup
+    )
