@@ -45,6 +45,8 @@ class AmountRange(_Strict):
     min: float = Field(0.0, ge=0.0, lt=1.0)
     max: float = Field(0.9, ge=0.0, lt=1.0)
     step: float = Field(0.05, gt=0.0, lt=1.0)
+    # mode relative: how far each layer's amount may stray from the sampled global level.
+    spread: float = Field(0.3, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> AmountRange:
@@ -74,6 +76,9 @@ class SearchSpace(_Strict):
     layers: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     exclude: list[str] = Field(default_factory=list)
     amount: AmountRange = AmountRange()
+    # relative: one global ``level`` plus a bounded ``offset:<layer>`` per layer (amounts stay
+    # near a common level, where good recipes are); independent: one ``amount:<layer>`` each.
+    amount_mode: Literal["relative", "independent"] = "relative"
     methods: list[Literal[METHODS]] = Field(default_factory=lambda: list(METHODS), min_length=1)  # type: ignore[valid-type]
     # per_layer: each layer's method is its own parameter; global: one method for every layer.
     # Either way, layers that cannot lose output channels are only ever pruned unstructured.
@@ -90,6 +95,9 @@ class SearchSpace(_Strict):
 class SamplerSettings(_Strict):
     # Trials drawn at random before the model-based samplers (tpe, gp) start to model the front.
     n_startup_trials: int | None = Field(None, ge=0)
+    # The first trials of a new sweep: uniform recipes (every layer the same amount) at this many
+    # evenly spaced levels, so the search starts from the best cheap answer (amount_mode relative).
+    uniform_startup: int = Field(0, ge=0)
 
 
 class Budget(_Strict):

@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from storage import METRIC_COLUMNS, StorageError, Store, TrialRecord
 from sweep import _remote
 from sweep._config import ConfigError, SweepConfig, parse_config
-from sweep._samplers import make_sampler
+from sweep._samplers import enqueue_uniform, make_sampler
 from sweep._space import Space, objective_values, select_layers
 from trials import Recipe, TrialResult, resolve_task_factory
 
@@ -425,11 +425,13 @@ def run_sweep(
         "fp32_metrics": info.fp32_metrics,
     }
     store.create_sweep(config.name, stored_config, dict(config.objectives), replace=replace)
+    study = _new_study(config, space)
+    enqueue_uniform(study, space, config.sampler_settings.uniform_startup)
     driver = _Driver(
         config,
         store,
         space,
-        _new_study(config, space),
+        study,
         next_number=0,
         reruns=[],
         progress=Progress(total=config.budget.n_trials),

@@ -48,6 +48,19 @@ def grid_size(space: Space) -> int:
     return int(np.prod([len(values) for values in grid_values(space).values()]))
 
 
+def enqueue_uniform(study: optuna.Study, space: Space, count: int) -> None:
+    """Queue ``count`` uniform recipes (offsets 0) at levels spread evenly up to the top of the
+    amount range; the sampler draws their order, granularity and methods."""
+    distributions = space.distributions()
+    level = distributions.get("level")
+    if count <= 0 or not isinstance(level, FloatDistribution) or level.step is None:
+        return
+    offsets = {name: 0.0 for name in distributions if name.startswith("offset:")}
+    for value in np.linspace(level.low, level.high, count + 1)[1:]:
+        snapped = level.low + round((value - level.low) / level.step) * level.step
+        study.enqueue_trial({"level": round(float(snapped), 6), **offsets})
+
+
 def make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampler:
     """Constraints (``search_space.constraints``) reach every sampler through the values the
     driver sets on each trial (``Trial.set_constraint``): TPE, NSGA-II and GP prefer feasible

@@ -15,6 +15,8 @@ from sweep._config import ConfigError, SearchSpace, TrialSettings
 from trials import LayerSpec, Recipe
 
 AMOUNT_PREFIX = "amount:"
+OFFSET_PREFIX = "offset:"
+LEVEL_PARAM = "level"  # amount_mode relative: the global amount each layer's offset adds to
 METHOD_PREFIX = "method:"
 METHOD_PARAM = "method"  # the one method parameter of ``method_scope: global``
 UNSTRUCTURED = "unstructured"
@@ -132,8 +134,57 @@ class Space:
         steps = int(round((amount.max - amount.min) / amount.step, 9))
         return amount.min, round(amount.min + steps * amount.step, 9), amount.step
 
-    def suggest(self, trial: optuna.trial.BaseTrial) -> Recipe:
+    def _relative(self) -> bool:
+        low, high, _ = self._amount_grid()
+        return self.search.amount_mode == "relative" and high > low
+
+    def _spread(self) -> float:
+        _, high, step = self._amount_grid()
+        low = self.search.amount.min
+        steps = int(round(min(self.search.amount.spread, high - low) / step, 9))
+        return round(steps * step, 9)
+
+    def _amounts(self, trial: optuna.trial.BaseTrial) -> dict[str, float]:
+        """Each searched layer's amount, drawn from ``trial`` (tied layers drawn once)."""
         low, high, step = self._amount_grid()
+        drawn: dict[str, float] = {}
+        level = 0.0
+        if self._relative():
+            level = trial.suggest_float(LEVEL_PARAM, low, high, step=step)
+            spread = self._spread()
+        for name in self.layers:
+            owner = self.owners[name]
+            if owner in drawn:
+                drawn[name] = drawn[owner]
+            elif high <= low:
+                drawn[name] = low
+            elif self._relative():
+                offset = (
+                    trial.suggest_float(OFFSET_PREFIX + owner, -spread, spread, step=step)
+                    if spread > 0
+                    else 0.0
+                )
+                drawn[name] = min(high, max(low, level + offset))
+            else:
+                drawn[name] = trial.suggest_float(AMOUNT_PREFIX + owner, low, high, step=step)
+        return {name: round(float(value), 6) for name, value in drawn.items()}
+
+    def _level_of(self, recipe: Recipe) -> float:
+        """A global level from which every amount of ``recipe`` is within the spread: the grid
+        value nearest to their mean among those that fit (params that reproduce the recipe)."""
+        low, high, step = self._amount_grid()
+        amounts = [recipe.layer(name).amount for name in self.layers]
+        spread = self._spread() + 1e-9
+        grid = [round(low + k * step, 9) for k in range(round((high - low) / step) + 1)]
+        fits = [g for g in grid if all(abs(a - g) <= spread for a in amounts)]
+        if not fits:
+            raise ValueError(
+                f"amounts {amounts} are not within search_space.amount.spread of one level"
+            )
+        mean = sum(amounts) / len(amounts)
+        return min(fits, key=lambda g: abs(g - mean))
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Recipe:
         order = trial.suggest_categorical("order", list(self.search.orders))
         granularity = trial.suggest_categorical("granularity", list(self.search.granularities))
         chosen = (
@@ -141,16 +192,11 @@ class Space:
             if self._global_method()
             else None
         )
+        amounts = self._amounts(trial)
         layers: dict[str, LayerSpec] = {}
         for name in self.layers:
-            owner = self.owners[name]
-            amount = (
-                trial.suggest_float(AMOUNT_PREFIX + owner, low, high, step=step)
-                if high > low
-                else low
-            )
             method = self._method(trial, name, chosen)
-            layers[name] = LayerSpec(amount=round(float(amount), 6), method=method)
+            layers[name] = LayerSpec(amount=amounts[name], method=method)
         return Recipe(
             layers=layers,
             order=str(order),
@@ -173,9 +219,15 @@ class Space:
         global_method = self._global_method()
         if global_method:
             found[METHOD_PARAM] = CategoricalDistribution(list(self.search.methods))
+        relative, spread = self._relative(), self._spread()
+        if relative:
+            found[LEVEL_PARAM] = FloatDistribution(low, high, step=step)
         for name in self.layers:
             if high > low and self.owners[name] == name:
-                found[AMOUNT_PREFIX + name] = FloatDistribution(low, high, step=step)
+                if not relative:
+                    found[AMOUNT_PREFIX + name] = FloatDistribution(low, high, step=step)
+                elif spread > 0:
+                    found[OFFSET_PREFIX + name] = FloatDistribution(-spread, spread, step=step)
             if len(self.methods_of(name)) > 1 and not global_method:
                 found[METHOD_PREFIX + name] = CategoricalDistribution(self.methods_of(name))
         return found
@@ -184,10 +236,16 @@ class Space:
         """The Optuna parameters that reproduce ``recipe`` (to enqueue or rebuild trials)."""
         params: dict[str, Any] = {"order": recipe.order, "granularity": recipe.granularity}
         global_method = self._global_method()
+        relative = self._relative()
+        if relative:
+            params[LEVEL_PARAM] = level = self._level_of(recipe)
         for name in self.layers:
             spec = recipe.layer(name)
-            if self.owners[name] == name:
+            owner = self.owners[name] == name  # a tied layer's amount is its owner's
+            if owner and not relative:
                 params[AMOUNT_PREFIX + name] = spec.amount
+            elif owner and self._spread() > 0:
+                params[OFFSET_PREFIX + name] = round(spec.amount - level, 6)
             if len(self.methods_of(name)) > 1:
                 if global_method:
                     params.setdefault(METHOD_PARAM, spec.method)
