@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from storage import StorageError, Store
-from sweep import _driver, _export, _output
+from sweep import _driver, _export, _output, _plot
 from sweep._config import DEFAULT_STORAGE, ConfigError, load_config
 from trials import RecipeError, TaskError
 
@@ -36,6 +36,7 @@ USER_ERRORS = (
     RecipeError,
     _output.OutputError,
     _export.ExportError,
+    _plot.PlotError,
 )
 
 StorageOption = Annotated[
@@ -361,6 +362,19 @@ def status(
             info.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     out.print(table)
+
+
+@app.command()
+def plot(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for NAME.png/.html.")
+    ] = Path("."),
+    storage: StorageOption = None,
+) -> None:
+    """Plot the front (accuracy vs size and latency) and the hypervolume over trials."""
+    for path in _plot.plot_sweep(_store(storage), name, output):
+        err.print(f"wrote {path}", highlight=False)
 
 
 def main() -> None:
