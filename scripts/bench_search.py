@@ -38,14 +38,19 @@ import optuna
 from storage import Store
 from sweep import _quality, connect_ray, parse_config, run_sweep
 from sweep._config import SweepConfig
-from sweep._samplers import enqueue_uniform, make_sampler
+from sweep._samplers import ask_recipe, enqueue_uniform, make_sampler
 from sweep._space import Space
 from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
 RESULTS = Path(__file__).parent / "results"
 SYNTHETIC_OBJECTIVES = {"accuracy": "max", "compressed_bytes": "min"}
-UNIFORM_SPACE = {"tie": [["*"]], "method_scope": "global", "amount": {"max": 0.9, "step": 0.1}}
+UNIFORM_SPACE = {
+    "tie": [["*"]],
+    "method_scope": "global",
+    "amount_mode": "independent",
+    "amount": {"max": 0.9, "step": 0.1},
+}
 IN_FLIGHT = 3  # the driver with 2 slots keeps one more trial submitted
 MAX_DROP = 0.01
 Rows = list[dict[str, float]]
@@ -112,8 +117,7 @@ def run_synthetic(task: SyntheticTask, config: SweepConfig) -> Rows:
     asked = 0
     while len(rows) < config.budget.n_trials:
         while len(flight) < IN_FLIGHT and asked < config.budget.n_trials:
-            trial = study.ask()
-            flight.append((trial, space.suggest(trial)))
+            flight.append(ask_recipe(study, space))
             asked += 1
         trial, recipe = flight.pop(0)
         metrics = task.analytic_metrics(recipe)

@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from storage import METRIC_COLUMNS, StorageError, Store, TrialRecord
 from sweep import _remote
 from sweep._config import ConfigError, SweepConfig, parse_config
-from sweep._samplers import enqueue_uniform, make_sampler
+from sweep._samplers import ask_recipe, enqueue_uniform, make_sampler, set_constraints
 from sweep._space import Space, objective_values, select_layers
 from trials import Recipe, TrialResult, resolve_task_factory
 
@@ -238,13 +238,13 @@ class _Driver:
                 parsed = Recipe.from_dict(recipe)
                 self.study.enqueue_trial(self.space.params_of(parsed))
                 trial = self.study.ask()
-                self._constrained(trial, parsed)
+                set_constraints(trial, self.space, parsed)
                 self._submit(number, trial, recipe)
                 continue
             if self.next_number >= asked_budget or time.monotonic() >= deadline:
                 return
-            trial = self.study.ask()
-            recipe = self._constrained(trial, self.space.suggest(trial)).to_dict()
+            trial, asked = ask_recipe(self.study, self.space)
+            recipe = asked.to_dict()
             number = self.next_number
             self.next_number += 1
             self._submit(number, trial, recipe)
@@ -252,12 +252,6 @@ class _Driver:
             self.pending.append(
                 TrialRecord(number=number, state="RUNNING", recipe=recipe, started_at=started)
             )
-
-    def _constrained(self, trial: optuna.trial.Trial, recipe: Recipe) -> Recipe:
-        """Set the recipe's constraint values on its trial, where the samplers read them."""
-        for key, value in self.space.constraint_values(recipe).items():
-            trial.set_constraint(key, value)
-        return recipe
 
     # -- finishing ----------------------------------------------------------------------------
     def _finish(self, ref: ray.ObjectRef, outcome: _remote.TrialOutcome | None, error: str) -> None:

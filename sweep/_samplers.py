@@ -10,6 +10,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from sweep._config import ConfigError, SweepConfig
 from sweep._space import Space
+from trials import Recipe
 
 # Optuna's own default for TPE and GP; see the README's "Search quality" for the measurements.
 DEFAULT_STARTUP_TRIALS = 10
@@ -59,6 +60,20 @@ def enqueue_uniform(study: optuna.Study, space: Space, count: int) -> None:
     for value in np.linspace(level.low, level.high, count + 1)[1:]:
         snapped = level.low + round((value - level.low) / level.step) * level.step
         study.enqueue_trial({"level": round(float(snapped), 6), **offsets})
+
+
+def set_constraints(trial: optuna.trial.Trial, space: Space, recipe: Recipe) -> None:
+    """Set the recipe's constraint values on its trial, where the samplers read them."""
+    for key, value in space.constraint_values(recipe).items():
+        trial.set_constraint(key, value)
+
+
+def ask_recipe(study: optuna.Study, space: Space) -> tuple[optuna.trial.Trial, Recipe]:
+    """The next trial and its recipe, with the recipe's constraint values set."""
+    trial = study.ask()
+    recipe = space.suggest(trial)
+    set_constraints(trial, space, recipe)
+    return trial, recipe
 
 
 def make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampler:
