@@ -473,7 +473,6 @@ def resume_sweep(
             reruns.append((number, recipe))
             continue
         parsed = Recipe.from_dict(recipe)
-        params = space.params_of(parsed)
         constraints = {
             f"constraints:{key}": value for key, value in space.constraint_values(parsed).items()
         }
@@ -484,6 +483,7 @@ def resume_sweep(
                 progress, config.objectives, dict(zip(config.objectives, values, strict=True))
             )
         try:
+            params = space.params_of(parsed)  # ValueError: amounts the space cannot express
             study.add_trial(
                 optuna.trial.create_trial(
                     params={k: v for k, v in params.items() if k in distributions},
