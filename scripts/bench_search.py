@@ -225,7 +225,7 @@ def _runs(
     runs: dict[str, list[Rows]] = {}
     for sampler in [*samplers, "random_2x"]:
         budget = 2 * n_trials if sampler == "random_2x" else n_trials
-        actual = "random" if sampler == "random_2x" else sampler
+        actual = "random-u0" if sampler == "random_2x" else sampler  # pure random search
         runs[sampler] = [run(actual, seed, budget) for seed in seeds]
     return runs
 

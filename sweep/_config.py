@@ -46,7 +46,7 @@ class AmountRange(_Strict):
     max: float = Field(0.9, ge=0.0, lt=1.0)
     step: float = Field(0.05, gt=0.0, lt=1.0)
     # mode relative: how far each layer's amount may stray from the sampled global level.
-    spread: float = Field(0.3, ge=0.0, lt=1.0)
+    spread: float = Field(0.2, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> AmountRange:
@@ -97,7 +97,7 @@ class SamplerSettings(_Strict):
     n_startup_trials: int | None = Field(None, ge=0)
     # The first trials of a new sweep: uniform recipes (every layer the same amount) at this many
     # evenly spaced levels, so the search starts from the best cheap answer (amount_mode relative).
-    uniform_startup: int = Field(0, ge=0)
+    uniform_startup: int = Field(10, ge=0)
 
 
 class Budget(_Strict):

@@ -12,8 +12,9 @@ from sweep._config import ConfigError, SweepConfig
 from sweep._space import Space
 from trials import Recipe
 
-# Optuna's own default for TPE and GP; see the README's "Search quality" for the measurements.
-DEFAULT_STARTUP_TRIALS = 10
+# Random trials (uniform startup trials included) before TPE/GP model the front; chosen with
+# uniform_startup 10 and amount.spread 0.2 from scripts/bench_search.py (README, Search quality).
+DEFAULT_STARTUP_TRIALS = 20
 
 
 class _Grid(optuna.samplers.GridSampler):
