@@ -58,9 +58,13 @@ def enqueue_uniform(study: optuna.Study, space: Space, count: int) -> None:
     if count <= 0 or not isinstance(level, FloatDistribution) or level.step is None:
         return
     offsets = {name: 0.0 for name in distributions if name.startswith("offset:")}
+    levels: list[float] = []
     for value in np.linspace(level.low, level.high, count + 1)[1:]:
-        snapped = level.low + round((value - level.low) / level.step) * level.step
-        study.enqueue_trial({"level": round(float(snapped), 6), **offsets})
+        snapped = round(float(level.low + round((value - level.low) / level.step) * level.step), 6)
+        if snapped not in levels:  # a coarse grid has fewer levels than asked for
+            levels.append(snapped)
+    for snapped in levels:
+        study.enqueue_trial({"level": snapped, **offsets})
 
 
 def set_constraints(trial: optuna.trial.Trial, space: Space, recipe: Recipe) -> None:
