@@ -45,6 +45,8 @@ class AmountRange(_Strict):
     min: float = Field(0.0, ge=0.0, lt=1.0)
     max: float = Field(0.9, ge=0.0, lt=1.0)
     step: float = Field(0.05, gt=0.0, lt=1.0)
+    # mode relative: how far each layer's amount may stray from the sampled global level.
+    spread: float = Field(0.2, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> AmountRange:
@@ -63,10 +65,30 @@ class BoundsFrom(_Strict):
     enqueue_uniform: int = Field(3, ge=0, le=20)
 
 
+class Constraints(_Strict):
+    """Limits on a recipe, known before its trial runs (from each layer's weight count); the
+    sampler learns to stay inside them and the front of a sweep keeps only trials that do."""
+
+    max_sparsity: float | None = Field(None, gt=0.0, le=1.0)
+    min_sparsity: float | None = Field(None, ge=0.0, lt=1.0)
+    max_params: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Constraints:
+        if None not in (self.min_sparsity, self.max_sparsity) and (
+            float(self.min_sparsity or 0) > float(self.max_sparsity or 0)
+        ):
+            raise ValueError("min_sparsity must be <= max_sparsity")
+        return self
+
+
 class SearchSpace(_Strict):
     layers: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     exclude: list[str] = Field(default_factory=list)
     amount: AmountRange = AmountRange()
+    # relative: one global ``level`` plus a bounded ``offset:<layer>`` per layer (amounts stay
+    # near a common level, where good recipes are); independent: one ``amount:<layer>`` each.
+    amount_mode: Literal["relative", "independent"] = "relative"
     methods: list[Literal[METHODS]] = Field(default_factory=lambda: list(METHODS), min_length=1)  # type: ignore[valid-type]
     # per_layer: each layer's method is its own parameter; global: one method for every layer.
     # Either way, layers that cannot lose output channels are only ever pruned unstructured.
@@ -76,6 +98,17 @@ class SearchSpace(_Strict):
         default_factory=lambda: list(GRANULARITIES), min_length=1
     )
     bounds_from: BoundsFrom | None = None
+    # Groups of layer globs whose layers share one amount (e.g. the branches of a residual add).
+    tie: list[list[str]] = Field(default_factory=list)
+    constraints: Constraints = Constraints()
+
+
+class SamplerSettings(_Strict):
+    # Trials drawn at random before the model-based samplers (tpe, gp) start to model the front.
+    n_startup_trials: int | None = Field(None, ge=0)
+    # The first trials of a new sweep: uniform recipes (every layer the same amount) at this many
+    # evenly spaced levels, so the search starts from the best cheap answer (amount_mode relative).
+    uniform_startup: int = Field(10, ge=0)
 
 
 class Budget(_Strict):
@@ -165,7 +198,8 @@ class SweepConfig(_Strict):
     storage: str | None = None
     ray_address: str | None = None
     seed: int = 0
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "random", "gp", "grid"] = "tpe"
+    sampler_settings: SamplerSettings = SamplerSettings()
     objectives: dict[str, Literal["max", "min"]] = Field(
         default_factory=lambda: dict(DEFAULT_OBJECTIVES)
     )

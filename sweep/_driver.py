@@ -27,6 +27,7 @@ from storage import METRIC_COLUMNS, StorageError, StorageFullError, Store, Trial
 from storage._engine import mask_url
 from sweep import _bounds, _remote, _resources, _shipping, _target
 from sweep._config import ConfigError, SweepConfig, parse_config
+from sweep._samplers import ask_recipe, enqueue_uniform, make_sampler, set_constraints
 from sweep._space import Space, objective_values, select_layers
 from trials import (
     LatencySpec,
@@ -150,19 +151,10 @@ def _runtime_env(address: str | None, task: str | None) -> dict[str, Any] | None
     return _shipping.runtime_env(task)
 
 
-def _sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
-    if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
-    if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=config.seed)
-    # constant_liar: trials in flight count as pessimistic guesses, so parallel asks spread out.
-    return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, constant_liar=True)
-
-
-def _new_study(config: SweepConfig) -> optuna.Study:
+def _new_study(config: SweepConfig, space: Space) -> optuna.Study:
     return optuna.create_study(
         directions=["maximize" if d == "max" else "minimize" for d in config.objectives.values()],
-        sampler=_sampler(config),
+        sampler=make_sampler(config, space),
     )
 
 
@@ -218,6 +210,8 @@ def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
         config.trial,
         info.structured_prunable,
         backend=config.latency.backend,
+        layer_params=info.layer_params,
+        model_params=info.params,
     )
     return space, info
 
@@ -339,13 +333,16 @@ class _Driver:
         while self._training() < self.slots + PREFETCH:
             if self.reruns:
                 number, recipe = self.reruns.pop(0)
-                self.study.enqueue_trial(self.space.params_of(Recipe.from_dict(recipe)))
-                self._submit(number, self.study.ask(), recipe)
+                parsed = Recipe.from_dict(recipe)
+                self.study.enqueue_trial(self.space.params_of(parsed))
+                trial = self.study.ask()
+                set_constraints(trial, self.space, parsed)
+                self._submit(number, trial, recipe)
                 continue
             if self.next_number >= asked_budget or time.monotonic() >= deadline:
                 return
-            trial = self.study.ask()
-            recipe = self.space.suggest(trial).to_dict()
+            trial, asked = ask_recipe(self.study, self.space)
+            recipe = asked.to_dict()
             number = self.next_number
             self.next_number += 1
             self._submit(number, trial, recipe)
@@ -596,8 +593,13 @@ def run_sweep(
     if target is not None:
         stored_config["latency_baseline"] = target.stored()
     store.create_sweep(config.name, stored_config, dict(config.objectives), replace=replace)
-    study = _new_study(config)
-    _bounds.enqueue_uniform(study, space, config)
+    study = _new_study(config, space)
+    bounds_from = config.search_space.bounds_from
+    if bounds_from is not None and config.search_space.amount_mode == "independent":
+        _bounds.enqueue_uniform(study, space, config)
+    else:  # in relative mode a level with zero offsets is uniform, capped by any bounds
+        count = config.sampler_settings.uniform_startup
+        enqueue_uniform(study, space, bounds_from.enqueue_uniform if bounds_from else count)
     driver = _Driver(
         config,
         store,
@@ -613,8 +615,12 @@ def run_sweep(
 
 def stored_config(store: Store, name: str) -> SweepConfig:
     """The config a sweep was launched with, as stored."""
-    raw = store.get_sweep(name).config
-    return parse_config({k: v for k, v in raw.items() if k not in _STORED_EXTRAS}, name)
+    raw = {k: v for k, v in store.get_sweep(name).config.items() if k not in _STORED_EXTRAS}
+    search = raw.get("search_space")
+    if isinstance(search, dict) and "amount_mode" not in search:
+        # Stored before amount modes existed: those sweeps drew each layer's amount on its own.
+        raw["search_space"] = {**search, "amount_mode": "independent"}
+    return parse_config(raw, name)
 
 
 def resume_sweep(
@@ -644,7 +650,7 @@ def resume_sweep(
             f"{name}: the task's model no longer has the layers this sweep searched; "
             "launch a new sweep instead"
         )
-    study = _new_study(config)
+    study = _new_study(config, space)
     distributions = space.distributions()
     trials = store.trials(name)
     progress = Progress(total=max(config.budget.n_trials, len(trials)))
@@ -655,7 +661,10 @@ def resume_sweep(
         if state == "RUNNING":
             reruns.append((number, recipe))
             continue
-        params = space.params_of(Recipe.from_dict(recipe))
+        parsed = Recipe.from_dict(recipe)
+        constraints = {
+            f"constraints:{key}": value for key, value in space.constraint_values(parsed).items()
+        }
         values = None
         if state == "COMPLETE":
             values = [float(row[objective]) for objective in config.objectives]
@@ -663,12 +672,14 @@ def resume_sweep(
                 progress, config.objectives, dict(zip(config.objectives, values, strict=True))
             )
         try:
+            params = space.params_of(parsed)  # ValueError: amounts the space cannot express
             study.add_trial(
                 optuna.trial.create_trial(
                     params={k: v for k, v in params.items() if k in distributions},
                     distributions={k: d for k, d in distributions.items() if k in params},
                     values=values,
                     state=optuna.trial.TrialState[state],
+                    system_attrs=constraints,  # where Trial.set_constraint keeps them
                 )
             )
         except ValueError as exc:

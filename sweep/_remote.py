@@ -54,6 +54,8 @@ class TaskInfo:
     params: int
     # layer -> None if structured pruning can remove its output channels, else why not.
     structured_prunable: dict[str, str | None] = field(default_factory=dict)
+    # layer -> its weight count (for search_space.constraints).
+    layer_params: dict[str, int] = field(default_factory=dict)
 
 
 def describe_task(spec: str, settings: dict[str, Any]) -> TaskInfo:
@@ -73,6 +75,7 @@ def describe_task(spec: str, settings: dict[str, Any]) -> TaskInfo:
         fp32_metrics={k: float(v) for k, v in metrics.items()},
         params=sum(p.numel() for p in model.parameters()),
         structured_prunable=prunable,
+        layer_params={name: model.get_parameter(f"{name}.weight").numel() for name in layers},
     )
 
 

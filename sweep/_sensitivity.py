@@ -128,7 +128,7 @@ def run_scan(
         config,
         store,
         space,
-        _driver._new_study(config),
+        _driver._new_study(config, space),
         next_number=len(documents),
         reruns=list(enumerate(documents)),
         progress=_driver.Progress(total=len(documents)),

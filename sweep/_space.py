@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import optuna
@@ -14,6 +15,8 @@ from sweep._config import ConfigError, SearchSpace, TrialSettings
 from trials import LayerSpec, Recipe
 
 AMOUNT_PREFIX = "amount:"
+OFFSET_PREFIX = "offset:"
+LEVEL_PARAM = "level"  # amount_mode relative: the global amount each layer's offset adds to
 METHOD_PREFIX = "method:"
 METHOD_PARAM = "method"  # the one method parameter of ``method_scope: global``
 UNSTRUCTURED = "unstructured"
@@ -46,6 +49,31 @@ def select_layers(prunable: Sequence[str], space: SearchSpace) -> list[str]:
     return chosen
 
 
+def tie_owners(layers: Sequence[str], space: SearchSpace) -> dict[str, str]:
+    """Each searched layer -> the layer whose ``amount:`` parameter it takes: the first layer of
+    its ``search_space.tie`` group, else itself. Bad groups are config errors."""
+    owners = {name: name for name in layers}
+    for index, group in enumerate(space.tie):
+        members: list[str] = []
+        for pattern in group:
+            matched = [name for name in layers if fnmatch.fnmatchcase(name, pattern)]
+            if not matched:
+                raise ConfigError(
+                    f"search_space.tie.{index}: pattern {pattern!r} matches no searched layer "
+                    "(excluded layers cannot be tied)"
+                )
+            members += [name for name in matched if name not in members]
+        for name in members:
+            if owners[name] != name:
+                raise ConfigError(
+                    f"search_space.tie.{index}: layer {name!r} is already in another tie group; "
+                    "merge the two groups"
+                )
+        for name in members:
+            owners[name] = members[0]
+    return owners
+
+
 @dataclass(frozen=True)
 class Space:
     """``structured_prunable`` is :func:`trials.structured_prunable` of the task's model: a layer
@@ -54,6 +82,10 @@ class Space:
 
     Methods are searched per layer (one ``method:<layer>`` parameter each) or, with
     ``search.method_scope: global``, by one ``method`` parameter for every layer that can take it.
+    Tied layers (``search.tie``) share the ``amount:`` parameter of their group's first layer.
+
+    ``layer_params`` (weights per layer) and ``model_params`` (the fp32 model's parameters)
+    estimate a recipe's sparsity and parameter count for ``search.constraints``.
     """
 
     layers: tuple[str, ...]
@@ -64,6 +96,26 @@ class Space:
     # Per-layer upper bounds on the amount (from a sensitivity scan); snapped down to the grid,
     # and a bound below the grid's minimum fixes the layer at that minimum.
     upper: Mapping[str, float] = field(default_factory=dict)
+    layer_params: Mapping[str, int] = field(default_factory=dict)
+    model_params: int = 0
+
+    def __post_init__(self) -> None:
+        self.owners  # noqa: B018 - validates the tie groups now, as a config error
+        limits = self.search.constraints
+        if limits.max_params is not None and not self.model_params:
+            raise ConfigError(
+                "search_space.constraints.max_params: the task's parameter count is unknown"
+            )
+        if (limits.max_sparsity, limits.min_sparsity) != (None, None) and not self.layer_params:
+            raise ConfigError(
+                "search_space.constraints: the task's layer sizes are unknown; "
+                "remove max_sparsity/min_sparsity"
+            )
+
+    @cached_property
+    def owners(self) -> dict[str, str]:
+        """Layer -> the layer whose amount parameter it takes (itself unless tied)."""
+        return tie_owners(self.layers, self.search)
 
     def methods_of(self, name: str) -> list[str]:
         """The methods searched for layer ``name``."""
@@ -85,6 +137,17 @@ class Space:
             return chosen if chosen in methods else UNSTRUCTURED
         return str(trial.suggest_categorical(METHOD_PREFIX + name, methods))
 
+    def _cap(self, owner: str) -> float:
+        """The highest amount of ``owner``'s tie group: the lowest bound of its layers."""
+        return min(self.amount_grid(n)[1] for n in self.layers if self.owners[n] == owner)
+
+    def _amount_grid(self) -> tuple[float, float, float]:
+        """(low, high, step) of the config's amount grid, before any layer's bound."""
+        amount = self.search.amount
+        # Optuna needs (high - low) to be a multiple of step: snap the top of the range down.
+        steps = int(round((amount.max - amount.min) / amount.step, 9))
+        return amount.min, round(amount.min + steps * amount.step, 9), amount.step
+
     def amount_grid(self, name: str) -> tuple[float, float, float]:
         """(low, high, step) of layer ``name``'s amount: the config's grid, capped by ``upper``."""
         amount = self.search.amount
@@ -92,6 +155,76 @@ class Space:
         # Optuna needs (high - low) to be a multiple of step: snap the top of the range down.
         steps = max(0, int(round((top - amount.min) / amount.step, 9)))
         return amount.min, round(amount.min + steps * amount.step, 9), amount.step
+
+    def _relative(self) -> bool:
+        low, high, _ = self._amount_grid()
+        return self.search.amount_mode == "relative" and high > low
+
+    def _spread(self) -> float:
+        _, high, step = self._amount_grid()
+        low = self.search.amount.min
+        steps = int(round(min(self.search.amount.spread, high - low) / step, 9))
+        return round(steps * step, 9)
+
+    def _amounts(self, trial: optuna.trial.BaseTrial) -> dict[str, float]:
+        """Each searched layer's amount, drawn from ``trial`` (tied layers drawn once)."""
+        low, high, step = self._amount_grid()
+        drawn: dict[str, float] = {}
+        level = 0.0
+        if self._relative():
+            level = trial.suggest_float(LEVEL_PARAM, low, high, step=step)
+            spread = self._spread()
+        for name in self.layers:
+            owner = self.owners[name]
+            if owner in drawn:
+                drawn[name] = drawn[owner]
+            elif high <= low:
+                drawn[name] = low
+            elif self._relative():
+                offset = (
+                    trial.suggest_float(OFFSET_PREFIX + owner, -spread, spread, step=step)
+                    if spread > 0
+                    else 0.0
+                )
+                drawn[name] = min(self._cap(owner), max(low, level + offset))
+            elif self._cap(owner) > low:
+                drawn[name] = trial.suggest_float(
+                    AMOUNT_PREFIX + owner, low, self._cap(owner), step=step
+                )
+            else:  # its bound from a scan is the grid's minimum
+                drawn[name] = low
+        return {name: round(float(value), 6) for name, value in drawn.items()}
+
+    def _offset_for(self, level: float, amount: float, cap: float) -> float | None:
+        """The offset that turns ``level`` into ``amount`` for a layer capped at ``cap`` (as
+        :meth:`_amounts` computes it), or None if no offset within the spread does."""
+        low, _, step = self._amount_grid()
+        spread = self._spread()
+        offset = min(spread, max(-spread, amount - level))
+        offset = round(round(offset / step) * step, 6)
+        if abs(min(cap, max(low, level + offset)) - amount) < 1e-6:
+            return offset
+        return None
+
+    def _level_of(self, recipe: Recipe) -> float:
+        """A global level from which offsets within the spread reproduce every amount of
+        ``recipe`` (amounts clipped at the range and at a layer's bound count as reached): the
+        grid value nearest to their mean among those that do."""
+        low, high, step = self._amount_grid()
+        owned = {owner: recipe.layer(owner).amount for owner in dict.fromkeys(self.owners.values())}
+        grid = [round(low + k * step, 9) for k in range(round((high - low) / step) + 1)]
+        fits = [
+            g
+            for g in grid
+            if all(self._offset_for(g, a, self._cap(o)) is not None for o, a in owned.items())
+        ]
+        if not fits:
+            raise ValueError(
+                f"amounts {list(owned.values())} are not within search_space.amount.spread of "
+                "one level"
+            )
+        mean = sum(owned.values()) / len(owned)
+        return min(fits, key=lambda g: abs(g - mean))
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Recipe:
         order = trial.suggest_categorical("order", list(self.search.orders))
@@ -101,16 +234,11 @@ class Space:
             if self._global_method()
             else None
         )
+        amounts = self._amounts(trial)
         layers: dict[str, LayerSpec] = {}
         for name in self.layers:
-            low, high, step = self.amount_grid(name)
-            amount = (
-                trial.suggest_float(AMOUNT_PREFIX + name, low, high, step=step)
-                if high > low
-                else low
-            )
             method = self._method(trial, name, chosen)
-            layers[name] = LayerSpec(amount=round(float(amount), 6), method=method)
+            layers[name] = LayerSpec(amount=amounts[name], method=method)
         return Recipe(
             layers=layers,
             order=str(order),
@@ -125,6 +253,7 @@ class Space:
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """Every parameter :meth:`suggest` may draw, with its distribution (to rebuild trials)."""
+        low, high, step = self._amount_grid()
         found: dict[str, BaseDistribution] = {
             "order": CategoricalDistribution(list(self.search.orders)),
             "granularity": CategoricalDistribution(list(self.search.granularities)),
@@ -132,10 +261,17 @@ class Space:
         global_method = self._global_method()
         if global_method:
             found[METHOD_PARAM] = CategoricalDistribution(list(self.search.methods))
+        relative, spread = self._relative(), self._spread()
+        if relative:
+            found[LEVEL_PARAM] = FloatDistribution(low, high, step=step)
         for name in self.layers:
-            low, high, step = self.amount_grid(name)
-            if high > low:
-                found[AMOUNT_PREFIX + name] = FloatDistribution(low, high, step=step)
+            if high > low and self.owners[name] == name:
+                if not relative:
+                    top = self._cap(name)
+                    if top > low:
+                        found[AMOUNT_PREFIX + name] = FloatDistribution(low, top, step=step)
+                elif spread > 0:
+                    found[OFFSET_PREFIX + name] = FloatDistribution(-spread, spread, step=step)
             if len(self.methods_of(name)) > 1 and not global_method:
                 found[METHOD_PREFIX + name] = CategoricalDistribution(self.methods_of(name))
         return found
@@ -144,15 +280,46 @@ class Space:
         """The Optuna parameters that reproduce ``recipe`` (to enqueue or rebuild trials)."""
         params: dict[str, Any] = {"order": recipe.order, "granularity": recipe.granularity}
         global_method = self._global_method()
+        relative = self._relative()
+        if relative:
+            params[LEVEL_PARAM] = level = self._level_of(recipe)
         for name in self.layers:
             spec = recipe.layer(name)
-            params[AMOUNT_PREFIX + name] = spec.amount
+            owner = self.owners[name] == name  # a tied layer's amount is its owner's
+            if owner and not relative:
+                params[AMOUNT_PREFIX + name] = spec.amount
+            elif owner and self._spread() > 0:
+                params[OFFSET_PREFIX + name] = self._offset_for(level, spec.amount, self._cap(name))
             if len(self.methods_of(name)) > 1:
                 if global_method:
                     params.setdefault(METHOD_PARAM, spec.method)
                 else:
                     params[METHOD_PREFIX + name] = spec.method
         return params
+
+    def constraint_values(self, recipe: Recipe) -> dict[str, float]:
+        """Optuna constraint values of ``recipe`` (feasible when <= 0), one per configured limit.
+
+        Sparsity is the fraction of the searched layers' weights that the amounts prune; the
+        parameter count is the model's minus those pruned weights (an estimate for structured
+        pruning, which also removes biases, BatchNorm channels and the next layer's inputs).
+        """
+        limits = self.search.constraints
+        if limits == type(limits)():
+            return {}
+        weights = {name: self.layer_params.get(name, 0) for name in self.layers}
+        pruned = sum(recipe.layer(name).amount * count for name, count in weights.items())
+        sparsity = pruned / max(1, sum(weights.values()))
+        values: dict[str, float] = {}
+        if limits.max_sparsity is not None:
+            values["max_sparsity"] = sparsity - limits.max_sparsity
+        if limits.min_sparsity is not None:
+            values["min_sparsity"] = limits.min_sparsity - sparsity
+        if limits.max_params is not None:
+            values["max_params"] = (self.model_params - pruned - limits.max_params) / max(
+                1, self.model_params
+            )
+        return values
 
 
 def objective_values(metrics: Mapping[str, float], objectives: Mapping[str, str]) -> list[float]:

@@ -18,7 +18,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from storage import StorageError, StorageFullError, Store
-from sweep import _apply, _bounds, _driver, _export, _output, _recommend, _sensitivity, _status
+from sweep import (
+    _apply,
+    _bounds,
+    _driver,
+    _export,
+    _output,
+    _plot,
+    _recommend,
+    _sensitivity,
+    _status,
+)
 from sweep._config import DEFAULT_STORAGE, ConfigError, load_config
 from trials import RecipeError, TaskError, task_file
 
@@ -39,6 +49,7 @@ USER_ERRORS = (
     _output.OutputError,
     _export.ExportError,
     _recommend.RecommendError,
+    _plot.PlotError,
 )
 # Failures outside the user's control that still deserve one line (exit 1, no traceback).
 FAILURES = (StorageFullError, _output.DiskFullError, _driver.RayStartError)
@@ -665,6 +676,19 @@ def sensitivity(
     target = plot or Path(f"{scan}.png")
     _sensitivity.plot(results, table, max_drop, target)
     err.print(f"plot: {target}", highlight=False)
+
+
+@app.command()
+def plot(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for NAME.png/.html.")
+    ] = Path("."),
+    storage: StorageOption = None,
+) -> None:
+    """Plot the front (accuracy vs size and latency) and the hypervolume over trials."""
+    for path in _plot.plot_sweep(_store(storage), name, output):
+        err.print(f"wrote {path}", highlight=False)
 
 
 def main() -> None:

@@ -41,8 +41,9 @@ def test_suggested_recipe_covers_every_layer_on_the_grid() -> None:
         for spec in recipe.layers.values():
             assert 0.1 - 1e-9 <= spec.amount <= 0.9 + 1e-9
             assert abs(round((spec.amount - 0.1) / 0.1) * 0.1 + 0.1 - spec.amount) < 1e-6
-        # The recipe maps back to exactly the parameters that produced it.
-        assert space.params_of(recipe) == pytest.approx(trial.params)
+        # The recipe maps back to parameters that reproduce it (amount_mode relative: the
+        # global level is reconstructed, so they need not be the very ones drawn).
+        assert space.suggest(optuna.trial.FixedTrial(space.params_of(recipe))) == recipe
         study.tell(trial, 0.0)
 
 
@@ -62,7 +63,7 @@ def _sample(space: Space, n: int = 30) -> list[tuple[optuna.trial.Trial, Recipe]
     for _ in range(n):
         trial = study.ask()
         recipe = space.suggest(trial)
-        assert space.params_of(recipe) == pytest.approx(trial.params)
+        assert space.suggest(optuna.trial.FixedTrial(space.params_of(recipe))) == recipe
         samples.append((trial, recipe))
         study.tell(trial, 0.0)
     return samples
@@ -124,3 +125,91 @@ def test_describe_task_reports_structured_prunable_layers() -> None:
     assert list(info.structured_prunable) == info.layers
     assert info.structured_prunable["fc"] == "its output channels are the model's output"
     assert all(info.structured_prunable[n] is None for n in ("conv1.0", "conv2.0", "conv3.0"))
+
+
+# -- amount modes, tie groups, constraints --------------------------------------------------------
+def _round_trips(space: Space, n: int = 40) -> list[Recipe]:
+    """Every suggested recipe maps back to params that reproduce it, within the distributions."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+    distributions = space.distributions()
+    recipes = []
+    for _ in range(n):
+        trial = study.ask()
+        recipe = space.suggest(trial)
+        params = space.params_of(recipe)
+        assert set(params) == set(distributions)
+        for name, value in params.items():
+            assert distributions[name]._contains(distributions[name].to_internal_repr(value))
+        assert space.suggest(optuna.trial.FixedTrial(params)) == recipe
+        recipes.append(recipe)
+        study.tell(trial, 0.0)
+    return recipes
+
+
+def test_relative_amounts_stay_within_the_spread_of_one_level() -> None:
+    space = _space(amount={"max": 0.9, "step": 0.05, "spread": 0.2})
+    assert "level" in space.distributions()
+    assert {n for n in space.distributions() if n.startswith("offset:")} == {
+        f"offset:{name}" for name in LAYERS
+    }
+    for recipe in _round_trips(space):
+        amounts = [spec.amount for spec in recipe.layers.values()]
+        assert max(amounts) - min(amounts) <= 0.4 + 1e-9
+        assert all(0.0 <= a <= 0.9 for a in amounts)
+
+
+def test_independent_amounts_round_trip() -> None:
+    space = _space(amount_mode="independent")
+    assert "level" not in space.distributions()
+    recipes = _round_trips(space)
+    spreads = [max(s.amount for s in r.layers.values()) - min(s.amount for s in r.layers.values())
+               for r in recipes]  # fmt: skip
+    assert max(spreads) > 0.6  # free per-layer amounts: far apart
+
+
+@pytest.mark.parametrize("mode", ["relative", "independent"])
+def test_tied_layers_share_one_amount_parameter(mode: str) -> None:
+    space = _space(amount_mode=mode, tie=[["block1.*", "block2.conv"]])
+    prefix = "offset:" if mode == "relative" else "amount:"
+    assert {n for n in space.distributions() if n.startswith(prefix)} == {
+        prefix + name for name in ("stem", "block1.conv", "classifier")
+    }
+    for recipe in _round_trips(space):
+        tied = {recipe.layer(name).amount for name in ("block1.conv", "block1.dw", "block2.conv")}
+        assert len(tied) == 1
+
+
+@pytest.mark.parametrize(
+    ("tie", "message"),
+    [
+        ([["nope*"]], "tie.0: pattern 'nope\\*' matches no searched layer"),
+        ([["block1.*"], ["*.dw"]], "tie.1: layer 'block1.dw' is already in another tie group"),
+    ],
+)
+def test_bad_tie_groups_are_config_errors(tie: list[list[str]], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _space(tie=tie)
+
+
+def test_constraint_values_from_layer_sizes() -> None:
+    config = parse_config(
+        {
+            "name": "x",
+            "task": "digits",
+            "search_space": {
+                "constraints": {"max_sparsity": 0.5, "min_sparsity": 0.2, "max_params": 500}
+            },
+        }
+    )
+    sizes = {"stem": 100, "block1.conv": 300, "block1.dw": 0, "block2.conv": 600, "classifier": 0}
+    space = Space(tuple(LAYERS), config.search_space, config.trial, {}, sizes, 1200)
+    recipe = Recipe.from_dict({"layers": {"stem": {"amount": 0.5}, "block2.conv": {"amount": 0.5}}})
+    # 350 of 1000 weights pruned: sparsity 0.35, 850 parameters left of 1200.
+    assert space.constraint_values(recipe) == pytest.approx(
+        {"max_sparsity": -0.15, "min_sparsity": -0.15, "max_params": 350 / 1200}
+    )
+    with pytest.raises(ConfigError, match="min_sparsity must be <= max_sparsity"):
+        parse_config(
+            {"name": "x", "task": "digits",
+             "search_space": {"constraints": {"min_sparsity": 0.6, "max_sparsity": 0.5}}}
+        )  # fmt: skip

@@ -1,0 +1,334 @@
+"""Search quality: does the sweep find better models than the alternatives, at a fixed budget?
+
+For each task, sampler and seed, runs a sweep of ``--trials`` trials and scores its trials by
+normalized hypervolume (``sweep._quality``: accuracy as the drop from fp32 with the reference at
+a 10-point drop; size and latency divided by the fp32 model's, reference 1.0). Compared:
+
+- the samplers ``tpe`` (multivariate, constant liar), ``nsga2``, ``gp`` and ``random``, and
+  ``random`` given twice the budget (``random_2x_hypervolume``);
+- the best uniform recipes: every layer the same amount (0, 0.1, ..., 0.9), at every order,
+  granularity and method (a ``grid`` sweep over one tied amount).
+
+Tasks: ``synthetic`` (12 analytic layers, objectives accuracy and compressed_bytes, so that the
+exact front is known: ``true_front_hypervolume``) is driven in-process through the same search
+space and samplers as the driver, keeping 3 trials in flight as the driver does with 2 slots;
+``digits`` (a real CNN, the default three objectives) runs through ``sweep.run_sweep`` on local
+Ray with a SQLite store in a temporary directory, 2 trials at a time. On ``digits`` the script
+also reports the smallest ``size_bytes`` / ``compressed_bytes`` and ``latency_ms`` (and the
+largest ``speedup``) among trials within 1 point of the fp32 accuracy, for the uniform recipes
+and for each sampler.
+
+Prints one JSON object and writes it to ``scripts/results/bench_search.json``, with a plot of
+the mean hypervolume over trials (``bench_search.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from storage import Store
+from sweep import _quality, connect_ray, parse_config, run_sweep
+from sweep._config import SweepConfig
+from sweep._samplers import ask_recipe, enqueue_uniform, make_sampler
+from sweep._space import Space
+from trials import Recipe
+from trials.tasks.synthetic import SyntheticTask
+
+RESULTS = Path(__file__).parent / "results"
+SYNTHETIC_OBJECTIVES = {"accuracy": "max", "compressed_bytes": "min"}
+UNIFORM_SPACE = {
+    "tie": [["*"]],
+    "method_scope": "global",
+    "amount_mode": "independent",
+    "amount": {"max": 0.9, "step": 0.1},
+}
+IN_FLIGHT = 3  # the driver with 2 slots keeps one more trial submitted
+MAX_DROP = 0.01
+Rows = list[dict[str, float]]
+
+
+def _config(task: str, variant: str, seed: int, n_trials: int, **extra: Any) -> SweepConfig:
+    """``variant``: a sampler name, optionally with ``-s<N>`` (n_startup_trials), ``-step<X>``
+    (the amount grid's step), ``-spread<X>`` (the amount spread) and ``-ind`` (amount_mode
+    independent), e.g. ``tpe-s20-step0.1``."""
+    sampler, *options = variant.split("-")
+    data: dict[str, Any] = {
+        "name": f"{task}-{variant}-{seed}",
+        "task": task,
+        "sampler": sampler,
+        "seed": seed,
+        "budget": {"n_trials": n_trials},
+        "resources": {"max_concurrent": 2},
+        **extra,
+    }
+    space = dict(data.get("search_space", {}))
+    amount = dict(space.get("amount", {}))
+    for option in options:
+        if option.startswith(("step", "spread")):
+            key = option.rstrip("0123456789.")
+            amount[key] = float(option[len(key) :])
+            space["amount"] = amount
+        elif option.startswith("u"):
+            settings = dict(data.get("sampler_settings", {}))
+            data["sampler_settings"] = {**settings, "uniform_startup": int(option[1:])}
+        elif option == "ind":
+            space["amount_mode"] = "independent"
+        elif option.startswith("s"):
+            settings = dict(data.get("sampler_settings", {}))
+            data["sampler_settings"] = {**settings, "n_startup_trials": int(option[1:])}
+        else:
+            raise ValueError(f"--samplers: unknown option {option!r} in {variant!r}")
+    if space:
+        data["search_space"] = space
+    return parse_config(data)
+
+
+# -- synthetic: in-process ask/tell ---------------------------------------------------------------
+def _synthetic_space(task: SyntheticTask, config: SweepConfig) -> Space:
+    layers = tuple(task.layer_names)
+    return Space(
+        layers,
+        config.search_space,
+        config.trial,
+        dict.fromkeys(layers),
+        backend=config.latency.backend,
+        layer_params={name: int(w) for name, w in zip(layers, task.weights, strict=True)},
+        model_params=int(task.analytic_metrics(Recipe())["fp32_params"]),
+    )
+
+
+def run_synthetic(task: SyntheticTask, config: SweepConfig) -> Rows:
+    space = _synthetic_space(task, config)
+    study = optuna.create_study(
+        directions=["maximize" if d == "max" else "minimize" for d in config.objectives.values()],
+        sampler=make_sampler(config, space),
+    )
+    enqueue_uniform(study, space, config.sampler_settings.uniform_startup)
+    rows: Rows = []
+    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
+    asked = 0
+    while len(rows) < config.budget.n_trials:
+        while len(flight) < IN_FLIGHT and asked < config.budget.n_trials:
+            flight.append(ask_recipe(study, space))
+            asked += 1
+        trial, recipe = flight.pop(0)
+        metrics = task.analytic_metrics(recipe)
+        study.tell(trial, [metrics[name] for name in config.objectives])
+        rows.append(metrics)
+    return rows
+
+
+def synthetic_uniform(task: SyntheticTask, config: SweepConfig) -> Rows:
+    rows: Rows = []
+    space = config.search_space
+    for amount in np.linspace(0.0, 0.9, 10):
+        for method in space.methods:
+            for order in space.orders:
+                for granularity in space.granularities:
+                    layers = {
+                        name: {"amount": round(float(amount), 6), "method": method}
+                        for name in task.layer_names
+                    }
+                    recipe = Recipe.from_dict(
+                        {"layers": layers, "order": order, "granularity": granularity}
+                    )
+                    rows.append(task.analytic_metrics(recipe))
+    return rows
+
+
+# -- digits: the real sweep -----------------------------------------------------------------------
+def run_real(config: SweepConfig, store: Store) -> Rows:
+    started = time.monotonic()
+    run_sweep(config, store, replace=True)
+    frame = store.trials(config.name, states=["COMPLETE"])
+    print(f"  {config.name}: {len(frame)} trials in {time.monotonic() - started:.0f} s", flush=True)
+    return [dict(metrics) for metrics in frame["metrics"]]
+
+
+# -- scoring --------------------------------------------------------------------------------------
+def _smallest_within_drop(rows: Rows) -> dict[str, float | None]:
+    ok = [r for r in rows if r["accuracy_drop"] <= MAX_DROP]
+    best: dict[str, float | None] = {"trials_within_drop": float(len(ok))}
+    for name in ("size_bytes", "compressed_bytes", "latency_ms"):
+        best[name] = min((r[name] for r in ok), default=None)
+    best["speedup"] = max((r["speedup"] for r in ok), default=None)
+    return best
+
+
+def _summary(values: Sequence[float]) -> dict[str, Any]:
+    return {"mean": float(np.mean(values)), "per_seed": [round(v, 6) for v in values]}
+
+
+def score_task(
+    runs: Mapping[str, list[Rows]],
+    uniform: Rows,
+    objectives: Mapping[str, str],
+    n_trials: int,
+    true_front: Rows | None = None,
+    real: bool = False,
+) -> dict[str, Any]:
+    everything = [row for rows_list in runs.values() for rows in rows_list for row in rows]
+    fp32 = _quality.fp32_reference(everything + uniform, objectives)
+    reference = _quality.reference_point(objectives)
+
+    def curve(rows: Rows) -> list[float]:
+        return _quality.hypervolume_curve(_quality.losses(rows, objectives, fp32), reference)
+
+    curves = {name: [curve(rows) for rows in rows_list] for name, rows_list in runs.items()}
+    uniform_hv = curve(uniform)[-1]
+    best = max([uniform_hv] + [c[-1] for cs in curves.values() for c in cs])
+    result: dict[str, Any] = {
+        "objectives": dict(objectives),
+        "fp32_reference": fp32,
+        "reference_point": {name: float(v) for name, v in zip(objectives, reference, strict=True)},
+        "n_trials": n_trials,
+        "best_hypervolume": best,
+        "uniform_hypervolume": uniform_hv,
+        "uniform_trials": len(uniform),
+        "samplers": {},
+    }
+    if true_front is not None:
+        result["true_front_hypervolume"] = curve(true_front)[-1]
+    for name, cs in curves.items():
+        if name == "random_2x":
+            continue
+        entry: dict[str, Any] = {
+            "hypervolume": _summary([c[min(n_trials, len(c)) - 1] for c in cs]),
+            "trials_to_95pct_best": [_quality.trials_to_reach(c, 0.95 * best) for c in cs],
+            "mean_curve": [float(v) for v in np.mean([c[:n_trials] for c in cs], axis=0)],
+        }
+        if real:
+            entry["best_searched"] = [_smallest_within_drop(rows[:n_trials]) for rows in runs[name]]
+        result["samplers"][name] = entry
+    if "random_2x" in curves:
+        result["random_2x_hypervolume"] = _summary([c[-1] for c in curves["random_2x"]])
+        result["random_2x_mean_curve"] = [float(v) for v in np.mean(curves["random_2x"], axis=0)]
+    if real:
+        result["best_uniform"] = _smallest_within_drop(uniform)
+    return result
+
+
+def _runs(
+    samplers: Sequence[str],
+    seeds: Sequence[int],
+    n_trials: int,
+    run: Callable[[str, int, int], Rows],
+) -> dict[str, list[Rows]]:
+    runs: dict[str, list[Rows]] = {}
+    for sampler in [*samplers, "random_2x"]:
+        budget = 2 * n_trials if sampler == "random_2x" else n_trials
+        actual = "random-u0" if sampler == "random_2x" else sampler  # pure random search
+        runs[sampler] = [run(actual, seed, budget) for seed in seeds]
+    return runs
+
+
+def bench_synthetic(samplers: Sequence[str], seeds: Sequence[int], n_trials: int) -> dict[str, Any]:
+    task = SyntheticTask(n_layers=12, seed=0)
+    extra = {"objectives": SYNTHETIC_OBJECTIVES}
+    runs = _runs(
+        samplers,
+        seeds,
+        n_trials,
+        lambda s, seed, n: run_synthetic(task, _config("synthetic", s, seed, n, **extra)),
+    )
+    base = _config("synthetic", "tpe", 0, n_trials, **extra)
+    front = task.true_front(
+        SYNTHETIC_OBJECTIVES,
+        amounts=[round(a, 6) for a in np.linspace(0.0, 0.9, 19)],
+        methods=tuple(base.search_space.methods),
+    )
+    return score_task(
+        runs,
+        synthetic_uniform(task, base),
+        SYNTHETIC_OBJECTIVES,
+        n_trials,
+        true_front=[point.metrics for point in front],
+    )
+
+
+def bench_digits(samplers: Sequence[str], seeds: Sequence[int], n_trials: int) -> dict[str, Any]:
+    connect_ray(None)
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store(f"sqlite:///{folder}/bench.db")
+        runs = _runs(
+            samplers,
+            seeds,
+            n_trials,
+            lambda s, seed, n: run_real(_config("digits", s, seed, n), store),
+        )
+        probe = _config("digits", "grid", 0, 1, search_space=UNIFORM_SPACE)
+        # One run of the whole grid: every uniform recipe once.
+        n_grid = 10 * 2 * 2 * len(probe.search_space.methods)
+        uniform = run_real(_config("digits", "grid", 0, n_grid, search_space=UNIFORM_SPACE), store)
+        store.close()
+    objectives = dict(probe.objectives)
+    return score_task(runs, uniform, objectives, n_trials, real=True)
+
+
+def plot(results: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(results["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        scored = results["tasks"][task]
+        for name, entry in scored["samplers"].items():
+            curve = entry["mean_curve"]
+            ax.plot(range(1, len(curve) + 1), curve, label=name)
+        if "random_2x_mean_curve" in scored:
+            curve = scored["random_2x_mean_curve"]
+            ax.plot(range(1, len(curve) + 1), curve, ":", color="gray", label="random (2x)")
+        ax.axhline(scored["uniform_hypervolume"], color="black", ls="--", label="best uniform")
+        if "true_front_hypervolume" in scored:
+            ax.axhline(scored["true_front_hypervolume"], color="green", ls="-.", label="true front")
+        ax.set(title=task, xlabel="trials", ylabel="hypervolume (mean over seeds)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samplers", default="tpe,nsga2,gp,random")
+    parser.add_argument("--synthetic-trials", type=int, default=100)
+    parser.add_argument("--synthetic-seeds", type=int, default=5)
+    parser.add_argument("--digits-trials", type=int, default=40)
+    parser.add_argument("--digits-seeds", type=int, default=3)
+    parser.add_argument("--tasks", default="synthetic,digits")
+    parser.add_argument("--output", type=Path, default=RESULTS / "bench_search.json")
+    args = parser.parse_args()
+    samplers = args.samplers.split(",")
+    started = time.monotonic()
+    results: dict[str, Any] = {"tasks": {}}
+    if args.output.exists():  # tasks not run now keep their earlier results
+        results = json.loads(args.output.read_text())
+    if "synthetic" in args.tasks:
+        seeds = range(args.synthetic_seeds)
+        results["tasks"]["synthetic"] = bench_synthetic(samplers, seeds, args.synthetic_trials)
+        results["tasks"]["synthetic"]["seeds"] = len(seeds)
+    if "digits" in args.tasks:
+        seeds = range(args.digits_seeds)
+        results["tasks"]["digits"] = bench_digits(samplers, seeds, args.digits_trials)
+        results["tasks"]["digits"]["seeds"] = len(seeds)
+    results[f"wall_s_{args.tasks}"] = round(time.monotonic() - started, 1)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, args.output.with_suffix(".png"))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

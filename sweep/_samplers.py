@@ -1,0 +1,108 @@
+"""The Optuna sampler a sweep asks its trials from, built from the config and the search space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from sweep._config import ConfigError, SweepConfig
+from sweep._space import Space
+from trials import Recipe
+
+# Random trials (uniform startup trials included) before TPE/GP model the front; chosen with
+# uniform_startup 10 and amount.spread 0.2 from scripts/bench_search.py (README, Search quality).
+DEFAULT_STARTUP_TRIALS = 20
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, minus its ``study.stop()`` on the last point: stop() works only
+    inside ``study.optimize``, and the driver stops at its budget anyway."""
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return None
+
+
+def grid_values(space: Space) -> dict[str, list[object]]:
+    """Every value of every parameter of ``space``: the grid that ``sampler: grid`` walks."""
+    grid: dict[str, list[object]] = {}
+    for name, distribution in space.distributions().items():
+        if isinstance(distribution, CategoricalDistribution):
+            grid[name] = list(distribution.choices)
+        elif isinstance(distribution, FloatDistribution) and distribution.step is not None:
+            count = round((distribution.high - distribution.low) / distribution.step) + 1
+            values = np.linspace(distribution.low, distribution.high, count)
+            grid[name] = [round(float(v), 6) for v in values]
+        else:  # every parameter of a Space is categorical or stepped; a new kind must be added
+            raise TypeError(f"grid sampler: no grid for parameter {name!r} ({distribution})")
+    return grid
+
+
+def grid_size(space: Space) -> int:
+    return int(np.prod([len(values) for values in grid_values(space).values()]))
+
+
+def enqueue_uniform(study: optuna.Study, space: Space, count: int) -> None:
+    """Queue ``count`` uniform recipes (offsets 0) at levels spread evenly up to the top of the
+    amount range; the sampler draws their order, granularity and methods."""
+    distributions = space.distributions()
+    level = distributions.get("level")
+    if count <= 0 or not isinstance(level, FloatDistribution) or level.step is None:
+        return
+    offsets = {name: 0.0 for name in distributions if name.startswith("offset:")}
+    levels: list[float] = []
+    for value in np.linspace(level.low, level.high, count + 1)[1:]:
+        snapped = round(float(level.low + round((value - level.low) / level.step) * level.step), 6)
+        if snapped not in levels:  # a coarse grid has fewer levels than asked for
+            levels.append(snapped)
+    for snapped in levels:
+        study.enqueue_trial({"level": snapped, **offsets})
+
+
+def set_constraints(trial: optuna.trial.Trial, space: Space, recipe: Recipe) -> None:
+    """Set the recipe's constraint values on its trial, where the samplers read them."""
+    for key, value in space.constraint_values(recipe).items():
+        trial.set_constraint(key, value)
+
+
+def ask_recipe(study: optuna.Study, space: Space) -> tuple[optuna.trial.Trial, Recipe]:
+    """The next trial and its recipe, with the recipe's constraint values set."""
+    trial = study.ask()
+    recipe = space.suggest(trial)
+    set_constraints(trial, space, recipe)
+    return trial, recipe
+
+
+def make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampler:
+    """Constraints (``search_space.constraints``) reach every sampler through the values the
+    driver sets on each trial (``Trial.set_constraint``): TPE, NSGA-II and GP prefer feasible
+    trials; random and grid ignore them."""
+    seed = config.seed
+    startup = config.sampler_settings.n_startup_trials
+    startup = DEFAULT_STARTUP_TRIALS if startup is None else startup
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if config.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if config.sampler == "grid":
+        size = grid_size(space)
+        if size > 100_000:
+            raise ConfigError(
+                f"sampler: grid has {size} points; tie the layers (search_space.tie) or coarsen "
+                "search_space.amount.step"
+            )
+        return _Grid(grid_values(space), seed=seed)  # type: ignore[arg-type]
+    # constant_liar: trials in flight count as pessimistic guesses, so parallel asks spread out.
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup
+    )
