@@ -226,4 +226,5 @@ def measure(
     target, threads pinned."""
     spec = replace(LatencySpec(**latency), batch_size=None)  # ``batch`` is already the size
     stats = measure_latency(from_portable(model), batch, spec, backend)
-    return Measurement(stats, environment(backend, spec.threads), _node(), int(batch.shape[0]))
+    where = environment(backend, spec.threads, runtime="torchscript")
+    return Measurement(stats, where, _node(), int(batch.shape[0]))

@@ -75,12 +75,15 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def environment(backend: str, threads: int) -> dict[str, str]:
-    """Where a latency was measured: what makes two latencies comparable or not."""
+def environment(backend: str, threads: int, runtime: str = "eager") -> dict[str, str]:
+    """Where and how a latency was measured: what makes two latencies comparable or not.
+    ``runtime``: ``eager`` (the FX module in Python) or ``torchscript`` (the traced module that
+    travels to a latency target); small models differ a lot between the two."""
     return {
         "arch": platform.machine(),
         "cpu": _cpu_model(),
         "torch": torch.__version__.split("+")[0],
+        "runtime": runtime,
         "backend": backend,
         "threads": str(threads),
     }
@@ -90,7 +93,8 @@ def hardware_class(env: dict[str, str]) -> str:
     """One line naming the hardware class of :func:`environment`: latencies are comparable only
     within one class."""
     return (
-        f"{env['arch']} {env['cpu']}, torch {env['torch']}, {env['backend']}, "
+        f"{env['arch']} {env['cpu']}, torch {env['torch']} {env.get('runtime', 'eager')}, "
+        f"{env['backend']}, "
         f"{env['threads']} thread{'s' if env['threads'] != '1' else ''}"
     )
 
