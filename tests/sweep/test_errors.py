@@ -164,6 +164,18 @@ CASES: dict[str, Case] = {
         "name: new\ntask: digits\n",
         subprocess=True,
     ),
+    "recipe_for_another_model": Case(
+        ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}/model.pt"),
+        2,
+        "'features.0' is not a prunable layer of this model",
+        files=(
+            (
+                "recipe.json",
+                '{"schema_version": 1, "order": "prune_ptq", '
+                '"layers": {"features.0": {"amount": 0.5}}}',
+            ),
+        ),
+    ),
     "disk_full_writing_a_listing": Case(
         ("trials", "keep", "--format", "json", "-o", "{dir}/all.json", "--storage", "{db}"),
         1,
@@ -172,7 +184,7 @@ CASES: dict[str, Case] = {
         subprocess=True,
     ),
 }
-SLOW = {"no_prunable_layers"}
+SLOW = {"no_prunable_layers", "recipe_for_another_model"}  # train digits
 
 
 def _keep(url: str) -> None:
@@ -296,8 +308,8 @@ def test_disk_full_while_a_sweep_writes(tmp_path: Path) -> None:
 import sweep._driver as driver
 from tests.sweep.test_errors import _limit_file_size
 connect = driver.connect_ray
-def connect_then_limit(address):
-    connect(address)
+def connect_then_limit(address, task=None):
+    connect(address, task)
     _limit_file_size({(tmp_path / "store.db").stat().st_size + 64 * 1024})
 driver.connect_ray = connect_then_limit
 """
@@ -313,8 +325,8 @@ driver.connect_ray = connect_then_limit
 
 
 def test_recipe_for_another_model_is_one_line() -> None:
-    """`sweep apply` is not on this branch: the engine-level row of the table. A recipe naming
-    layers the model does not have raises RecipeError with one line naming them."""
+    """The engine-level twin of the table's `recipe_for_another_model` row, on a model with no
+    trained baseline: a recipe naming layers the model lacks raises a one-line RecipeError."""
     model = torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)
     )
