@@ -551,10 +551,10 @@ class _Driver:
                 if on_progress and ready:
                     on_progress(self.progress)
         except KeyboardInterrupt:
-            # Trials still running stay RUNNING in the store: `sweep resume` re-runs them.
+            # Trials still running stay RUNNING in the store: `sweep resume` re-runs them. Their
+            # tasks end with the driver's Ray job; cancelling them here raced Ray's bookkeeping
+            # of tasks that finished at the same moment (a fatal "task that was not pending").
             status = "INTERRUPTED"
-            for ref in self.in_flight:
-                ray.cancel(ref, force=True)
             raise
         except BaseException:
             status = "FAILED"

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from storage import Store, TrialRecord
+from storage._engine import mask_url
 from sweep import _driver
 from sweep._bounds import KIND, curves, safe_amount
 from sweep._config import ConfigError, SweepConfig
@@ -93,9 +94,18 @@ def run_scan(
             "budget": {"n_trials": 1},  # replaced below, once the layers are known
             "trial": {**config.trial.model_dump(), "finetune_epochs": finetune_epochs},
             "early_stopping": {"pruner": "none"},  # every amount is a data point, keep them all
+            # One layer at a time: each layer's amount is its own, whatever the sweep ties.
+            "search_space": {
+                **config.search_space.model_dump(),
+                "amount_mode": "independent",
+                "tie": [],
+                "constraints": {},
+                "bounds_from": None,
+            },
+            "sampler_settings": {**config.sampler_settings.model_dump(), "uniform_startup": 0},
         }
     )
-    _driver.connect_ray(config.ray_address)
+    _driver.connect_ray(config.ray_address, config.task)
     _driver._monitor()
     space, info = _driver._describe(config)
     recipes = scan_recipes(space, amounts, granularities, finetune_epochs)
@@ -104,6 +114,8 @@ def run_scan(
     )
     stored = {
         **config.model_dump(mode="json"),
+        # The store is readable by everyone who queries it: never keep a password there.
+        "storage": None if config.storage is None else mask_url(config.storage),
         "layers": list(space.layers),
         "fp32_metrics": info.fp32_metrics,
         "kind": KIND,

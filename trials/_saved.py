@@ -41,8 +41,9 @@ def save_int8(
 
 def read_int8(path: str | Path) -> dict[str, Any]:
     """The saved file's contents (recipe, metrics, state_dict), checked to be one of ours."""
+    file = Path(path)
     with _quant.quiet():  # quantized tensors rebuild through a deprecated storage path
-        data = torch.load(Path(path), weights_only=True)
+        data = torch.load(file, weights_only=True)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise RecipeError(f"{path}: not an int8 model saved by sweep apply / trials.save_int8")
     if data.get("format_version") != FORMAT_VERSION:

@@ -17,7 +17,14 @@ SIZES = {name: int(w) for name, w in zip(LAYERS, TASK.weights, strict=True)}
 
 def _setup(**data: object) -> tuple[optuna.Study, Space]:
     config = parse_config({"name": "x", "task": "synthetic", **data})
-    space = Space(LAYERS, config.search_space, config.trial, {}, SIZES, int(sum(SIZES.values())))
+    space = Space(
+        LAYERS,
+        config.search_space,
+        config.trial,
+        {},
+        layer_params=SIZES,
+        model_params=int(sum(SIZES.values())),
+    )
     study = optuna.create_study(
         directions=["maximize", "minimize"], sampler=make_sampler(config, space)
     )

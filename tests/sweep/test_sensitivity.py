@@ -120,7 +120,7 @@ def test_cli_shows_a_stored_scan_and_writes_the_plot(
 
 
 def test_space_bounds_cap_each_layer_and_fix_layers_with_no_safe_amount() -> None:
-    config = _config("b")
+    config = _config("b", amount_mode="independent")
     layers = ("a", "b", "c")
     space = Space(layers, config.search_space, config.trial, upper={"a": 0.55, "b": 0.0})  # type: ignore[attr-defined]
     distributions = space.distributions()

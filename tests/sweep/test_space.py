@@ -202,7 +202,9 @@ def test_constraint_values_from_layer_sizes() -> None:
         }
     )
     sizes = {"stem": 100, "block1.conv": 300, "block1.dw": 0, "block2.conv": 600, "classifier": 0}
-    space = Space(tuple(LAYERS), config.search_space, config.trial, {}, sizes, 1200)
+    space = Space(
+        tuple(LAYERS), config.search_space, config.trial, {}, layer_params=sizes, model_params=1200
+    )
     recipe = Recipe.from_dict({"layers": {"stem": {"amount": 0.5}, "block2.conv": {"amount": 0.5}}})
     # 350 of 1000 weights pruned: sparsity 0.35, 850 parameters left of 1200.
     assert space.constraint_values(recipe) == pytest.approx(
