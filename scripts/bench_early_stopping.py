@@ -11,8 +11,6 @@ warm-up sweep that starts the workers and trains (or loads) the cached fp32 base
 - ``epochs_trained``: training epochs run (a COMPLETE trial its recipe's fine-tune + QAT epochs, a
   stopped one as many as it reported), and ``epochs_saved_fraction`` against ``none``: the same
   saving counted in epochs, which a busy machine does not blur as it blurs seconds.
-- ``epochs_after_stop_decision``: epochs that PRUNED trials trained after the report that
-  condemned them (at least one each: a worker reads a stop decision with its next report).
 - ``hypervolume_ratio``: hypervolume of the COMPLETE trials' front over (accuracy max,
   compressed_bytes min, latency_ms min), divided by pruner ``none``'s. Objectives are normalized
   before: accuracy by the fp32 accuracy stored in the sweep config (``fp32_metrics``),
@@ -23,10 +21,9 @@ warm-up sweep that starts the workers and trains (or loads) the cached fp32 base
 - ``best_compressed_bytes_1pct``: the smallest compressed_bytes of a COMPLETE trial whose
   accuracy_drop is at most 0.01 (one point below the fp32 baseline).
 
-Only ``prune_ptq`` is searched by default (``--orders``): a ``prune_qat`` trial runs its
-fine-tune epochs on the dense model and prunes only when QAT starts, so its intermediate values
-are the unpruned model's accuracy (the same for every such trial, and higher than any pruned
-model's); a pruner then stops the pruned ``prune_ptq`` trials and keeps the ``prune_qat`` ones.
+Both orders prune first and report the pruned model's accuracy after each fine-tune (and QAT)
+epoch; ``--orders`` restricts the search. A stopped trial learns the driver's verdict on the very
+report that condemned it (the worker waits for it), so it trains no epoch past that report.
 
 Prints one JSON object and writes it to ``scripts/results/bench_early_stopping.json``.
 
@@ -128,18 +125,6 @@ def _epochs_trained(store: Store, name: str, frame: pd.DataFrame) -> int:
     return total
 
 
-def _epochs_lost_to_lag(store: Store, name: str, frame: pd.DataFrame) -> int:
-    """Epochs that PRUNED trials trained after the report that got them stopped.
-
-    A worker learns the driver's decision on a report only when it sends its next report (the
-    reply to a report carries the stop flag; the driver decides after reading the report), so a
-    stopped trial trained at least one epoch after the value that condemned it.
-    """
-    pruned = frame.loc[frame["state"] == "PRUNED", "number"]
-    reported = store.intermediate_values(name).groupby("number").size()
-    return int(sum(1 for number in pruned if reported.get(number, 0) > 0))
-
-
 def _summary(store: Store, name: str) -> dict[str, Any]:
     frame = store.trials(name)
     wall = (frame["finished_at"].max() - frame["started_at"].min()).total_seconds()
@@ -160,7 +145,6 @@ def _summary(store: Store, name: str) -> dict[str, Any]:
         "epochs_trained": _epochs_trained(store, name, frame),
         # Each skips quantization, evaluation and measurement as well as its remaining epochs.
         "finalized": int(frame["timings"].map(lambda t: "quantize_s" in t).sum()),
-        "epochs_after_stop_decision": _epochs_lost_to_lag(store, name, frame),
         "hypervolume": hypervolume(points, reference),
         "hypervolume_ref0": hypervolume(points, np.array([1.0, 1.0, 1.0])),
         "best_accuracy": float(complete["accuracy"].max()),
@@ -208,7 +192,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=4, help="finetune_epochs (steps to prune at)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--orders", nargs="+", default=["prune_ptq"], choices=list(ORDERS))
+    parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=list(ORDERS))
     parser.add_argument("--startup-trials", type=int, default=5)
     parser.add_argument("--warmup-steps", type=int, default=0)
     parser.add_argument(
