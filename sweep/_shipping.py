@@ -15,7 +15,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from trials import BUILTIN_TASKS, TaskError
+from trials import BUILTIN_TASKS, TaskError, task_file
 
 # Our own packages: installed on every node by cluster.yaml's setup commands.
 _PROJECT_PACKAGES = frozenset({"sweep", "trials", "storage"})
@@ -30,6 +30,10 @@ def code_to_ship(task: str) -> Path | None:
     """The folder or ``.py`` file that holds the user's task module, or None if the workers
     already have it (a built-in task, an installed package, this project)."""
     if task in BUILTIN_TASKS:
+        return None
+    if task_file(task) is not None:
+        # A task given by file path is loaded from that path on every node (the README says
+        # so): shipping a copy elsewhere would not be found there.
         return None
     module_name = task.partition(":")[0]
     top = module_name.split(".")[0]
