@@ -151,6 +151,10 @@ class Latency(_Strict):
     warmup: int = Field(3, ge=0)
     repeats: int = Field(15, ge=3)
 
+    def timing(self) -> dict[str, Any]:
+        """The fields of :class:`trials.LatencySpec` (how to time), as sent to Ray workers."""
+        return self.model_dump(exclude={"target", "backend"})
+
 
 class EarlyStopping(_Strict):
     """Stop hopeless trials on their intermediate validation accuracy (one value per epoch)."""

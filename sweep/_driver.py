@@ -312,7 +312,7 @@ class _Driver:
             number,
             self.monitor,
             self.shadow is not None,
-            self.config.latency.model_dump(exclude={"target", "backend"}),
+            self.config.latency.timing(),
             self.target is None,
             self.config.resources.cpus_per_trial,
             self.config.resources.gpus_per_trial > 0,
@@ -369,7 +369,7 @@ class _Driver:
         latency_node = None
         if measurement is not None and self.target is not None and result.state == "COMPLETE":
             baseline = self.target.baseline
-            spec = LatencySpec(**self.config.latency.model_dump(exclude={"target", "backend"}))
+            spec = LatencySpec(**self.config.latency.timing())
             timed = latency_metrics(measurement.stats, baseline.stats, spec, measurement.batch)
             timed.update(_target.baseline_metrics(self.target))
             result = replace(
@@ -446,7 +446,7 @@ class _Driver:
         measuring = self.measure.remote(
             flight.model,
             self.target.example,
-            latency.model_dump(exclude={"target", "backend"}),
+            latency.timing(),
             latency.backend,
         )
         flight.trained, flight.model = outcome, None

@@ -70,9 +70,8 @@ def prepare_target(config: SweepConfig, stored: dict[str, Any] | None) -> Target
     # Any: Ray's stubs do not type a task with several returns.
     build: Any = ray.remote(num_cpus=config.resources.cpus_per_trial, num_returns=3)
     latency = config.latency
-    exclude = {"target", "backend"}
     reference, example, folded = build(_remote.reference).remote(
-        config.task, config.task_settings, latency.model_dump(exclude=exclude)
+        config.task, config.task_settings, latency.timing()
     )
     baseline: _remote.Measurement
     if stored is not None and stored.get("target") == resource:
@@ -86,9 +85,7 @@ def prepare_target(config: SweepConfig, stored: dict[str, Any] | None) -> Target
         measure = measure_task(config, resource)
         try:
             baseline = ray.get(
-                measure.remote(
-                    reference, example, latency.model_dump(exclude=exclude), latency.backend
-                )
+                measure.remote(reference, example, latency.timing(), latency.backend)
             )
         except ray.exceptions.RayTaskError as exc:
             raise ConfigError(

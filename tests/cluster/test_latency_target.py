@@ -1,29 +1,14 @@
 """Latency measured on the target hardware: a node carrying a custom resource times every
 int8 model, training runs elsewhere, and a missing target fails before any trial."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.cluster.cluster_runner import run_scenario
 
 
 @pytest.mark.slow
 def test_latency_is_timed_on_the_target_node_and_training_elsewhere() -> None:
-    run = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("latency_target_run.py"))],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    found = json.loads(run.stdout.strip().splitlines()[-1])
+    found = run_scenario("latency_target_run.py", timeout=600)
     assert found["states"] == ["COMPLETE"] * 3
     # Every latency was timed on the target node, every trial trained on the other one.
     assert found["latency_nodes"] == [found["target"]] * 3

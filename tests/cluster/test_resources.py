@@ -1,29 +1,14 @@
 """Per-trial custom resources, fail-fast on resources no node has, and the user's task module
 shipped to the workers of a cluster."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.cluster.cluster_runner import run_scenario
 
 
 @pytest.mark.slow
 def test_custom_resources_and_shipped_task_module() -> None:
-    run = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("resources_run.py"))],
-        capture_output=True,
-        text=True,
-        timeout=420,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    found = json.loads(run.stdout.strip().splitlines()[-1])
+    found = run_scenario("resources_run.py", timeout=420)
     assert found["states"] == ["COMPLETE"] * 4
     # Every trial ran on the one node that carries the custom resource.
     assert found["marked_nodes"] == [found["fast_node"]]

@@ -4,7 +4,6 @@ documented calls and scores what apply reported; recipes for another model are c
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 import trials
-from sweep import cli
+from tests.sweep.cli_runner import run_cli
 from trials.tasks.digits import DigitsNet
 
 LAYERS = ("conv1.0", "conv2.0", "conv3.0", "fc")
@@ -45,26 +44,13 @@ SOURCE = {
 }
 
 
-def _cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sweep", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_apply_saves_an_int8_model_that_reloads_and_scores_as_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     recipe_path = tmp_path / "recipe.json"
     recipe_path.write_text(json.dumps(_recipe(FULL, source=SOURCE)))
     model_path = tmp_path / "model.pt"
-    code, out, err = _cli(monkeypatch, capsys, "apply", str(recipe_path), "-o", str(model_path))
+    code, out, err = run_cli(monkeypatch, capsys, "apply", str(recipe_path), "-o", str(model_path))
     assert code == 0, err
     assert "stored (trial 7 of demo)" in out and "97.00%" in out  # the stored trial beside
     assert "trials.load_int8" in err
@@ -111,7 +97,7 @@ def test_apply_rejects_recipes_that_do_not_fit_and_writes_nothing(
     recipe_path = tmp_path / "recipe.json"
     recipe_path.write_text(json.dumps(document))
     model_path = tmp_path / "model.pt"
-    code, _, err = _cli(
+    code, _, err = run_cli(
         monkeypatch, capsys, "apply", str(recipe_path), "-o", str(model_path), *args
     )
     assert code == 2, err

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from storage import Store, TrialRecord
-from sweep import cli
+from tests.sweep.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 OBJECTIVES = {"accuracy": "max", "compressed_bytes": "min"}
@@ -84,24 +84,10 @@ def db(tmp_path: Path) -> str:
     return url
 
 
-def _sweep_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    """Run ``sweep ARGS`` through ``main()``: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["sweep", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.fixture
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], db: str):  # type: ignore[no-untyped-def]
     def invoke(*args: str) -> tuple[int, str, str]:
-        return _sweep_cli(monkeypatch, capsys, *args, "--storage", db)
+        return run_cli(monkeypatch, capsys, *args, "--storage", db)
 
     return invoke
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from storage import Store, TrialRecord
-from sweep import cli
+from tests.sweep.cli_runner import run_cli
 from trials import Recipe, RecipeError, apply_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,16 +238,10 @@ def _in_process(
     capsys: pytest.CaptureFixture[str],
 ) -> subprocess.CompletedProcess[str]:
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["sweep", *argv])
     monkeypatch.setattr(sys, "path", list(sys.path))  # main() adds the working directory
     monkeypatch.delenv("SWEEP_STORAGE", raising=False)
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+    code, out, err = run_cli(monkeypatch, capsys, *argv)
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def check_one_error_line(result: subprocess.CompletedProcess[str], code: int, expected: str) -> str:

@@ -4,14 +4,13 @@ under constraints, the recipe file it writes, and the no-match path that writes 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from storage import Store, TrialRecord
-from sweep import cli
 from sweep._recommend import Goal, NoMatchError, best_per_objective, recommend
+from tests.sweep.cli_runner import run_cli
 from trials import Recipe
 
 LAYERS = ("conv1", "conv2", "fc")
@@ -60,19 +59,6 @@ def db(tmp_path: Path) -> str:
     return url
 
 
-def _cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sweep", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_recommend_picks_the_best_trial_that_meets_the_constraints(db: str) -> None:
     with Store(db) as store:
         assert int(recommend(store, "rec", Goal("latency_ms", "min", 0.01))["number"]) == 1
@@ -101,7 +87,7 @@ def test_cli_recommend_writes_a_recipe_that_loads_and_names_its_trial(
     db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "recipe.json"
-    code, out, err = _cli(
+    code, out, err = run_cli(
         monkeypatch,
         capsys,
         *("recommend", "rec", "--max-drop", "0.01", "--minimize", "latency_ms"),
@@ -122,7 +108,7 @@ def test_cli_recommend_without_a_match_exits_1_and_writes_nothing(
     db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "recipe.json"
-    code, _, err = _cli(
+    code, _, err = run_cli(
         monkeypatch,
         capsys,
         *("recommend", "rec", "--max-drop", "0.0001", "--minimize", "latency_ms"),
@@ -150,6 +136,6 @@ def test_cli_recommend_user_mistakes_exit_2(
     args: tuple[str, ...],
     message: str,
 ) -> None:
-    code, _, err = _cli(monkeypatch, capsys, "recommend", "rec", *args, "--storage", db)
+    code, _, err = run_cli(monkeypatch, capsys, "recommend", "rec", *args, "--storage", db)
     assert code == 2
     assert message in err and "Traceback" not in err

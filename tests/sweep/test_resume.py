@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,22 +30,50 @@ def _wait_for(store_path: Path, name: str, complete: int, timeout: float) -> Non
     raise AssertionError(f"fewer than {complete} trials completed within {timeout} s")
 
 
+def _launch(tmp_path: Path, name: str, n_trials: int, **popen: Any) -> subprocess.Popen[str]:
+    """``sweep launch`` of 0.6-s synthetic trials, two at a time, storing in tmp_path/s.db."""
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(
+        f"name: {name}\ntask: synthetic\ntask_settings: {{trial_seconds: 0.6}}\n"
+        f"budget: {{n_trials: {n_trials}}}\nresources: {{cpus_per_trial: 1, max_concurrent: 2}}\n"
+    )
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweep", "launch", str(config), "--storage", store],
+        cwd=tmp_path,
+        env=_env(),
+        text=True,
+        **popen,
+    )
+
+
+def _resume(tmp_path: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweep",
+            "resume",
+            name,
+            "--storage",
+            f"sqlite:///{tmp_path / 's.db'}",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(local_ray: None, tmp_path: Path) -> None:
-    config = tmp_path / "killed.yaml"
-    config.write_text(
-        "name: killed\ntask: synthetic\ntask_settings: {trial_seconds: 0.6}\n"
-        "budget: {n_trials: 14}\nresources: {cpus_per_trial: 1, max_concurrent: 2}\n"
-    )
     db = tmp_path / "s.db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "sweep", "launch", str(config), "--storage", f"sqlite:///{db}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    driver = _launch(tmp_path, "killed", 14, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(db, "killed", complete=4, timeout=120)
     finally:
@@ -56,14 +85,7 @@ def test_resume_after_the_driver_is_killed(local_ray: None, tmp_path: Path) -> N
     assert len(running) >= 1, "the kill should leave trials in flight"
     assert len(before) < 14
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "sweep", "resume", "killed", "--storage", f"sqlite:///{db}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = _resume(tmp_path, "killed")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Pareto front of killed" in resumed.stdout
 
@@ -81,17 +103,8 @@ def test_resume_after_the_driver_is_killed(local_ray: None, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_ctrl_c_stops_records_what_finished_and_resumes(local_ray: None, tmp_path: Path) -> None:
-    config = tmp_path / "stopped.yaml"
-    config.write_text(
-        "name: stopped\ntask: synthetic\ntask_settings: {trial_seconds: 0.6}\n"
-        "budget: {n_trials: 12}\nresources: {cpus_per_trial: 1, max_concurrent: 2}\n"
-    )
     db = tmp_path / "s.db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    launch = [sys.executable, "-m", "sweep", "launch", str(config), "--storage", f"sqlite:///{db}"]
-    driver = subprocess.Popen(
-        launch, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    driver = _launch(tmp_path, "stopped", 12, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(db, "stopped", complete=3, timeout=120)
         driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -107,14 +120,7 @@ def test_ctrl_c_stops_records_what_finished_and_resumes(local_ray: None, tmp_pat
     assert 3 <= (before["state"] == "COMPLETE").sum() < 12  # what finished is recorded
     assert set(before["state"]) <= {"COMPLETE", "RUNNING"}  # in flight: left to resume
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "sweep", "resume", "stopped", "--storage", f"sqlite:///{db}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = _resume(tmp_path, "stopped")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = store.trials("stopped")
     assert list(after["number"]) == list(range(12))

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from storage import Store, TrialRecord
-from sweep import _status, cli
+from sweep import _status
+from tests.sweep.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = (sys.executable, "-m", "sweep")
@@ -66,23 +67,12 @@ def test_remaining_is_the_trials_left_at_the_rate_so_far() -> None:
     assert _status.clock(3725.2) == "1:02:05" and _status.clock(None) == "-"
 
 
-def _cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sweep", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_status_fields_from_the_store(
     db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _cli(monkeypatch, capsys, "status", "run", "--storage", db, "--format", "json")
+    code, out, err = run_cli(
+        monkeypatch, capsys, "status", "run", "--storage", db, "--format", "json"
+    )
     assert code == 0, err
     (row,) = json.loads(out)
     assert {k: row[k] for k in ("name", "status", "done", "total", "running")} == {
@@ -96,13 +86,13 @@ def test_status_fields_from_the_store(
     assert (row["best_accuracy"], row["best_compressed_bytes"]) == (0.95, 500)
     assert row["elapsed_s"] >= 0 and row["remaining_s"] is not None
 
-    code, out, _ = _cli(monkeypatch, capsys, "status", "--storage", db, "--format", "csv")
+    code, out, _ = run_cli(monkeypatch, capsys, "status", "--storage", db, "--format", "csv")
     assert code == 0
     header, line = out.strip().splitlines()
     assert header.startswith("name,status,done,total,running,failed,pruned,front,best_accuracy")
     assert line.startswith("run,RUNNING,5,10,1,1,1,2,0.95,500")
 
-    code, out, _ = _cli(monkeypatch, capsys, "status", "--storage", db)
+    code, out, _ = run_cli(monkeypatch, capsys, "status", "--storage", db)
     assert code == 0
     assert "5/10" in out and "accuracy 95.00%, compressed_bytes 500" in out
 
@@ -112,7 +102,7 @@ def test_watch_returns_at_once_for_a_stopped_sweep(
 ) -> None:
     with Store(db) as store:
         store.set_sweep_status("run", "INTERRUPTED")
-    code, out, _ = _cli(monkeypatch, capsys, "status", "run", "--storage", db, "--watch")
+    code, out, _ = run_cli(monkeypatch, capsys, "status", "run", "--storage", db, "--watch")
     assert code == 0 and "INTERRUPTED" in out
 
 
