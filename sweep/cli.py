@@ -8,9 +8,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import pandas as pd
+import ray
 import typer
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -698,8 +699,15 @@ def main() -> None:
     try:
         app()
     except FAILURES as exc:
-        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(exc, 1)
     except (*USER_ERRORS, UserError) as exc:
-        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(exc, 2)
+
+
+def _fail(exc: BaseException, code: int) -> NoReturn:
+    # Ray first: its processes log their own shutdown (tasks still in flight), and the
+    # user's last line on screen must be the one that says what went wrong.
+    if ray.is_initialized():
+        ray.shutdown()
+    err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+    sys.exit(code)
