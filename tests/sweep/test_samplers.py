@@ -79,3 +79,25 @@ def test_grid_sampler_walks_a_tied_space() -> None:
     assert size == 4 * 2 * 2 * 2  # levels 0..0.9 x orders x granularities x methods
     trials = _run(study, space, size)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == size
+
+
+def test_the_default_tpe_asks_what_optunas_own_tpe_asks() -> None:
+    """The cached internal representation is only a speed-up: same seed, same trials."""
+    study, space = _setup(sampler="tpe", sampler_settings={"n_startup_trials": 5})
+    assert type(study.sampler) is not optuna.samplers.TPESampler
+    plain = optuna.create_study(
+        directions=["maximize", "minimize"],
+        sampler=optuna.samplers.TPESampler(
+            seed=0, multivariate=True, constant_liar=True, n_startup_trials=5
+        ),
+    )
+    for _ in range(30):
+        # Two asks before each tell: running trials (constant liar) are not cached.
+        pairs = [(ask_recipe(study, space), ask_recipe(plain, space)) for _ in range(2)]
+        for (trial, recipe), (plain_trial, plain_recipe) in pairs:
+            assert recipe == plain_recipe
+            metrics = TASK.analytic_metrics(recipe)
+            values = [metrics["accuracy"], metrics["compressed_bytes"]]
+            study.tell(trial, values)
+            plain.tell(plain_trial, values)
+    assert [t.params for t in study.trials] == [t.params for t in plain.trials]
