@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,7 +89,8 @@ class SearchSpace(_Strict):
     amount: AmountRange = AmountRange()
     # relative: one global ``level`` plus a bounded ``offset:<layer>`` per layer (amounts stay
     # near a common level, where good recipes are); independent: one ``amount:<layer>`` each.
-    amount_mode: Literal["relative", "independent"] = "relative"
+    # None: what the sampler needs (independent for layerwise, relative for the others).
+    amount_mode: Literal["relative", "independent"] | None = None
     methods: list[Literal[METHODS]] = Field(default_factory=lambda: list(METHODS), min_length=1)  # type: ignore[valid-type]
     # per_layer: each layer's method is its own parameter; global: one method for every layer.
     # Either way, layers that cannot lose output channels are only ever pruned unstructured.
@@ -104,11 +106,13 @@ class SearchSpace(_Strict):
 
 
 class SamplerSettings(_Strict):
-    # Trials drawn at random before the model-based samplers (tpe, gp) start to model the front.
+    # Trials before the model-based samplers (layerwise, tpe, gp) start to model the front.
+    # None: 20 (tpe, gp); uniform_startup + 10 (layerwise).
     n_startup_trials: int | None = Field(None, ge=0)
     # The first trials of a new sweep: uniform recipes (every layer the same amount) at this many
-    # evenly spaced levels, so the search starts from the best cheap answer (amount_mode relative).
-    uniform_startup: int = Field(10, ge=0)
+    # evenly spaced levels, so the search starts from the best cheap answer. None: 10 (tpe, in
+    # amount_mode relative); 10, or half the number of searched layers + 5 if more (layerwise).
+    uniform_startup: int | None = Field(None, ge=0)
 
 
 class Budget(_Strict):
@@ -202,7 +206,7 @@ class SweepConfig(_Strict):
     storage: str | None = None
     ray_address: str | None = None
     seed: int = 0
-    sampler: Literal["tpe", "nsga2", "random", "gp", "grid"] = "tpe"
+    sampler: Literal["layerwise", "tpe", "nsga2", "random", "gp", "grid"] = "layerwise"
     sampler_settings: SamplerSettings = SamplerSettings()
     objectives: dict[str, Literal["max", "min"]] = Field(
         default_factory=lambda: dict(DEFAULT_OBJECTIVES)
@@ -227,6 +231,20 @@ class SweepConfig(_Strict):
                 latency.setdefault(new, trial.pop(old))
         return {**data, "trial": trial, "latency": latency}
 
+    @model_validator(mode="after")
+    def _amount_mode(self) -> SweepConfig:
+        mode = self.search_space.amount_mode
+        if self.sampler == "layerwise" and mode == "relative":
+            raise ValueError(
+                "search_space.amount_mode: sampler layerwise models each layer's own amount; "
+                "set amount_mode: independent or leave it out"
+            )
+        if mode is not None:
+            return self
+        mode = "independent" if self.sampler == "layerwise" else "relative"
+        search = self.search_space.model_copy(update={"amount_mode": mode})
+        return self.model_copy(update={"search_space": search})
+
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, value: dict[str, str]) -> dict[str, str]:
@@ -250,6 +268,10 @@ def parse_config(data: object, source: str = "config") -> SweepConfig:
         error = exc.errors()[0]
         where = _field_path(tuple(error["loc"])) or "config"
         message = error["msg"]
+        if error["type"] == "value_error":  # our own validators: the message without pydantic's
+            message = str(error.get("ctx", {}).get("error", message))
+            if not error["loc"] and re.match(r"^[a-z_.]+: ", message):  # it names its field
+                where, message = message.split(": ", 1)
         if error["type"] == "extra_forbidden":
             message = "unknown field; check its spelling against the configuration reference"
         elif error["type"] == "missing":

@@ -27,7 +27,13 @@ from storage import METRIC_COLUMNS, StorageError, StorageFullError, Store, Trial
 from storage._engine import mask_url
 from sweep import _bounds, _remote, _resources, _shipping, _target
 from sweep._config import ConfigError, SweepConfig, parse_config
-from sweep._samplers import ask_recipe, enqueue_uniform, make_sampler, set_constraints
+from sweep._samplers import (
+    ask_recipe,
+    enqueue_uniform,
+    make_sampler,
+    set_constraints,
+    startup_trials,
+)
 from sweep._space import Space, objective_values, select_layers
 from trials import (
     LatencySpec,
@@ -112,6 +118,16 @@ def _check_answers(address: str) -> None:
         ) from None
 
 
+_CONNECTED_HERE: list[bool] = []  # whether connect_ray started this process's Ray connection
+
+
+def disconnect_ray() -> None:
+    """Shut down the Ray connection that :func:`connect_ray` made (none made by others)."""
+    if _CONNECTED_HERE and ray.is_initialized():
+        ray.shutdown()
+    _CONNECTED_HERE.clear()
+
+
 def connect_ray(address: str | None, task: str | None = None) -> None:
     """Start a local Ray (``address`` None) or join a cluster (``auto``, ``host:port``,
     ``ray://host:port``). On a cluster, the user's task code is shipped to the workers."""
@@ -131,6 +147,7 @@ def connect_ray(address: str | None, task: str | None = None) -> None:
             configure_logging=True,
             runtime_env=runtime_env,
         )
+        _CONNECTED_HERE.append(True)
     except ConnectionError as exc:  # e.g. "auto" with no cluster on this machine
         raise ConfigError(f"ray_address: cannot connect to {address!r}: {_one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its processes time out
@@ -174,7 +191,7 @@ def _pruning_study(config: SweepConfig) -> optuna.Study | None:
     return optuna.create_study(direction="maximize", pruner=pruner)
 
 
-_MONITORS: dict[str, Any] = {}
+_MONITORS: dict[tuple[str, str], Any] = {}
 
 
 def _monitor() -> Any:
@@ -182,13 +199,15 @@ def _monitor() -> Any:
 
     It lives on the driver's node, so it survives the loss of any worker node.
     """
-    job = ray.get_runtime_context().get_job_id()
-    if job not in _MONITORS:
-        here = ray.get_runtime_context().get_node_id()
+    context = ray.get_runtime_context()
+    here = context.get_node_id()
+    # Job ids restart with every Ray: the node id tells this Ray from an earlier one.
+    key = (context.get_job_id(), here)
+    if key not in _MONITORS:
         placement = NodeAffinitySchedulingStrategy(here, soft=False)
         actor = ray.remote(_remote.TrialMonitor).options(num_cpus=0, scheduling_strategy=placement)
-        _MONITORS[job] = actor.remote()
-    return _MONITORS[job]
+        _MONITORS[key] = actor.remote()
+    return _MONITORS[key]
 
 
 def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
@@ -598,7 +617,7 @@ def run_sweep(
     if bounds_from is not None and config.search_space.amount_mode == "independent":
         _bounds.enqueue_uniform(study, space, config)
     else:  # in relative mode a level with zero offsets is uniform, capped by any bounds
-        count = config.sampler_settings.uniform_startup
+        count = startup_trials(config, space)[0]
         enqueue_uniform(study, space, bounds_from.enqueue_uniform if bounds_from else count)
     driver = _Driver(
         config,

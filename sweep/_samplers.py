@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +11,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial
 
 from sweep._config import ConfigError, SweepConfig
+from sweep._layerwise import LayerwiseSampler
 from sweep._space import Space
 from trials import Recipe
 
@@ -117,13 +119,28 @@ def ask_recipe(study: optuna.Study, space: Space) -> tuple[optuna.trial.Trial, R
     return trial, recipe
 
 
+def startup_trials(config: SweepConfig, space: Space) -> tuple[int, int]:
+    """(uniform recipes first, trials before the sampler models the front): the config's, else
+    the defaults. The layerwise model has a term per layer group: bigger models get more."""
+    settings = config.sampler_settings
+    uniform, startup = settings.uniform_startup, settings.n_startup_trials
+    if config.sampler == "layerwise":
+        groups = len(set(space.owners.values()))
+        uniform = max(10, math.ceil(groups / 2) + 5) if uniform is None else uniform
+        startup = uniform + 10 if startup is None else startup
+    uniform = 10 if uniform is None else uniform
+    startup = DEFAULT_STARTUP_TRIALS if startup is None else startup
+    return uniform, startup
+
+
 def make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampler:
     """Constraints (``search_space.constraints``) reach every sampler through the values the
     driver sets on each trial (``Trial.set_constraint``): TPE, NSGA-II and GP prefer feasible
     trials; random and grid ignore them."""
     seed = config.seed
-    startup = config.sampler_settings.n_startup_trials
-    startup = DEFAULT_STARTUP_TRIALS if startup is None else startup
+    uniform, startup = startup_trials(config, space)
+    if config.sampler == "layerwise":
+        return LayerwiseSampler(space, seed=seed, n_startup_trials=startup, uniform_startup=uniform)
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "nsga2":

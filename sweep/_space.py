@@ -123,7 +123,7 @@ class Space:
             return [UNSTRUCTURED]
         return list(self.search.methods)
 
-    def _global_method(self) -> bool:
+    def global_method(self) -> bool:
         """Whether a single ``method`` parameter is searched (global scope, a real choice)."""
         return self.search.method_scope == "global" and any(
             len(self.methods_of(name)) > 1 for name in self.layers
@@ -137,11 +137,11 @@ class Space:
             return chosen if chosen in methods else UNSTRUCTURED
         return str(trial.suggest_categorical(METHOD_PREFIX + name, methods))
 
-    def _cap(self, owner: str) -> float:
+    def cap(self, owner: str) -> float:
         """The highest amount of ``owner``'s tie group: the lowest bound of its layers."""
         return min(self.amount_grid(n)[1] for n in self.layers if self.owners[n] == owner)
 
-    def _amount_grid(self) -> tuple[float, float, float]:
+    def base_grid(self) -> tuple[float, float, float]:
         """(low, high, step) of the config's amount grid, before any layer's bound."""
         amount = self.search.amount
         # Optuna needs (high - low) to be a multiple of step: snap the top of the range down.
@@ -157,18 +157,18 @@ class Space:
         return amount.min, round(amount.min + steps * amount.step, 9), amount.step
 
     def _relative(self) -> bool:
-        low, high, _ = self._amount_grid()
+        low, high, _ = self.base_grid()
         return self.search.amount_mode == "relative" and high > low
 
     def _spread(self) -> float:
-        _, high, step = self._amount_grid()
+        _, high, step = self.base_grid()
         low = self.search.amount.min
         steps = int(round(min(self.search.amount.spread, high - low) / step, 9))
         return round(steps * step, 9)
 
     def _amounts(self, trial: optuna.trial.BaseTrial) -> dict[str, float]:
         """Each searched layer's amount, drawn from ``trial`` (tied layers drawn once)."""
-        low, high, step = self._amount_grid()
+        low, high, step = self.base_grid()
         drawn: dict[str, float] = {}
         level = 0.0
         if self._relative():
@@ -186,10 +186,10 @@ class Space:
                     if spread > 0
                     else 0.0
                 )
-                drawn[name] = min(self._cap(owner), max(low, level + offset))
-            elif self._cap(owner) > low:
+                drawn[name] = min(self.cap(owner), max(low, level + offset))
+            elif self.cap(owner) > low:
                 drawn[name] = trial.suggest_float(
-                    AMOUNT_PREFIX + owner, low, self._cap(owner), step=step
+                    AMOUNT_PREFIX + owner, low, self.cap(owner), step=step
                 )
             else:  # its bound from a scan is the grid's minimum
                 drawn[name] = low
@@ -198,7 +198,7 @@ class Space:
     def _offset_for(self, level: float, amount: float, cap: float) -> float | None:
         """The offset that turns ``level`` into ``amount`` for a layer capped at ``cap`` (as
         :meth:`_amounts` computes it), or None if no offset within the spread does."""
-        low, _, step = self._amount_grid()
+        low, _, step = self.base_grid()
         spread = self._spread()
         offset = min(spread, max(-spread, amount - level))
         offset = round(round(offset / step) * step, 6)
@@ -210,13 +210,13 @@ class Space:
         """A global level from which offsets within the spread reproduce every amount of
         ``recipe`` (amounts clipped at the range and at a layer's bound count as reached): the
         grid value nearest to their mean among those that do."""
-        low, high, step = self._amount_grid()
+        low, high, step = self.base_grid()
         owned = {owner: recipe.layer(owner).amount for owner in dict.fromkeys(self.owners.values())}
         grid = [round(low + k * step, 9) for k in range(round((high - low) / step) + 1)]
         fits = [
             g
             for g in grid
-            if all(self._offset_for(g, a, self._cap(o)) is not None for o, a in owned.items())
+            if all(self._offset_for(g, a, self.cap(o)) is not None for o, a in owned.items())
         ]
         if not fits:
             raise ValueError(
@@ -231,7 +231,7 @@ class Space:
         granularity = trial.suggest_categorical("granularity", list(self.search.granularities))
         chosen = (
             str(trial.suggest_categorical(METHOD_PARAM, list(self.search.methods)))
-            if self._global_method()
+            if self.global_method()
             else None
         )
         amounts = self._amounts(trial)
@@ -253,12 +253,12 @@ class Space:
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """Every parameter :meth:`suggest` may draw, with its distribution (to rebuild trials)."""
-        low, high, step = self._amount_grid()
+        low, high, step = self.base_grid()
         found: dict[str, BaseDistribution] = {
             "order": CategoricalDistribution(list(self.search.orders)),
             "granularity": CategoricalDistribution(list(self.search.granularities)),
         }
-        global_method = self._global_method()
+        global_method = self.global_method()
         if global_method:
             found[METHOD_PARAM] = CategoricalDistribution(list(self.search.methods))
         relative, spread = self._relative(), self._spread()
@@ -267,7 +267,7 @@ class Space:
         for name in self.layers:
             if high > low and self.owners[name] == name:
                 if not relative:
-                    top = self._cap(name)
+                    top = self.cap(name)
                     if top > low:
                         found[AMOUNT_PREFIX + name] = FloatDistribution(low, top, step=step)
                 elif spread > 0:
@@ -279,7 +279,7 @@ class Space:
     def params_of(self, recipe: Recipe) -> dict[str, Any]:
         """The Optuna parameters that reproduce ``recipe`` (to enqueue or rebuild trials)."""
         params: dict[str, Any] = {"order": recipe.order, "granularity": recipe.granularity}
-        global_method = self._global_method()
+        global_method = self.global_method()
         relative = self._relative()
         if relative:
             params[LEVEL_PARAM] = level = self._level_of(recipe)
@@ -289,7 +289,7 @@ class Space:
             if owner and not relative:
                 params[AMOUNT_PREFIX + name] = spec.amount
             elif owner and self._spread() > 0:
-                params[OFFSET_PREFIX + name] = self._offset_for(level, spec.amount, self._cap(name))
+                params[OFFSET_PREFIX + name] = self._offset_for(level, spec.amount, self.cap(name))
             if len(self.methods_of(name)) > 1:
                 if global_method:
                     params.setdefault(METHOD_PARAM, spec.method)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import pandas as pd
-import ray
 import typer
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -707,7 +706,6 @@ def main() -> None:
 def _fail(exc: BaseException, code: int) -> NoReturn:
     # Ray first: its processes log their own shutdown (tasks still in flight), and the
     # user's last line on screen must be the one that says what went wrong.
-    if ray.is_initialized():
-        ray.shutdown()
+    _driver.disconnect_ray()
     err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
     sys.exit(code)

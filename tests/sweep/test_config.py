@@ -70,8 +70,8 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("custom", "message"),
     [
-        ({"GPU": 1}, "resources.custom: Value error, 'GPU' is not a custom resource name"),
-        ({"fast": 0}, "resources.custom: Value error, 'fast': the amount must be > 0"),
+        ({"GPU": 1}, "resources.custom: 'GPU' is not a custom resource name"),
+        ({"fast": 0}, "resources.custom: 'fast': the amount must be > 0"),
     ],
 )
 def test_custom_resources_are_validated(custom: dict[str, float], message: str) -> None:

@@ -10,7 +10,8 @@ LAYERS = ["stem", "block1.conv", "block1.dw", "block2.conv", "classifier"]
 
 
 def _space(**search: object) -> Space:
-    config = parse_config({"name": "x", "task": "digits", "search_space": search})
+    # tpe: the sampler for which amount_mode's default is relative (layerwise takes independent)
+    config = parse_config({"name": "x", "task": "digits", "sampler": "tpe", "search_space": search})
     return Space(
         tuple(select_layers(LAYERS, config.search_space)), config.search_space, config.trial
     )
@@ -52,7 +53,8 @@ UNPRUNABLE = {"classifier": "its output channels are the model's output"}
 
 
 def _method_space(**search: object) -> Space:
-    config = parse_config({"name": "x", "task": "digits", "search_space": search})
+    # tpe: the sampler for which amount_mode's default is relative (layerwise takes independent)
+    config = parse_config({"name": "x", "task": "digits", "sampler": "tpe", "search_space": search})
     prunable = {name: UNPRUNABLE.get(name) for name in LAYERS}
     return Space(tuple(LAYERS), config.search_space, config.trial, prunable)
 

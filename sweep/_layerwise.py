@@ -1,0 +1,338 @@
+"""``sampler: layerwise``: a per-layer model of every objective, and recipes allocated from it.
+
+The working assumption of sensitivity-based compression (Distiller's and NNI's sensitivity
+analysis, the baselines of AMC and HAQ): near the useful part of the front, a recipe's accuracy
+drop is about the sum of what each layer's amount costs, a convex cost; its size and latency fall
+about linearly with each layer's amount. The sampler fits that model to the finished trials and
+asks for the recipe that is best under it for a randomly weighted trade-off between the
+objectives: the model is additive, so that recipe is found layer by layer, exactly, over the
+amount grid. Successive asks, with fresh weights and a bootstrap resample of the trials each time
+(Thompson-style exploration), trace the front.
+
+Model, for objective ``j`` in its minimized form, over layer groups ``l`` (tied layers are one):
+
+- objectives maximized (accuracy-like): ``b_j[order, granularity] + sum_l w_jl * (k_j(m_l) *
+  a_l) ** g_j``, with ``w >= 0``, ``k = 1`` for unstructured and a fitted ``k >= 1`` for
+  structured pruning, and ``g`` from a small grid; fitted by non-negative least squares on the
+  better half of the trials (far from the front accuracy saturates at chance level, which no
+  additive model fits);
+- objectives minimized (size, latency, ...): ``b_j[order, granularity] + sum_l c_jl(m_l) * a_l``,
+  by ridge regression.
+
+Before ``n_startup_trials`` trials have finished, it asks uniform recipes at evenly spaced levels
+(``uniform_startup`` of them), then the same levels with each layer moved at random by up to
+0.15: the trials from which each layer's effect can be told apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from scipy.optimize import nnls
+
+from sweep._space import AMOUNT_PREFIX, METHOD_PARAM, METHOD_PREFIX, UNSTRUCTURED, Space
+
+STRUCTURED = "structured"
+EXPONENTS = (1.5, 2.0, 3.0, 4.0, 6.0)  # g: how convex a layer's accuracy cost is in its amount
+STRUCTURED_FACTORS = (1.0, 1.25, 1.6, 2.0)  # k: structured pruning costs as a k-times amount
+STARTUP_NOISE = 0.15  # how far startup trials move each layer from their uniform level
+FIT_FRACTION = 0.5  # accuracy-like objectives are fitted on this best fraction of the trials
+RIDGE = 1e-3  # linear models: on the objective divided by its standard deviation
+CONVEX_RIDGE = 1e-4  # convex models: on the objective less its best value
+PROPOSALS = 16  # weight draws tried before a recipe not asked before is found
+JITTER = 0.25  # chance that a proposal moves one or two layers by one or two grid steps
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """Trials as arrays: amounts and structured flags per layer group, (order, granularity)."""
+
+    amounts: np.ndarray  # (n, groups)
+    structured: np.ndarray  # (n, groups), 0/1
+    combo: np.ndarray  # (n,) index into orders x granularities
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """One objective's fitted model (minimized form)."""
+
+    base: np.ndarray  # per (order, granularity)
+    weight: np.ndarray  # convex: w per group; linear: slope per group (unstructured)
+    structured_slope: np.ndarray  # linear only: slope per group when structured
+    exponent: float = 1.0  # convex only
+    factor: float = 1.0  # convex only: structured as a factor-times amount
+
+    def layer_cost(self, group: int, amounts: np.ndarray, structured: bool) -> np.ndarray:
+        if self.exponent == 1.0:
+            slope = self.structured_slope if structured else self.weight
+            return slope[group] * amounts
+        scale = self.factor if structured else 1.0
+        return self.weight[group] * (scale * amounts) ** self.exponent
+
+    def predict(self, encoded: _Encoded) -> np.ndarray:
+        total = self.base[encoded.combo].astype(float)
+        for group in range(encoded.amounts.shape[1]):
+            for structured in (False, True):
+                rows = (encoded.structured[:, group] > 0) == structured
+                total[rows] += self.layer_cost(group, encoded.amounts[rows, group], structured)
+        return total
+
+
+class LayerwiseSampler(BaseSampler):
+    """See the module docstring. Parameters are those of ``space`` in ``amount_mode:
+    independent``; constraints (``search_space.constraints``) are respected where a feasible
+    proposal exists."""
+
+    def __init__(
+        self,
+        space: Space,
+        *,
+        seed: int | None = None,
+        n_startup_trials: int = 20,
+        uniform_startup: int = 10,
+    ) -> None:
+        self._space = space
+        self._rng = np.random.default_rng(seed)
+        self._random = RandomSampler(seed=seed)
+        self._n_startup = n_startup_trials
+        self._n_uniform = max(1, min(uniform_startup, n_startup_trials))
+        self._distributions = space.distributions()
+        self._groups = list(dict.fromkeys(space.owners.values()))
+        low, high, step = space.base_grid()
+        self._grid = np.round(low + step * np.arange(round((high - low) / step) + 1), 6)
+        self._step = step
+        self._caps = np.array([space.cap(group) for group in self._groups])
+        # Tied layers share an amount but each has its own method parameter: a group's layers
+        # take one method, read from (and written to) every member that has the choice.
+        self._members = {
+            group: [name for name in space.layers if space.owners[name] == group]
+            for group in self._groups
+        }
+        self._can_structure = np.array(
+            [any(len(space.methods_of(n)) > 1 for n in self._members[g]) for g in self._groups]
+        )
+        self._orders = list(space.search.orders)
+        self._granularities = list(space.search.granularities)
+        self._rows: dict[int, tuple[list[float], list[bool], int]] = {}
+
+    def reseed_rng(self) -> None:
+        self._rng = np.random.default_rng()
+        self._random.reseed_rng()
+
+    # -- Optuna's sampler interface ----------------------------------------------------------
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return dict(self._distributions)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(finished) < self._n_startup:
+            return self._startup(trial.number)
+        asked = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        return self._propose(study, finished, [t.params for t in asked if t.params])
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    # -- recipes <-> arrays --------------------------------------------------------------------
+    def _encode(self, trials: Sequence[FrozenTrial]) -> _Encoded:
+        rows = [self._rows.get(t._trial_id) or self._encode_one(t) for t in trials]
+        return _Encoded(
+            np.array([row[0] for row in rows], dtype=float).reshape(len(rows), len(self._groups)),
+            np.array([row[1] for row in rows], dtype=float).reshape(len(rows), len(self._groups)),
+            np.array([row[2] for row in rows], dtype=int),
+        )
+
+    def _encode_one(self, trial: FrozenTrial) -> tuple[list[float], list[bool], int]:
+        """A finished trial's amounts, structured flags and (order, granularity), kept by id."""
+        values, low = trial.params, float(self._grid[0])
+        amounts, structured = [], []
+        for col, group in enumerate(self._groups):
+            amounts.append(float(values.get(AMOUNT_PREFIX + group, low)))
+            methods = (
+                [values.get(METHOD_PARAM)]
+                if self._space.global_method()
+                else [values.get(METHOD_PREFIX + name) for name in self._members[group]]
+            )
+            structured.append(bool(self._can_structure[col]) and STRUCTURED in methods)
+        order = self._orders.index(values["order"])
+        combo = order * len(self._granularities) + self._granularities.index(values["granularity"])
+        self._rows[trial._trial_id] = (amounts, structured, combo)
+        return amounts, structured, combo
+
+    def _decode(self, amounts: np.ndarray, structured: np.ndarray, combo: int) -> dict[str, Any]:
+        order, granularity = divmod(combo, len(self._granularities))
+        params: dict[str, Any] = {
+            "order": self._orders[order],
+            "granularity": self._granularities[granularity],
+        }
+        global_votes = 0
+        for col, group in enumerate(self._groups):
+            if AMOUNT_PREFIX + group in self._distributions:
+                params[AMOUNT_PREFIX + group] = round(float(amounts[col]), 6)
+            for name in self._members[group]:
+                if METHOD_PREFIX + name in self._distributions:
+                    params[METHOD_PREFIX + name] = STRUCTURED if structured[col] else UNSTRUCTURED
+            global_votes += int(structured[col]) - int(not structured[col])
+        if METHOD_PARAM in self._distributions:  # method_scope global: the majority's method
+            params[METHOD_PARAM] = STRUCTURED if global_votes > 0 else UNSTRUCTURED
+        return params
+
+    # -- startup -------------------------------------------------------------------------------
+    def _startup(self, number: int) -> dict[str, Any]:
+        # Evenly spaced levels above the grid's minimum, each once, then again (a coarse grid
+        # has fewer levels than uniform recipes asked for).
+        picks = np.linspace(1, len(self._grid) - 1, self._n_uniform).round().astype(int)
+        levels = self._grid[np.unique(picks)] if len(self._grid) > 1 else self._grid
+        level = levels[number % len(levels)]
+        amounts = np.full(len(self._groups), level)
+        # Half the uniform recipes remove channels (where layers can lose them): the model needs
+        # both methods' effects, structured pruning's on latency above all.
+        structured = self._can_structure & (self._rng.random() < 0.5)
+        if number >= self._n_uniform:
+            reach = max(1, round(STARTUP_NOISE / self._step))
+            amounts = amounts + self._step * self._rng.integers(-reach, reach + 1, len(amounts))
+            structured = (self._rng.random(len(amounts)) < 0.3) & self._can_structure
+        amounts = np.clip(amounts, self._grid[0], self._caps)
+        combo = int(self._rng.integers(len(self._orders) * len(self._granularities)))
+        return self._decode(amounts, structured, combo)
+
+    # -- model ---------------------------------------------------------------------------------
+    def _one_hot(self, encoded: _Encoded) -> np.ndarray:
+        return np.eye(len(self._orders) * len(self._granularities))[encoded.combo]
+
+    def _fit_convex(self, encoded: _Encoded, y: np.ndarray, rows: np.ndarray) -> _Fit:
+        """The best (least squares) of the convex models over the exponent and factor grids."""
+        one_hot = self._one_hot(encoded)[rows]
+        combos = one_hot.shape[1]
+
+        def fit(exponent: float, factor: float) -> tuple[float, _Fit]:
+            scale = np.where(encoded.structured[rows] > 0, factor, 1.0)
+            cost = (scale * encoded.amounts[rows]) ** exponent
+            # Bases may take either sign: one non-negative column for each sign.
+            features = np.hstack([one_hot, -one_hot, cost])
+            n_features = features.shape[1]
+            system = np.vstack([features, np.sqrt(CONVEX_RIDGE) * np.eye(n_features)])
+            target = np.concatenate([y[rows], np.zeros(n_features)])
+            coef, _ = nnls(system, target, maxiter=50 * n_features)
+            error = float(np.mean((features @ coef - y[rows]) ** 2))
+            base = coef[:combos] - coef[combos : 2 * combos]
+            unused = np.zeros(len(self._groups))
+            return error, _Fit(base, coef[2 * combos :], unused, exponent, factor)
+
+        fits = [fit(e, f) for e in EXPONENTS for f in STRUCTURED_FACTORS]
+        return min(fits, key=lambda scored: scored[0])[1]
+
+    def _fit_linear(self, encoded: _Encoded, y: np.ndarray, rows: np.ndarray) -> _Fit:
+        amounts, structured = encoded.amounts[rows], encoded.structured[rows]
+        features = np.hstack(
+            [self._one_hot(encoded)[rows], amounts * (1 - structured), amounts * structured]
+        )
+        scale = float(np.std(y[rows])) or 1.0
+        gram = features.T @ features + RIDGE * np.eye(features.shape[1])
+        coef = np.linalg.solve(gram, features.T @ (y[rows] / scale)) * scale
+        combos, groups = self._one_hot(encoded).shape[1], len(self._groups)
+        return _Fit(
+            base=coef[:combos],
+            weight=coef[combos : combos + groups],
+            structured_slope=coef[combos + groups :],
+        )
+
+    # -- proposals -----------------------------------------------------------------------------
+    def _propose(
+        self,
+        study: optuna.Study,
+        finished: Sequence[FrozenTrial],
+        asked: Sequence[dict[str, Any]],
+    ) -> dict[str, Any]:
+        signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
+        values = np.array([trial.values for trial in finished]) * signs
+        encoded = self._encode(finished)
+        quality = [j for j, d in enumerate(study.directions) if d == StudyDirection.MAXIMIZE]
+        kept = np.ones(len(finished), dtype=bool)
+        for j in quality:
+            kept &= values[:, j] <= np.quantile(values[:, j], FIT_FRACTION)
+        rows = np.flatnonzero(kept) if kept.sum() >= 2 else np.arange(len(finished))
+        rows = rows[self._rng.integers(len(rows), size=len(rows))]  # bootstrap
+        fits = [
+            self._fit_convex(encoded, values[:, j] - values[kept, j].min(), rows)
+            if j in quality
+            else self._fit_linear(encoded, values[:, j], rows)
+            for j in range(values.shape[1])
+        ]
+        low, high = values[kept].min(axis=0), values[kept].max(axis=0)
+        span = np.where(high > low, high - low, 1.0)
+        seen = {_key(params) for params in asked}
+        proposal: dict[str, Any] = {}
+        for _ in range(PROPOSALS):
+            weights = self._rng.dirichlet(np.ones(len(fits))) / span
+            proposal = self._allocate(fits, weights)
+            if self._rng.random() < JITTER:
+                proposal = self._jitter(proposal)
+            if _key(proposal) not in seen and self._feasible(proposal):
+                return proposal
+        return self._jitter(proposal)
+
+    def _allocate(self, fits: Sequence[_Fit], weights: np.ndarray) -> dict[str, Any]:
+        """The recipe that minimizes sum_j weights_j * model_j: layer by layer, for each
+        (order, granularity), since the model is additive."""
+        groups = range(len(self._groups))
+        # Each layer group's best (cost, amount, structured) under the weighted model.
+        choices = []
+        for group in groups:
+            allowed = self._grid <= self._caps[group] + 1e-9
+            options = []
+            for method in (False, True) if self._can_structure[group] else (False,):
+                cost = sum(
+                    w * fit.layer_cost(group, self._grid, method)
+                    for w, fit in zip(weights, fits, strict=True)
+                )
+                cost = np.where(allowed, cost, np.inf)
+                pick = int(np.argmin(cost))
+                options.append((float(cost[pick]), float(self._grid[pick]), method))
+            choices.append(min(options))
+        # The layers' choices do not depend on (order, granularity): only the bases do.
+        combo = min(
+            range(len(self._orders) * len(self._granularities)),
+            key=lambda c: sum(w * fit.base[c] for w, fit in zip(weights, fits, strict=True)),
+        )
+        amounts = np.array([choice[1] for choice in choices])
+        structured = np.array([choice[2] for choice in choices])
+        return self._decode(amounts, structured, combo)
+
+    def _jitter(self, params: dict[str, Any]) -> dict[str, Any]:
+        moved = dict(params)
+        names = [name for name in moved if name.startswith(AMOUNT_PREFIX)]
+        for name in self._rng.permutation(names)[: self._rng.integers(1, 3)] if names else []:
+            distribution = self._distributions[name]
+            step = self._step * int(self._rng.choice([-2, -1, 1, 2]))
+            high = getattr(distribution, "high", moved[name])
+            moved[name] = round(float(np.clip(moved[name] + step, self._grid[0], high)), 6)
+        return moved
+
+    def _feasible(self, params: dict[str, Any]) -> bool:
+        recipe = self._space.suggest(optuna.trial.FixedTrial(params))
+        return all(value <= 0 for value in self._space.constraint_values(recipe).values())
+
+
+def _key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(params.items()))

@@ -1,0 +1,161 @@
+"""``sampler: layerwise`` on the analytic task (in-process ask/tell, no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from storage import Store
+from sweep import ConfigError, parse_config, run_sweep
+from sweep._layerwise import LayerwiseSampler
+from sweep._quality import fp32_reference, hypervolume_curve, losses, reference_point
+from sweep._samplers import ask_recipe, make_sampler, startup_trials
+from sweep._space import Space
+from trials import Recipe
+from trials.tasks.synthetic import SyntheticTask
+
+TASK = SyntheticTask(n_layers=8, seed=2)
+LAYERS = tuple(TASK.layer_names)
+SIZES = {name: int(w) for name, w in zip(LAYERS, TASK.weights, strict=True)}
+OBJECTIVES = {"accuracy": "max", "compressed_bytes": "min"}
+
+
+def _setup(sampler: str = "layerwise", **data: object) -> tuple[optuna.Study, Space]:
+    config = parse_config({"name": "x", "task": "synthetic", "sampler": sampler, **data})
+    space = Space(
+        LAYERS,
+        config.search_space,
+        config.trial,
+        {},
+        layer_params=SIZES,
+        model_params=int(sum(SIZES.values())),
+    )
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=make_sampler(config, space)
+    )
+    return study, space
+
+
+def _run(study: optuna.Study, space: Space, n: int, in_flight: int = 1) -> list[Recipe]:
+    """``n`` trials, ``in_flight`` asked before each tell (as parallel workers do)."""
+    recipes: list[Recipe] = []
+    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
+    while len(recipes) < n:
+        while len(flight) < in_flight and len(recipes) + len(flight) < n:
+            flight.append(ask_recipe(study, space))
+        trial, recipe = flight.pop(0)
+        metrics = TASK.analytic_metrics(recipe)
+        study.tell(trial, [metrics[name] for name in OBJECTIVES])
+        recipes.append(recipe)
+    return recipes
+
+
+def _hypervolume(recipes: list[Recipe]) -> float:
+    rows = [TASK.analytic_metrics(recipe) for recipe in recipes]
+    fp32 = fp32_reference(rows, OBJECTIVES)
+    return hypervolume_curve(losses(rows, OBJECTIVES, fp32), reference_point(OBJECTIVES))[-1]
+
+
+def test_layerwise_searches_each_layer_amount_and_rejects_relative_mode() -> None:
+    assert parse_config({"name": "x", "task": "t"}).search_space.amount_mode == "independent"
+    tpe = parse_config({"name": "x", "task": "t", "sampler": "tpe"})
+    assert tpe.search_space.amount_mode == "relative"
+    config = parse_config({"name": "x", "task": "t", "sampler": "layerwise"})
+    assert config.search_space.amount_mode == "independent"
+    with pytest.raises(ConfigError, match=r"^config: search_space\.amount_mode: sampler layerwise"):
+        parse_config(
+            {
+                "name": "x",
+                "task": "t",
+                "sampler": "layerwise",
+                "search_space": {"amount_mode": "relative"},
+            }
+        )
+
+
+def test_startup_is_uniform_levels_then_the_same_levels_moved_per_layer() -> None:
+    study, space = _setup()
+    config = parse_config({"name": "x", "task": "t", "sampler": "layerwise"})
+    uniform, startup = startup_trials(config, space)
+    assert (uniform, startup) == (10, 20)  # 8 layers: the floor
+    recipes = _run(study, space, startup)
+    levels = []
+    for recipe in recipes[:uniform]:
+        amounts = {spec.amount for spec in recipe.layers.values()}
+        assert len(amounts) == 1
+        levels.append(amounts.pop())
+    assert levels == sorted(levels) and len(set(levels)) == uniform
+    moved = [len({spec.amount for spec in r.layers.values()}) > 1 for r in recipes[uniform:]]
+    assert sum(moved) >= startup - uniform - 1
+
+
+def test_layerwise_beats_random_search_given_twice_the_budget() -> None:
+    layerwise = _hypervolume(_run(*_setup(), 60, in_flight=3))
+    random = _hypervolume(_run(*_setup("random"), 120, in_flight=3))
+    assert layerwise > random
+
+
+def test_it_prunes_tolerant_layers_more_than_sensitive_ones() -> None:
+    study, space = _setup()
+    recipes = _run(study, space, 60)[30:]  # after the startup
+    order = np.argsort(TASK.sensitivities)
+    tolerant, sensitive = LAYERS[order[0]], LAYERS[order[-1]]
+    assert (
+        np.mean([r.layer(tolerant).amount for r in recipes])
+        > np.mean([r.layer(sensitive).amount for r in recipes]) + 0.2
+    )
+
+
+def test_parallel_asks_differ_and_ties_bounds_and_constraints_hold() -> None:
+    tie = [[LAYERS[0], LAYERS[1]]]
+    study, space = _setup(
+        search_space={
+            "tie": tie,
+            "amount": {"max": 0.6, "step": 0.1},
+            "constraints": {"max_sparsity": 0.4},
+        },
+        sampler_settings={"n_startup_trials": 10, "uniform_startup": 5},
+    )
+    recipes = _run(study, space, 40, in_flight=4)
+    asked = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(asked[10:])) == len(asked[10:])  # no recipe asked twice after the startup
+    for recipe in recipes:
+        assert recipe.layer(LAYERS[0]).amount == recipe.layer(LAYERS[1]).amount
+        assert all(spec.amount <= 0.6 for spec in recipe.layers.values())
+    sparsity = [TASK.analytic_metrics(r)["sparsity"] for r in recipes[10:]]
+    assert sum(s <= 0.4 + 1e-9 for s in sparsity) >= 0.9 * len(sparsity)
+
+
+def test_a_seeded_sweep_asks_the_same_recipes_again() -> None:
+    first = _run(*_setup(), 30)
+    again = _run(*_setup(), 30)
+    assert first == again
+    assert isinstance(_setup()[0].sampler, LayerwiseSampler)
+
+
+def test_a_layerwise_sweep_runs_through_the_driver(local_ray: None, tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "name": "lw",
+            "task": "synthetic",
+            "task_settings": {"n_layers": 6, "trial_seconds": 0.0},
+            "sampler": "layerwise",
+            "objectives": OBJECTIVES,
+            "budget": {"n_trials": 30},
+            "resources": {"max_concurrent": 2},
+        }
+    )
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    assert run_sweep(config, store).done == 30
+    trials = store.trials("lw")
+    assert set(trials["state"]) == {"COMPLETE"}
+    stored = store.get_sweep("lw").config
+    assert stored["sampler"] == "layerwise"
+    assert stored["search_space"]["amount_mode"] == "independent"
+    # After the startup (20 trials for 6 layers), the sampler's own recipes: no two alike.
+    modeled = [json.dumps(recipe, sort_keys=True) for recipe in trials["recipe"][20:]]
+    assert len(set(modeled)) == len(modeled)
