@@ -62,6 +62,7 @@ def _config(
         "name": name,
         "task": "digits",
         "seed": seed,
+        "sampler": "tpe",  # the sampler of the figures in the README
         "budget": {"n_trials": trials},
         "search_space": {"orders": args.orders},
         "trial": {"finetune_epochs": args.epochs, "qat_epochs": 1},

@@ -10,7 +10,8 @@ local Ray, and compares with the same trials run through Optuna's own
   into ``sampler_ms_per_trial`` (the default sampler's ask, which grows with the trials it models)
   and ``orchestration_ms_per_trial`` (driver, Ray and store: the rest).
 
-The baseline has the default's objectives and sampler settings (multivariate TPE, constant liar).
+The baseline: the default objectives, with Optuna's multivariate TPE (constant liar), the
+sampler an Optuna user would run them with.
 
     python scripts/bench_overhead.py [--trials 60] [--seconds 1.0] [--many 1000]
 """

@@ -63,6 +63,7 @@ def config_for(args: argparse.Namespace, name: str, seed: int, bounded: bool) ->
         "name": name,
         "task": args.task,
         "seed": seed,
+        "sampler": "tpe",  # the sampler of the figures in the README
         "objectives": {"accuracy": "max", "compressed_bytes": "min"},
         "budget": {"n_trials": args.trials},
         "search_space": {

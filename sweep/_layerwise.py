@@ -19,6 +19,10 @@ Model, for objective ``j`` in its minimized form, over layer groups ``l`` (tied 
 - objectives minimized (size, latency, ...): ``b_j[order, granularity] + sum_l c_jl(m_l) * a_l``,
   by ridge regression.
 
+Proposals stay in a trust region: no layer more than ``TRUST`` grid steps above its highest
+amount among the better half of the trials, where the model was fitted; a proposal predicted to
+be worse than that half in an accuracy-like objective is not asked (the next draw is).
+
 Before ``n_startup_trials`` trials have finished, it asks uniform recipes at evenly spaced levels
 (``uniform_startup`` of them), then the same levels with each layer moved at random by up to
 0.15: the trials from which each layer's effect can be told apart.
@@ -46,6 +50,7 @@ STRUCTURED_FACTORS = (1.0, 1.25, 1.6, 2.0)  # k: structured pruning costs as a k
 STARTUP_NOISE = 0.15  # how far startup trials move each layer from their uniform level
 FIT_FRACTION = 0.5  # accuracy-like objectives are fitted on this best fraction of the trials
 RIDGE = 1e-3  # linear models: on the objective divided by its standard deviation
+TRUST = 2  # grid steps a layer may go past its highest amount among the better trials
 CONVEX_RIDGE = 1e-4  # convex models: on the objective less its best value
 PROPOSALS = 16  # weight draws tried before a recipe not asked before is found
 JITTER = 0.25  # chance that a proposal moves one or two layers by one or two grid steps
@@ -155,16 +160,29 @@ class LayerwiseSampler(BaseSampler):
 
     # -- recipes <-> arrays --------------------------------------------------------------------
     def _encode(self, trials: Sequence[FrozenTrial]) -> _Encoded:
-        rows = [self._rows.get(t._trial_id) or self._encode_one(t) for t in trials]
+        """Finished trials as arrays; each trial's row is computed once and kept by its id."""
+        rows = []
+        for trial in trials:
+            row = self._rows.get(trial._trial_id)
+            if row is None:
+                row = self._rows[trial._trial_id] = self._row(trial.params)
+            rows.append(row)
+        return self._stack(rows)
+
+    def _encode_params(self, params: Sequence[dict[str, Any]]) -> _Encoded:
+        return self._stack([self._row(values) for values in params])
+
+    def _stack(self, rows: Sequence[tuple[list[float], list[bool], int]]) -> _Encoded:
+        shape = (len(rows), len(self._groups))
         return _Encoded(
-            np.array([row[0] for row in rows], dtype=float).reshape(len(rows), len(self._groups)),
-            np.array([row[1] for row in rows], dtype=float).reshape(len(rows), len(self._groups)),
+            np.array([row[0] for row in rows], dtype=float).reshape(shape),
+            np.array([row[1] for row in rows], dtype=float).reshape(shape),
             np.array([row[2] for row in rows], dtype=int),
         )
 
-    def _encode_one(self, trial: FrozenTrial) -> tuple[list[float], list[bool], int]:
-        """A finished trial's amounts, structured flags and (order, granularity), kept by id."""
-        values, low = trial.params, float(self._grid[0])
+    def _row(self, values: dict[str, Any]) -> tuple[list[float], list[bool], int]:
+        """One recipe's amounts, structured flags and (order, granularity) index."""
+        low = float(self._grid[0])
         amounts, structured = [], []
         for col, group in enumerate(self._groups):
             amounts.append(float(values.get(AMOUNT_PREFIX + group, low)))
@@ -176,7 +194,6 @@ class LayerwiseSampler(BaseSampler):
             structured.append(bool(self._can_structure[col]) and STRUCTURED in methods)
         order = self._orders.index(values["order"])
         combo = order * len(self._granularities) + self._granularities.index(values["granularity"])
-        self._rows[trial._trial_id] = (amounts, structured, combo)
         return amounts, structured, combo
 
     def _decode(self, amounts: np.ndarray, structured: np.ndarray, combo: int) -> dict[str, Any]:
@@ -281,25 +298,43 @@ class LayerwiseSampler(BaseSampler):
         ]
         low, high = values[kept].min(axis=0), values[kept].max(axis=0)
         span = np.where(high > low, high - low, 1.0)
+        # A trust region: the model is fitted where the better trials are, so no layer goes
+        # more than TRUST grid steps past the highest amount it had in one of them.
+        reach = encoded.amounts[kept].max(axis=0) + TRUST * self._step
         seen = {_key(params) for params in asked}
+        # The model is fitted on the better part of the trials: a proposal it predicts to fall
+        # outside that part (a model ruined for size) is an extrapolation, and useless anyway.
+        limit = {j: high[j] - low[j] for j in quality}
+        fallback: tuple[float, dict[str, Any]] | None = None
         proposal: dict[str, Any] = {}
         for _ in range(PROPOSALS):
             weights = self._rng.dirichlet(np.ones(len(fits))) / span
-            proposal = self._allocate(fits, weights)
+            proposal = self._allocate(fits, weights, reach)
             if self._rng.random() < JITTER:
                 proposal = self._jitter(proposal)
-            if _key(proposal) not in seen and self._feasible(proposal):
+            if _key(proposal) in seen or not self._feasible(proposal):
+                continue
+            encoded_proposal = self._encode_params([proposal])
+            excess = max(
+                (float(fits[j].predict(encoded_proposal)[0]) - limit[j] for j in quality),
+                default=0.0,
+            )
+            if excess <= 0:
                 return proposal
-        return self._jitter(proposal)
+            if fallback is None or excess < fallback[0]:
+                fallback = (excess, proposal)
+        return fallback[1] if fallback is not None else self._jitter(proposal)
 
-    def _allocate(self, fits: Sequence[_Fit], weights: np.ndarray) -> dict[str, Any]:
+    def _allocate(
+        self, fits: Sequence[_Fit], weights: np.ndarray, reach: np.ndarray
+    ) -> dict[str, Any]:
         """The recipe that minimizes sum_j weights_j * model_j: layer by layer, for each
         (order, granularity), since the model is additive."""
         groups = range(len(self._groups))
         # Each layer group's best (cost, amount, structured) under the weighted model.
         choices = []
         for group in groups:
-            allowed = self._grid <= self._caps[group] + 1e-9
+            allowed = self._grid <= min(self._caps[group], reach[group]) + 1e-9
             options = []
             for method in (False, True) if self._can_structure[group] else (False,):
                 cost = sum(

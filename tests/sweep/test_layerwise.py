@@ -11,6 +11,7 @@ import pytest
 
 from storage import Store
 from sweep import ConfigError, parse_config, run_sweep
+from sweep._config import DEFAULT_OBJECTIVES as DEFAULTS
 from sweep._layerwise import LayerwiseSampler
 from sweep._quality import fp32_reference, hypervolume_curve, losses, reference_point
 from sweep._samplers import ask_recipe, make_sampler, startup_trials
@@ -159,3 +160,22 @@ def test_a_layerwise_sweep_runs_through_the_driver(local_ray: None, tmp_path: Pa
     # After the startup (20 trials for 6 layers), the sampler's own recipes: no two alike.
     modeled = [json.dumps(recipe, sort_keys=True) for recipe in trials["recipe"][20:]]
     assert len(set(modeled)) == len(modeled)
+
+
+@pytest.mark.parametrize(
+    "objectives",
+    [{"accuracy": "max"}, {"compressed_bytes": "min", "latency_ms": "min"}, dict(DEFAULTS)],
+)
+def test_any_objectives_get_recipes_within_the_space(objectives: dict[str, str]) -> None:
+    config = parse_config(
+        {"name": "x", "task": "synthetic", "objectives": objectives, "search_space": {"tie": []}}
+    )
+    space = Space(LAYERS, config.search_space, config.trial, {}, layer_params=SIZES)
+    directions = ["maximize" if d == "max" else "minimize" for d in objectives.values()]
+    study = optuna.create_study(directions=directions, sampler=make_sampler(config, space))
+    for _ in range(30):
+        trial, recipe = ask_recipe(study, space)
+        assert all(0.0 <= spec.amount <= 0.9 for spec in recipe.layers.values())
+        metrics = TASK.analytic_metrics(recipe)
+        study.tell(trial, [metrics[name] for name in objectives])
+    assert len(study.trials) == 30
