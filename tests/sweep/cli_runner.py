@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import pytest
@@ -21,3 +22,9 @@ def run_cli(
         code = exc.code if isinstance(exc.code, int) else 1
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child that a test stops with SIGINT, as Ctrl-C would: a shell
+    starts background jobs (a test run among them) with SIGINT ignored, which children inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -12,6 +12,7 @@ import pytest
 
 from storage import Store
 from sweep import parse_config, run_sweep
+from tests.sweep.cli_runner import interruptible
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +44,7 @@ def _launch(tmp_path: Path, name: str, n_trials: int, **popen: Any) -> subproces
         cwd=tmp_path,
         env=_env(),
         text=True,
+        preexec_fn=interruptible,
         **popen,
     )
 

@@ -15,7 +15,7 @@ import pytest
 
 from storage import Store, TrialRecord
 from sweep import _status
-from tests.sweep.cli_runner import run_cli
+from tests.sweep.cli_runner import interruptible, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = (sys.executable, "-m", "sweep")
@@ -113,6 +113,7 @@ def _watch(db: str, cwd: Path) -> subprocess.Popen[str]:
         [*argv, "--watch", "--interval", "0.2"],
         cwd=cwd,
         env=env,
+        preexec_fn=interruptible,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
