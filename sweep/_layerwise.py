@@ -124,8 +124,10 @@ class LayerwiseSampler(BaseSampler):
         self._can_structure = np.array(
             [any(len(space.methods_of(n)) > 1 for n in self._members[g]) for g in self._groups]
         )
+        self._global_method = space.global_method()
         self._orders = list(space.search.orders)
         self._granularities = list(space.search.granularities)
+        self._n_combos = len(self._orders) * len(self._granularities)
         self._rows: dict[int, tuple[list[float], list[bool], int]] = {}
 
     def reseed_rng(self) -> None:
@@ -188,7 +190,7 @@ class LayerwiseSampler(BaseSampler):
             amounts.append(float(values.get(AMOUNT_PREFIX + group, low)))
             methods = (
                 [values.get(METHOD_PARAM)]
-                if self._space.global_method()
+                if self._global_method
                 else [values.get(METHOD_PREFIX + name) for name in self._members[group]]
             )
             structured.append(bool(self._can_structure[col]) and STRUCTURED in methods)
@@ -230,17 +232,17 @@ class LayerwiseSampler(BaseSampler):
             amounts = amounts + self._step * self._rng.integers(-reach, reach + 1, len(amounts))
             structured = (self._rng.random(len(amounts)) < 0.3) & self._can_structure
         amounts = np.clip(amounts, self._grid[0], self._caps)
-        combo = int(self._rng.integers(len(self._orders) * len(self._granularities)))
+        combo = int(self._rng.integers(self._n_combos))
         return self._decode(amounts, structured, combo)
 
     # -- model ---------------------------------------------------------------------------------
     def _one_hot(self, encoded: _Encoded) -> np.ndarray:
-        return np.eye(len(self._orders) * len(self._granularities))[encoded.combo]
+        return np.eye(self._n_combos)[encoded.combo]
 
     def _fit_convex(self, encoded: _Encoded, y: np.ndarray, rows: np.ndarray) -> _Fit:
         """The best (least squares) of the convex models over the exponent and factor grids."""
         one_hot = self._one_hot(encoded)[rows]
-        combos = one_hot.shape[1]
+        combos = self._n_combos
 
         def fit(exponent: float, factor: float) -> tuple[float, _Fit]:
             scale = np.where(encoded.structured[rows] > 0, factor, 1.0)
@@ -267,7 +269,7 @@ class LayerwiseSampler(BaseSampler):
         scale = float(np.std(y[rows])) or 1.0
         gram = features.T @ features + RIDGE * np.eye(features.shape[1])
         coef = np.linalg.solve(gram, features.T @ (y[rows] / scale)) * scale
-        combos, groups = self._one_hot(encoded).shape[1], len(self._groups)
+        combos, groups = self._n_combos, len(self._groups)
         return _Fit(
             base=coef[:combos],
             weight=coef[combos : combos + groups],
@@ -328,8 +330,8 @@ class LayerwiseSampler(BaseSampler):
     def _allocate(
         self, fits: Sequence[_Fit], weights: np.ndarray, reach: np.ndarray
     ) -> dict[str, Any]:
-        """The recipe that minimizes sum_j weights_j * model_j: layer by layer, for each
-        (order, granularity), since the model is additive."""
+        """The recipe that minimizes sum_j weights_j * model_j, within ``reach``: layer by layer,
+        since the model is additive, and the (order, granularity) of the lowest bases."""
         groups = range(len(self._groups))
         # Each layer group's best (cost, amount, structured) under the weighted model.
         choices = []
@@ -347,7 +349,7 @@ class LayerwiseSampler(BaseSampler):
             choices.append(min(options))
         # The layers' choices do not depend on (order, granularity): only the bases do.
         combo = min(
-            range(len(self._orders) * len(self._granularities)),
+            range(self._n_combos),
             key=lambda c: sum(w * fit.base[c] for w, fit in zip(weights, fits, strict=True)),
         )
         amounts = np.array([choice[1] for choice in choices])

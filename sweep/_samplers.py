@@ -136,7 +136,7 @@ def startup_trials(config: SweepConfig, space: Space) -> tuple[int, int]:
 def make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampler:
     """Constraints (``search_space.constraints``) reach every sampler through the values the
     driver sets on each trial (``Trial.set_constraint``): TPE, NSGA-II and GP prefer feasible
-    trials; random and grid ignore them."""
+    trials, layerwise asks a feasible recipe where it finds one; random and grid ignore them."""
     seed = config.seed
     uniform, startup = startup_trials(config, space)
     if config.sampler == "layerwise":

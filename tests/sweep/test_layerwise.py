@@ -16,6 +16,7 @@ from sweep._layerwise import LayerwiseSampler
 from sweep._quality import fp32_reference, hypervolume_curve, losses, reference_point
 from sweep._samplers import ask_recipe, make_sampler, startup_trials
 from sweep._space import Space
+from tests.sweep.synthetic_study import synthetic_study
 from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
@@ -26,19 +27,7 @@ OBJECTIVES = {"accuracy": "max", "compressed_bytes": "min"}
 
 
 def _setup(sampler: str = "layerwise", **data: object) -> tuple[optuna.Study, Space]:
-    config = parse_config({"name": "x", "task": "synthetic", "sampler": sampler, **data})
-    space = Space(
-        LAYERS,
-        config.search_space,
-        config.trial,
-        {},
-        layer_params=SIZES,
-        model_params=int(sum(SIZES.values())),
-    )
-    study = optuna.create_study(
-        directions=["maximize", "minimize"], sampler=make_sampler(config, space)
-    )
-    return study, space
+    return synthetic_study(TASK, sampler=sampler, **data)
 
 
 def _run(study: optuna.Study, space: Space, n: int, in_flight: int = 1) -> list[Recipe]:

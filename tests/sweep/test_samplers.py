@@ -5,30 +5,17 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sweep import parse_config
-from sweep._samplers import ask_recipe, enqueue_uniform, grid_size, make_sampler
+from sweep._samplers import ask_recipe, enqueue_uniform, grid_size
 from sweep._space import Space
+from tests.sweep.synthetic_study import synthetic_study
 from trials.tasks.synthetic import SyntheticTask
 
 TASK = SyntheticTask(n_layers=6, seed=1)
 LAYERS = tuple(TASK.layer_names)
-SIZES = {name: int(w) for name, w in zip(LAYERS, TASK.weights, strict=True)}
 
 
 def _setup(**data: object) -> tuple[optuna.Study, Space]:
-    config = parse_config({"name": "x", "task": "synthetic", **data})
-    space = Space(
-        LAYERS,
-        config.search_space,
-        config.trial,
-        {},
-        layer_params=SIZES,
-        model_params=int(sum(SIZES.values())),
-    )
-    study = optuna.create_study(
-        directions=["maximize", "minimize"], sampler=make_sampler(config, space)
-    )
-    return study, space
+    return synthetic_study(TASK, **data)
 
 
 def _run(study: optuna.Study, space: Space, n: int) -> list[optuna.trial.FrozenTrial]:
