@@ -1,11 +1,13 @@
 """One sweep's int8 latencies measured on two differently configured latency targets.
 
-Starts a Ray cluster on this machine (``ray.cluster_utils``): a training node and two target
-nodes, ``target_a`` (1 CPU, timed with 1 thread) and ``target_b`` (2 CPUs, timed with 2
-threads). The same sweep (random sampler, same seed: the same recipes in the same order) runs
-once per target; training happens on the training node either way. Prints one JSON object with,
-per target, the fp32 reference's latency spread (measured once on it), each trial's int8
-latency, and the per-trial ratio ``target_a / target_b``.
+Starts a Ray cluster on this machine (``ray.cluster_utils``): a training node (2 CPUs) and two
+timing-only target nodes (no CPU, as ``cluster.yaml``'s ``x86_target``), ``target_a`` (timed with
+1 thread) and ``target_b`` (timed with 2 threads). The same sweep config (random sampler, same
+seed) runs once per target, and the script checks that both asked the same recipes in the same
+order; every trial trains on the training node. Prints one JSON object with, per target, the fp32
+reference's latency spread (measured once on it), each trial's int8 latency, and the per-recipe
+ratio ``target_a / target_b``. All nodes share this machine's cores, so a timing can overlap the
+next trial's training: outliers show in the spread.
 
     python scripts/bench_targets.py [--trials 6] [--repeats 15]
 """
@@ -26,7 +28,7 @@ from ray.cluster_utils import Cluster
 from storage import Store
 from sweep import parse_config, run_sweep
 
-TARGETS = {"target_a": 1, "target_b": 2}  # resource name -> CPUs of its node = threads used
+TARGETS = {"target_a": 1, "target_b": 2}  # resource name -> threads it times with
 
 
 def _sweep(store: Store, target: str, threads: int, trials: int, repeats: int) -> dict[str, Any]:
@@ -52,6 +54,7 @@ def _sweep(store: Store, target: str, threads: int, trials: int, repeats: int) -
             int(n): float(v) for n, v in zip(done["number"], done["latency_ms"], strict=True)
         },
         "speedup": {int(n): float(v) for n, v in zip(done["number"], done["speedup"], strict=True)},
+        "recipes": [json.dumps(r, sort_keys=True) for r in frame.sort_values("number")["recipe"]],
         "measured_on": sorted(set(done["measured_on"])),
         "latency_nodes": sorted(set(done["latency_node"])),
     }
@@ -64,10 +67,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="Also write the JSON here.")
     args = parser.parse_args()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    cluster.add_node(num_cpus=2)  # trains: the only node with 2 free CPUs for a trial
-    nodes = {
-        name: cluster.add_node(num_cpus=cpus, resources={name: 1}) for name, cpus in TARGETS.items()
-    }
+    cluster.add_node(num_cpus=2)  # trains: the only node with CPUs
+    nodes = {name: cluster.add_node(num_cpus=0, resources={name: 1}) for name in TARGETS}
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR)
     try:
@@ -79,11 +80,15 @@ def main() -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
+    recipes = [found[name].pop("recipes") for name in TARGETS]
+    if recipes[0] != recipes[1]:
+        raise SystemExit("the two sweeps asked different recipes: their latencies do not compare")
     a, b = found["target_a"]["latency_ms"], found["target_b"]["latency_ms"]
     ratios = {n: a[n] / b[n] for n in sorted(set(a) & set(b))}
     result = {
         "task": "digits",
         "trials": args.trials,
+        "same_recipes": True,
         "targets": {
             name: {**found[name], "node": nodes[name].node_id, "threads": TARGETS[name]}
             for name in TARGETS

@@ -225,6 +225,20 @@ class Store:
 
         return self._run(work)
 
+    def update_sweep_config(self, name: str, updates: Mapping[str, Any]) -> None:
+        """Set top-level keys of sweep ``name``'s stored config (others are kept), e.g. what a
+        running sweep learns about its cluster; read-modify-write in one transaction."""
+        if not isinstance(updates, Mapping):
+            raise StorageError(f"config updates must be a dict, got {type(updates).__name__}")
+
+        def work(session: Session) -> None:
+            sweep = SweepModel.find_or_raise_by_name(session, name, self.url_display)
+            merged = {**_json.loads(sweep.config), **updates}
+            sweep.config = _json.dumps(merged, f"config of sweep {name!r}")
+            sweep.updated_at = _now()
+
+        self._run(work, write=True)
+
     def set_sweep_status(self, name: str, status: str) -> None:
         """Set the status of sweep ``name`` (RUNNING, FINISHED, INTERRUPTED or FAILED)."""
         if status not in SWEEP_STATUSES:

@@ -34,6 +34,7 @@ WHERE_FIELDS: Final[tuple[str, ...]] = (
     "attempt",
     "worker",
     "measured_on",
+    "latency_node",
 )
 """Names a ``--where`` clause may use: ``trials`` columns, compared as their SQL type says."""
 

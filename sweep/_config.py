@@ -144,7 +144,8 @@ class Latency(_Strict):
 
     ``target`` names a Ray custom resource that the target nodes carry (say ``target_arm64``):
     each trial's int8 model is then timed by a small task on such a node, holding one unit of
-    it, while training runs wherever it fits. None times the model on the worker that trained it.
+    it and no CPU, after training ran wherever it fits. None times the model on the worker that
+    trained it.
     ``backend`` is the int8 kernel library of the target (it also decides how trials quantize).
     """
 

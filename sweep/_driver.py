@@ -275,10 +275,15 @@ class _Driver:
         reruns: list[tuple[int, dict[str, Any]]],
         progress: Progress,
         target: _target.Target | None = None,
+        hardware_classes: set[str] | None = None,
     ) -> None:
         self.config, self.store, self.space, self.study = config, store, space, study
         self.target = target
-        self.hardware_classes: set[str] = set()
+        # Where this sweep's latencies were measured so far (a resumed sweep's stored ones too).
+        self.hardware_classes: set[str] = set(hardware_classes or ())
+        if target is not None:
+            self.hardware_classes.update(target.baselines)
+        self.baselines_changed = False  # the stored config must learn a new hardware class
         self.next_number = next_number
         self.reruns = reruns
         self.progress = progress
@@ -300,7 +305,7 @@ class _Driver:
         )(execute_trial)
         if target is not None:
             self.execute = self.execute.options(num_returns=2)
-        self.measure = _target.measure_task(config, target.resource) if target else None
+        self.measure = _target.measure_task(target.resource) if target else None
         self.monitor = _monitor()
         self.slots = 1
         self.slots_checked = -math.inf
@@ -317,9 +322,7 @@ class _Driver:
         if now - self.slots_checked < SLOTS_REFRESH_S:
             return
         self.slots_checked = now
-        self.slots = max(
-            1, _resources.fitting(_resources.demand(resources), ray.cluster_resources())
-        )
+        self.slots = max(1, _resources.fitting(_resources.demand(resources), _resources.nodes()))
 
     # -- submitting ---------------------------------------------------------------------------
     def _submit(self, number: int, trial: optuna.trial.Trial, recipe: dict[str, Any]) -> None:
@@ -387,7 +390,8 @@ class _Driver:
             worker = f"{outcome.node[:12]}/{outcome.result.worker}"
         latency_node = None
         if measurement is not None and self.target is not None and result.state == "COMPLETE":
-            baseline = self.target.baseline
+            baseline, new = self.target.baseline_for(measurement)
+            self.baselines_changed |= new
             spec = LatencySpec(**self.config.latency.timing())
             timed = latency_metrics(measurement.stats, baseline.stats, spec, measurement.batch)
             timed.update(_target.baseline_metrics(self.target))
@@ -467,8 +471,13 @@ class _Driver:
             self.target.example,
             latency.timing(),
             latency.backend,
+            [self.target.reference],  # nested: fetched only if the node's class needs a baseline
+            sorted(self.target.baselines),
         )
         flight.trained, flight.model = outcome, None
+        # trial.timeout_s counts training, then the timing on its own: a trial queued behind
+        # others on a busy target is not failed for the target's queue.
+        flight.started_monotonic = time.monotonic()
         self.in_flight[measuring] = flight
 
     def _collect(self, ready: list[ray.ObjectRef]) -> None:
@@ -519,7 +528,7 @@ class _Driver:
         unreachable for a while loses nothing. A write still failing after _WRITE_RETRIES
         pauses (about 90 s) stops the sweep with the store's error.
         """
-        while self.pending:
+        while self.pending or self.baselines_changed:
             wait = self.retry_at - time.monotonic()
             if wait > 0:
                 if not final:
@@ -529,7 +538,12 @@ class _Driver:
             # later record supersedes the earlier (the store takes each number once per call).
             self.pending = list({record.number: record for record in self.pending}.values())
             try:
-                self.store.record_trials(self.config.name, self.pending)
+                if self.baselines_changed and self.target is not None:
+                    update = {"latency_baseline": self.target.stored()}
+                    self.store.update_sweep_config(self.config.name, update)
+                    self.baselines_changed = False
+                if self.pending:
+                    self.store.record_trials(self.config.name, self.pending)
             except StorageFullError:
                 raise  # waiting does not free disk space; trials left RUNNING are resumable
             except StorageError as exc:
@@ -673,6 +687,7 @@ def resume_sweep(
     distributions = space.distributions()
     trials = store.trials(name)
     progress = Progress(total=max(config.budget.n_trials, len(trials)))
+    hardware_classes = set(trials["measured_on"].dropna()) if len(trials) else set()
     reruns: list[tuple[int, dict[str, Any]]] = []
     for row in trials.to_dict(orient="records"):
         recipe: dict[str, Any] = row["recipe"]
@@ -719,5 +734,6 @@ def resume_sweep(
         reruns=reruns,
         progress=progress,
         target=target,
+        hardware_classes=hardware_classes,
     )
     return driver.run(on_progress)

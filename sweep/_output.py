@@ -99,10 +99,33 @@ def _flat(frame: pd.DataFrame) -> pd.DataFrame:
     return flat
 
 
+def hardware_classes(frame: pd.DataFrame) -> list[str]:
+    """The hardware classes (``measured_on``) that the latencies of ``frame`` were measured on."""
+    if "measured_on" not in frame:
+        return []
+    return sorted(str(v) for v in frame["measured_on"].dropna().unique())
+
+
+def mixed_hardware_note(frame: pd.DataFrame) -> str | None:
+    """One line saying that ``frame``'s latencies come from several hardware classes, if so:
+    they compare only within one, and ``--where`` keeps one."""
+    classes = hardware_classes(frame)
+    if len(classes) < 2:
+        return None
+    return (
+        f"note: these latencies were measured on {len(classes)} hardware classes and compare "
+        f'only within one (column measured_on); keep one with --where "measured_on == '
+        f"'{classes[0]}'\""
+    )
+
+
 def table(frame: pd.DataFrame, title: str | None, columns: Sequence[str] | None) -> Table:
-    """``frame`` as a rich table of ``columns`` (default: the trial columns), cells formatted."""
+    """``frame`` as a rich table of ``columns`` (default: the trial columns, and
+    ``measured_on`` when the latencies come from several hardware classes), cells formatted."""
     table = Table(title=title)
     names = list(columns) if columns is not None else [c for c in TABLE_COLUMNS if c in frame]
+    if columns is None and len(hardware_classes(frame)) > 1:
+        names.append("measured_on")
     for name in names:
         left = name in ("state", "order", "granularity", "layer", "name", "status", "best")
         table.add_column(Text(name), justify="left" if left else "right")

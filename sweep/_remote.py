@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -11,19 +12,22 @@ from typing import Any
 import ray
 import torch
 
+from sweep._config import ConfigError
 from trials import (
     AnalyticTask,
     LatencySpec,
     LatencyStats,
     Recipe,
     Task,
+    TaskError,
     TrialPruned,
     TrialResult,
     environment,
     example_batch,
     from_portable,
+    hardware_class,
     load_task,
-    measure_latency,
+    measure_latencies,
     prunable_layers,
     reference_model,
     run_trial,
@@ -168,10 +172,34 @@ def execute_trial(
     outcome = TrialOutcome(replace(result, model=None), attempt, _node())
     if time_here:
         return outcome
-    model = None
-    if result.model is not None:
-        model = to_portable(result.model, example_batch(task.example_input(), spec_.batch_size))
-    return outcome, model
+    return portable(outcome, result.model, example_batch(task.example_input(), spec_.batch_size))
+
+
+def portable(
+    outcome: TrialOutcome, model: torch.nn.Module | None, batch: torch.Tensor
+) -> tuple[TrialOutcome, bytes | None]:
+    """The trial's int8 model as TorchScript bytes, to be timed on the latency target; a model
+    that cannot be traced makes the trial a FAIL that keeps its other metrics."""
+    if model is None:
+        return outcome, None
+    try:
+        return outcome, to_portable(model, batch)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure is this trial's FAIL
+        failed = replace(
+            outcome.result,
+            state="FAIL",
+            error=(
+                "latency.target: the int8 model could not be traced to TorchScript to be timed "
+                f"on the target ({_first_line(exc)}); its forward must take the example batch "
+                "and return tensors, or time it where it trains (no latency.target)"
+            ),
+        )
+        return replace(outcome, result=failed), None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def reporter(monitor: Any, sweep: str, number: int) -> Callable[[int, dict[str, float]], None]:
@@ -204,6 +232,11 @@ def reference(
     batch that models are timed on, and whether BatchNorm was folded: built once on a worker
     that has the task, timed on the targets."""
     task = _task(spec, settings)
+    if isinstance(task, AnalyticTask):
+        raise TaskError(
+            f"latency.target: task {spec!r} is analytic (it has no model to time); "
+            "remove latency.target"
+        )
     model, folded = reference_model(task.build_model().cpu().eval())
     batch = example_batch(task.example_input().cpu(), LatencySpec(**latency).batch_size)
     return to_portable(model, batch), batch, folded
@@ -211,20 +244,47 @@ def reference(
 
 @dataclass(frozen=True)
 class Measurement:
-    """A latency timed on a target node, and where."""
+    """A latency timed on a target node, and where; with the fp32 reference's timing when the
+    node's hardware class had none yet."""
 
     stats: LatencyStats
     environment: dict[str, str]
     node: str
     batch: int
+    reference: LatencyStats | None = None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def measure(
-    model: bytes, batch: torch.Tensor, latency: dict[str, Any], backend: str
+    model: bytes,
+    batch: torch.Tensor,
+    latency: dict[str, Any],
+    backend: str,
+    reference: list[ray.ObjectRef],
+    known: list[str],
 ) -> Measurement:
     """Time ``model`` (TorchScript bytes) on ``batch`` here, on a node carrying the latency
-    target, threads pinned."""
+    target, threads pinned. When this node's hardware class is not in ``known``, the fp32
+    reference (``reference[0]``, fetched only then) is timed too, interleaved with the model."""
     spec = replace(LatencySpec(**latency), batch_size=None)  # ``batch`` is already the size
-    stats = measure_latency(from_portable(model), batch, spec, backend)
+    cores = _cores()
+    if spec.threads > cores:
+        raise ConfigError(
+            f"latency.threads: {spec.threads} threads, but the target node {_node()[:12]} has "
+            f"{cores} core{'s' if cores > 1 else ''}; set latency.threads to at most {cores}"
+        )
     where = environment(backend, spec.threads, runtime="torchscript")
-    return Measurement(stats, where, _node(), int(batch.shape[0]))
+    models = [from_portable(model)]
+    timed_reference = bool(reference) and hardware_class(where) not in known
+    if timed_reference:
+        models.append(from_portable(ray.get(reference[0])))
+    stats = measure_latencies(models, batch, spec, backend)
+    return Measurement(
+        stats[0], where, _node(), int(batch.shape[0]), stats[1] if timed_reference else None
+    )

@@ -227,6 +227,7 @@ def _run_with_progress(
         return
     front = store.pareto_front(name)
     _output.render(front, "table", out, title=f"Pareto front of {name} ({len(front)} trials)")
+    _note_hardware(store.trials(name, states=["COMPLETE"]))
 
 
 @app.command()
@@ -272,11 +273,20 @@ def trials(
     frame = _store(storage).trials(name, states=state or None, where=where or None)
     _output.render(frame, fmt, out, title=f"Trials of {name}", output=output)
     _wrote(frame, output)
+    _note_hardware(frame)
 
 
 def _wrote(frame: pd.DataFrame, output: Path | None) -> None:
     if output is not None:
         err.print(f"wrote {len(frame)} rows to {output}", highlight=False)
+
+
+def _note_hardware(frame: pd.DataFrame) -> None:
+    """Latencies from several hardware classes are said to be so, on stderr (scripts reading
+    stdout are not disturbed)."""
+    note = _output.mixed_hardware_note(frame)
+    if note is not None:
+        err.print(note, highlight=False, markup=False, soft_wrap=True)
 
 
 def _objectives(specs: list[str]) -> dict[str, str] | None:
@@ -306,6 +316,7 @@ def pareto(
     title = f"Pareto front of {name} ({len(front)} trials)"
     _output.render(front, fmt, out, title=title, output=output)
     _wrote(front, output)
+    _note_hardware(front)
 
 
 def _layers_title(name: str, summary: pd.DataFrame) -> str:
@@ -464,6 +475,7 @@ def best(
     title = f"Best trial of {name} per objective"
     _output.render(frame, fmt, out, title=title, output=output, columns=columns)
     _wrote(frame, output)
+    _note_hardware(frame)
 
 
 @app.command()
@@ -501,6 +513,7 @@ def recommend(
         raise typer.Exit(1) from None
     frame = trial.to_frame().T
     _output.render(frame, "table", out, title=f"Recommended: trial {trial['number']} of {name}")
+    _note_hardware(store.trials(name, states=["COMPLETE"]))
     if output is not None:
         _recommend.write_recipe(_recommend.recipe_document(store, name, trial), output)
         err.print(f"wrote the recipe of trial {trial['number']} to {output}", highlight=False)

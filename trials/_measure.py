@@ -16,6 +16,7 @@ import math
 import platform
 import statistics
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,20 +147,30 @@ def latencies(
     return [LatencyStats(statistics.median(t), min(t), max(t)) for t in times]
 
 
+@contextlib.contextmanager
+def _torchscript() -> Iterator[None]:
+    # torch 2.13 deprecates torch.jit in favour of torch.export, which cannot serialize torch.ao's
+    # quantized modules: TorchScript stays their portable form, without the warning each call.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
+        yield
+
+
 def to_portable(model: nn.Module, example: torch.Tensor) -> bytes:
     """``model`` as TorchScript bytes (traced on ``example``): the form in which a model is sent
     to another machine to be timed. FX int8 models do not survive pickling, and TorchScript is
     how they are deployed; loading it runs no pickled Python code."""
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), _torchscript():
         traced = torch.jit.trace(model.eval(), example, check_trace=False)
-    torch.jit.save(traced, buffer)
+        torch.jit.save(traced, buffer)
     return buffer.getvalue()
 
 
 def from_portable(blob: bytes) -> nn.Module:
     """The model saved by :func:`to_portable`, on the CPU."""
-    module: nn.Module = torch.jit.load(io.BytesIO(blob), map_location="cpu")
+    with _torchscript():
+        module: nn.Module = torch.jit.load(io.BytesIO(blob), map_location="cpu")
     return module.eval()
 
 

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -329,12 +329,20 @@ def measure_latency(
 ) -> _measure.LatencyStats:
     """Time one model as a latency target does: ``backend``'s int8 kernels, threads pinned,
     warm-up, then the median (and spread) of ``spec.repeats`` timed passes."""
+    [stats] = measure_latencies([model], example, spec, backend)
+    return stats
+
+
+def measure_latencies(
+    models: Sequence[nn.Module], example: torch.Tensor, spec: LatencySpec, backend: str
+) -> list[_measure.LatencyStats]:
+    """:func:`measure_latency` for several models, timed interleaved (so that each sees the
+    same load): one :class:`LatencyStats` per model, in order."""
     _quant.set_engine(backend)
     batch = _measure.example_batch(example, spec.batch_size)
-    [stats] = _measure.latencies(
-        [model], batch, num_threads=spec.threads, warmup=spec.warmup, repeats=spec.repeats
+    return _measure.latencies(
+        list(models), batch, num_threads=spec.threads, warmup=spec.warmup, repeats=spec.repeats
     )
-    return stats
 
 
 def _latencies(

@@ -40,27 +40,31 @@ def main() -> None:
     run_sweep(parse_config({**SWEEP, "name": "timed", "latency": latency}), store)
     trials = store.trials("timed")
 
-    missing = workdir / "missing.yaml"
-    missing.write_text(
-        json.dumps({**SWEEP, "name": "missing", "latency": {"target": "target_missing"}})
-    )
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sweep",
-            "launch",
-            str(missing),
-            "--address",
-            cluster.address,
-            "--storage",
-            f"sqlite:///{workdir / 's.db'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=os.environ,
-    )
+    def launch(name: str, latency: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        config = workdir / f"{name}.yaml"
+        config.write_text(json.dumps({**SWEEP, "name": name, "latency": latency}))
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sweep",
+                "launch",
+                str(config),
+                "--address",
+                cluster.address,
+                "--storage",
+                f"sqlite:///{workdir / 's.db'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=os.environ,
+        )
+
+    cli = launch("missing", {"target": "target_missing"})
+    # More threads than the target node has cores: found when the baseline is timed, before
+    # any trial (a measurement holds no CPU of the node, so this would otherwise just run).
+    threads = launch("threads", {"target": "target_test", "threads": 512})
     print(
         json.dumps(
             {
@@ -75,6 +79,8 @@ def main() -> None:
                 "target": target.node_id,
                 "missing_rc": cli.returncode,
                 "missing_stderr": cli.stderr,
+                "threads_rc": threads.returncode,
+                "threads_stderr": threads.stderr,
                 "sweeps": [s.name for s in store.list_sweeps()],
             }
         )

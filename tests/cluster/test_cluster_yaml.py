@@ -14,6 +14,8 @@ def test_cluster_yaml_is_a_valid_ray_cluster_config() -> None:
     node_types = config["available_node_types"]
     assert config["head_node_type"] in node_types
     assert {"cpu_worker", "gpu_worker"} <= set(node_types)
+    # A latency target node: carries its resource and no CPU, so that no trial trains on it.
+    assert node_types["x86_target"]["resources"] == {"CPU": 0, "target_x86": 1}
     setup = " ".join(config["setup_commands"])
     assert "constraints.txt" in setup and "pip install" in setup
     assert config["file_mounts"]["~/sweep"] == "."

@@ -26,4 +26,9 @@ def test_latency_is_timed_on_the_target_node_and_training_elsewhere() -> None:
     lines = found["missing_stderr"].strip().splitlines()
     assert lines[-1].startswith("error: latency.target: no node of the Ray cluster carries")
     assert "'target_missing'" in lines[-1] and "Traceback" not in found["missing_stderr"]
+    assert found["threads_rc"] == 2, found["threads_stderr"][-2000:]
+    last = found["threads_stderr"].strip().splitlines()[-1]
+    assert last.startswith("error: latency.threads: 512 threads, but the target node"), last
+    assert "set latency.threads to at most" in last
+    assert "Traceback" not in found["threads_stderr"]
     assert found["sweeps"] == ["timed"]

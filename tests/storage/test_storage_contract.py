@@ -100,6 +100,7 @@ def test_missing_sweep(store: Store) -> None:
     calls = [
         lambda: store.get_sweep("nope"),
         lambda: store.set_sweep_status("nope", "FINISHED"),
+        lambda: store.update_sweep_config("nope", {"a": 1}),
         lambda: store.record_trials("nope", [make_record(0)]),
         lambda: store.record_trials("nope", []),
         lambda: store.trials("nope"),
@@ -122,6 +123,19 @@ def test_sweep_status(store: Store) -> None:
     assert updated.updated_at >= created.updated_at
     with pytest.raises(StorageError, match="FINISHED"):
         store.set_sweep_status("s", "DONE")
+
+
+def test_update_sweep_config_sets_keys_and_keeps_the_rest(store: Store) -> None:
+    store.create_sweep("s", {"task": "digits", "baseline": {"old": 1}}, OBJECTIVES)
+    store.update_sweep_config("s", {"baseline": {"a": 1.5, "b": [1, 2]}, "extra": "x"})
+    assert store.get_sweep("s").config == {
+        "task": "digits",
+        "baseline": {"a": 1.5, "b": [1, 2]},
+        "extra": "x",
+    }
+    with pytest.raises(StorageError, match="config"):
+        store.update_sweep_config("s", {"bad": object()})
+    assert store.get_sweep("s").config["extra"] == "x"  # a refused update changes nothing
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -140,6 +141,31 @@ def test_pareto_json_parquet_and_which_configurations_beat_x(run, db: str, tmp_p
     expected = store.pareto_front("a", where=where)
     assert [t["number"] for t in beating] == expected["number"].tolist() != []
     assert all(t["accuracy"] >= 0.95 and t["latency_ms"] < 2.5 for t in beating)
+
+
+def test_latencies_from_several_hardware_classes_are_said_to_be(run, db: str) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(5)
+    layers = {"conv1": 0.2, "fc": 0.1}
+    records = [
+        dataclasses.replace(
+            _record(n, "COMPLETE", layers, rng),
+            measured_on=f"x86_64 cpu {n % 2}, torch 2.13.0 torchscript, onednn, 1 thread",
+            latency_node=f"node{n % 2}",
+        )
+        for n in range(4)
+    ]
+    with Store(db) as store:
+        store.create_sweep("mixed", CONFIG, OBJECTIVES)
+        store.record_trials("mixed", records)
+    for command in ("trials", "pareto"):
+        code, out, err = run(command, "mixed")
+        assert code == 0, err
+        assert "measured on 2 hardware classes" in err and '--where "measured_on ==' in err
+        assert "measured_on" in out  # the table shows the column when classes differ
+    code, out, err = run("pareto", "mixed", "--where", "latency_node == 'node1'")
+    assert code == 0 and "hardware classes" not in err and "measured_on" not in out
+    code, _, err = run("trials", "a")  # one class (none recorded): nothing to say
+    assert code == 0 and "hardware classes" not in err
 
 
 def test_layers_over_the_front_and_compared(run, db: str) -> None:  # type: ignore[no-untyped-def]

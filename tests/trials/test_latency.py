@@ -1,6 +1,8 @@
 """Latency measurement pieces: batch sizing, the portable (TorchScript) form models travel in,
 and the environment a latency was measured in."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -37,7 +39,11 @@ def test_an_int8_model_travels_as_torchscript_and_times_the_same_outputs(digits:
     assert result.state == "COMPLETE" and result.model is not None
     assert "latency_ms" not in result.metrics and result.environment == {}
     example = digits.example_input()
-    moved = from_portable(to_portable(result.model, example))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        moved = from_portable(to_portable(result.model, example))
+    # torch 2.13 deprecates torch.jit; users are not shown that warning on every trial.
+    assert not [w for w in caught if "torch.jit" in str(w.message)], caught
     with torch.no_grad():
         assert torch.equal(moved(example), result.model(example))
     stats = measure_latency(moved, example, LatencySpec(repeats=3, warmup=1), "onednn")
