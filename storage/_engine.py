@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
@@ -50,23 +51,55 @@ _URL_HINT: Final = "use e.g. sqlite:///sweeps.db or postgresql+psycopg://user:pa
 _logger = logging.getLogger(__name__)
 
 
+# Query keys whose value is a secret: libpq takes ``password`` and ``sslpassword`` as URL
+# query parameters too, and any other key naming a password is treated the same to be safe.
+_SECRET_KEY: Final = re.compile(r"password", re.IGNORECASE)
+# A rendered URL's query item with such a key; values are percent-encoded, so none holds & or #.
+_QUERY_SECRET: Final = re.compile(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", re.IGNORECASE)
+# In free text: ``key=value`` as libpq conninfo strings and URL queries write it (a conninfo
+# value is either single-quoted with backslash escapes or runs to the next blank) ...
+_TEXT_SECRET: Final = re.compile(
+    r"(\b\w*password\w*\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&#]+)", re.IGNORECASE
+)
+# ... and the password of any URL's ``user:password@``.
+_TEXT_USERINFO: Final = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
 def mask_url(url: str | URL) -> str:
-    """Render ``url`` with its password replaced by ``***`` (also for unparsable URLs)."""
+    """Render ``url`` with its password, and the value of every query parameter whose name
+    contains "password" (any case), replaced by ``***``; also for unparsable URLs."""
     if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
+        rendered = url.render_as_string(hide_password=True)
+    else:
+        try:
+            rendered = make_url(url).render_as_string(hide_password=True)
+        except (ArgumentError, ValueError):
+            rendered = re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
+    return _QUERY_SECRET.sub(r"\1***", rendered)
 
 
-def scrub(message: str, url: URL) -> str:
-    """First line of ``message`` without the password of ``url``."""
+def _secrets(url: URL) -> list[str]:
+    values = [url.password] if url.password else []
+    for key, value in url.query.items():
+        if _SECRET_KEY.search(key):
+            values.extend([value] if isinstance(value, str) else value)
+    # Error text may echo a value as typed in the URL (percent-encoded) or decoded.
+    forms = {form for value in values if value for form in (str(value), quote(str(value)))}
+    forms |= {quote_plus(str(value)) for value in values if value}
+    # Longest first, so that a secret holding a shorter one is not left half-replaced.
+    return sorted(forms, key=len, reverse=True)
+
+
+def scrub(message: str, url: URL | None = None) -> str:
+    """First line of ``message`` without the passwords of ``url`` (user part and query
+    parameters), nor any ``...password=VALUE`` or ``user:password@`` it contains."""
     lines = str(message).strip().splitlines()
     line = lines[0].strip() if lines else ""
-    if url.password:
-        line = line.replace(str(url.password), "***")
-    return line
+    if url is not None:
+        for secret in _secrets(url):
+            line = line.replace(secret, "***")
+    line = _TEXT_SECRET.sub(r"\1***", line)
+    return _TEXT_USERINFO.sub(r"\1***@", line)
 
 
 # SQLite reports a full disk as SQLITE_FULL, and a write past a file size limit (EFBIG) as
@@ -119,7 +152,7 @@ def with_retry(
                 attempt,
                 attempts,
                 delay,
-                str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:200],
+                scrub(str(exc.orig if exc.orig is not None else exc))[:200],
             )
             sleep(delay)
             delay = min(2 * delay, RETRY_MAX_DELAY_S)

@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, text
 
+from storage._engine import scrub
 from storage._errors import StorageError
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
@@ -56,8 +57,8 @@ def _upgrade(connection: Connection, head: str | None, url_display: str) -> None
         command.upgrade(alembic_config(connection), "head")
     except CommandError as exc:
         raise StorageError(
-            f"cannot migrate database {url_display} ({exc}); it was probably written by a "
-            "newer version of sweep: upgrade sweep or use another database"
+            f"cannot migrate database {url_display} ({scrub(str(exc))}); it was probably "
+            "written by a newer version of sweep: upgrade sweep or use another database"
         ) from exc
 
 

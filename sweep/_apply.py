@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import yaml
 
+from sweep import _output
 from trials import (
     SOURCE_FIELD,
     LatencySpec,
@@ -66,17 +67,45 @@ class Applied:
     timings: dict[str, float]
 
 
-def _save_atomically(save: Any, output: Path) -> None:
-    """Write through a temporary file in the same folder: no partial model file on failure."""
-    target = output.resolve()
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(handle)
-    try:
-        save(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+class DeviceError(ValueError):
+    """A ``--device`` this machine cannot run on; one line that says what to use instead."""
+
+
+def check_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked against this machine and this torch build."""
+    if not _DEVICE.fullmatch(device):
+        raise DeviceError(f"--device: {device!r} is not one of cpu, cuda or cuda:N")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"--device: {device} is not available (torch {torch.__version__} sees no CUDA "
+            "device); use --device cpu, or install a CUDA build of torch on a machine with a GPU"
+        )
+    chosen = torch.device(device)
+    count = torch.cuda.device_count()
+    if chosen.index is not None and chosen.index >= count:
+        raise DeviceError(
+            f"--device: {device} does not exist; this machine has {count} CUDA device(s), "
+            f"cuda:0 to cuda:{count - 1}"
+        )
+    return chosen
+
+
+def _save_model(
+    model: torch.nn.Module, recipe: Recipe, metrics: dict[str, float]
+) -> _output.Writer:
+    def save(path: Path) -> None:
+        # Serialized in memory, written by Python: a full disk is then an OSError with its
+        # errno (torch's own writer reports it only as "unexpected pos ...").
+        buffer = io.BytesIO()
+        save_int8(model, recipe, buffer, metrics)
+        path.write_bytes(buffer.getvalue())
+
+    return save
 
 
 def apply_file(
@@ -96,6 +125,8 @@ def apply_file(
     ``settings``. Unless ``allow_missing``, the recipe must name every prunable layer of the
     model (a recipe for another model fails here, naming the layers).
     """
+    chosen = check_device(device)
+    _output.check_output_file(output, example="model.pt")
     spec = task or recipe_file.source.get("task")
     if not spec:
         raise TaskError("--task: the recipe file does not say which task it is for; pass --task")
@@ -105,9 +136,7 @@ def apply_file(
         raise TaskError(f"--task: {spec!r} is an analytic task with no model to compress")
     recipe = recipe_file.recipe
     recipe.check_layers(prunable_layers(loaded.build_model()), complete=not allow_missing)
-    if not output.parent.exists():
-        raise RecipeError(f"-o: the folder {output.parent} does not exist")
     latency = LatencySpec(repeats=latency_repeats)
-    done = compress(loaded, recipe, device=torch.device(device), latency=latency)
-    _save_atomically(lambda path: save_int8(done.model, recipe, path, done.metrics), output)
+    done = compress(loaded, recipe, device=chosen, latency=latency)
+    _output.write_atomically(output, _save_model(done.model, recipe, done.metrics))
     return Applied(str(spec), done.metrics, done.timings)

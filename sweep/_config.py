@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +34,12 @@ TRIAL_METRICS = (
     "nonzero_params",
     "macs",
 )
+
+
+# A sweep's name: it names the sweep in the store, and files (plots) on disk.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+NAME_MAX = 200
+NAME_RULE = f"1 to {NAME_MAX} letters, digits, '_', '.' or '-', starting with a letter or digit"
 
 
 class ConfigError(ValueError):
@@ -201,7 +209,7 @@ class SweepConfig(_Strict):
     """A whole ``sweep.yaml``: every field, its default and meaning are in the README's
     configuration reference. Frozen; unknown fields are errors."""
 
-    name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: str = Field(..., min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     task: str = Field(..., min_length=1)
     task_settings: dict[str, Any] = Field(default_factory=dict)
     storage: str | None = None
@@ -258,6 +266,61 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
 
 
+_NAME_ERRORS = ("string_too_short", "string_too_long", "string_pattern_mismatch")
+
+
+def _bad_name(value: str) -> str:
+    shown = repr(value) if len(value) <= 60 else f"{value[:40]!r}... ({len(value)} characters)"
+    return f"{shown} is not a valid sweep name; use {NAME_RULE}"
+
+
+def check_name(value: str, option: str = "--name") -> str:
+    """A sweep name given on the command line, held to the rule of the config's ``name``."""
+    if len(value) > NAME_MAX or not re.fullmatch(NAME_PATTERN, value):
+        raise ConfigError(f"{option}: {_bad_name(value)}")
+    return value
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The section model of a field's annotation (``Budget``, ``BoundsFrom | None``), if any."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _section(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model that validates the mapping at ``loc`` (``()``: the whole config)."""
+    model: type[BaseModel] = SweepConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        nested = _model_of(field.annotation) if field is not None else None
+        if nested is None:
+            return None
+        model = nested
+    return model
+
+
+def _example(model: type[BaseModel]) -> str:
+    """A one-field example of a section, in YAML flow style: ``{n_trials: 40}``."""
+    for name, field in model.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, bool):
+            return f"{{{name}: {str(default).lower()}}}"
+        if isinstance(default, int | float | str):
+            return f"{{{name}: {default}}}"
+    return f"{{{next(iter(model.model_fields))}: ...}}"
+
+
+def _unknown_field(loc: tuple[int | str, ...]) -> str:
+    known = _section(loc[:-1])
+    names = list(known.model_fields) if known is not None else []
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    if close:
+        return f"unknown field; did you mean {close[0]!r}?"
+    return "unknown field; check its spelling against the configuration reference"
+
+
 def parse_config(data: object, source: str = "config") -> SweepConfig:
     """Validate a parsed mapping; a bad field raises :class:`ConfigError` with one line that
     names it (``source`` prefixes the message, e.g. the file name)."""
@@ -267,16 +330,22 @@ def parse_config(data: object, source: str = "config") -> SweepConfig:
         return SweepConfig.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = _field_path(tuple(error["loc"])) or "config"
+        loc = tuple(error["loc"])
+        where = _field_path(loc) or "config"
         message = error["msg"]
+        section = _section(loc) if error["type"] == "model_type" else None
         if error["type"] == "value_error":  # our own validators: the message without pydantic's
             message = str(error.get("ctx", {}).get("error", message))
             if not error["loc"] and re.match(r"^[a-z_.]+: ", message):  # it names its field
                 where, message = message.split(": ", 1)
         if error["type"] == "extra_forbidden":
-            message = "unknown field; check its spelling against the configuration reference"
+            message = _unknown_field(loc)
         elif error["type"] == "missing":
             message = "required field is missing"
+        elif section is not None:  # a scalar or list where a section belongs
+            message = f"expected a mapping (e.g. {loc[-1]}: {_example(section)})"
+        elif loc == ("name",) and error["type"] in _NAME_ERRORS:
+            message = _bad_name(str(error["input"]))
         raise ConfigError(f"{source}: {where}: {message}") from None
 
 

@@ -8,6 +8,7 @@ recipes and numbers, and asks new trials numbered after the last stored one.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ from sweep._samplers import (
     startup_trials,
 )
 from sweep._space import Space, objective_values, select_layers
+from sweep._status import HEARTBEAT_S
 from trials import (
     LatencySpec,
     Recipe,
@@ -85,7 +87,20 @@ ProgressFn = Callable[[Progress], None]
 
 def validate_before_ray(config: SweepConfig) -> None:
     """Everything that can be checked without starting Ray: exit 2 before any cluster work."""
-    resolve_task_factory(config.task)
+    factory = resolve_task_factory(config.task)
+    try:
+        parameters = inspect.signature(factory)
+    except (TypeError, ValueError):  # a callable without a signature (a C builtin): load tells
+        parameters = None
+    if parameters is not None:
+        try:
+            parameters.bind(**config.task_settings)
+        except TypeError as exc:
+            takes = ", ".join(parameters.parameters) or "no settings"
+            raise ConfigError(
+                f"task_settings: {exc} (the task {config.task!r} takes: {takes}); fix or remove "
+                "the setting"
+            ) from None
     numeric = set(METRIC_COLUMNS)
     for name in config.objectives:
         if name not in numeric:
@@ -97,14 +112,38 @@ class RayStartError(RuntimeError):
     """Ray did not start or answer in time: not the user's mistake (the command exits 1)."""
 
 
+def _resolve_auto() -> str | None:
+    """The head that ``auto`` means to Ray here: ``$RAY_ADDRESS``, else the cluster that the
+    last ``ray start`` on this machine wrote down (None: this Ray cannot tell; no probe)."""
+    try:
+        from ray._private.services import get_ray_address_from_environment
+    except ImportError:  # a private helper: a later Ray may move it
+        return None
+    try:
+        resolved = get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        raise ConfigError(
+            "ray_address: auto finds no running Ray cluster on this machine; start one "
+            "(ray start --head), give its HOST:PORT, or leave it out for a local Ray"
+        ) from None
+    return None if resolved in (None, "auto") else str(resolved)
+
+
 def _check_answers(address: str) -> None:
-    """Fail fast on a head address nothing listens at: ray.init would retry it for minutes."""
-    if address in ("auto", "local"):
+    """Fail fast on a head address nothing listens at: ray.init would retry it for minutes
+    (also ``auto`` pointing at a cluster that has stopped since it was started)."""
+    if address == "local":
         return
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    target = address
+    if address == "auto":
+        resolved = _resolve_auto()
+        if resolved is None:
+            return
+        target = resolved
+    host, sep, port = target.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(
-            f"ray_address: {address!r} is not auto, HOST:PORT or ray://HOST:PORT; "
+            f"ray_address: {target!r} is not auto, HOST:PORT or ray://HOST:PORT; "
             "leave it out to start a local Ray"
         )
     try:
@@ -112,8 +151,9 @@ def _check_answers(address: str) -> None:
             (host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S
         ).close()
     except OSError as exc:
+        via = " (auto: $RAY_ADDRESS or the last `ray start` here)" if target != address else ""
         raise ConfigError(
-            f"ray_address: nothing answers at {address} ({exc.strerror or exc}); start the "
+            f"ray_address: nothing answers at {target}{via} ({exc.strerror or exc}); start the "
             "cluster there (ray start --head), fix the address, or leave it out for a local Ray"
         ) from None
 
@@ -291,6 +331,7 @@ class _Driver:
         self.pending: list[TrialRecord] = []
         self.write_failures = 0
         self.retry_at = 0.0
+        self.beat_at = time.monotonic()  # the sweep's row was last written (a sign of life)
         self.in_flight: dict[ray.ObjectRef, _InFlight] = {}
         self.by_number: dict[int, _InFlight] = {}
         resources = config.resources
@@ -556,6 +597,18 @@ class _Driver:
             else:
                 self.pending = []
                 self.write_failures = 0
+                self.beat_at = time.monotonic()
+
+    def _heartbeat(self) -> None:
+        """Touch the sweep's row when nothing else wrote it for HEARTBEAT_S: `sweep status`
+        tells a sweep whose driver died (STALE) from one whose trials are just long."""
+        if time.monotonic() - self.beat_at < HEARTBEAT_S or self.pending:
+            return  # pending records are retried by _flush, which reports the store's errors
+        self.beat_at = time.monotonic()
+        try:
+            self.store.set_sweep_status(self.config.name, "RUNNING")
+        except StorageError as exc:
+            log.warning("store heartbeat failed (%s); the next write tries again", exc)
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, on_progress: ProgressFn | None) -> Progress:
@@ -567,13 +620,14 @@ class _Driver:
             while True:
                 self._fill(budget.n_trials, deadline)
                 self._flush()
+                self._heartbeat()
                 if not self.in_flight:
                     break
                 self.progress.running = min(len(self.in_flight), self.slots)
                 if on_progress:
                     on_progress(self.progress)
                 refs = list(self.in_flight)
-                ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S if polling else None)
+                ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S if polling else HEARTBEAT_S)
                 if ready:
                     rest = [r for r in refs if r not in ready]
                     ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
@@ -723,6 +777,8 @@ def resume_sweep(
         progress.done += 1
         progress.failed += state == "FAIL"
         progress.pruned += state == "PRUNED"
+    if n_trials is not None:  # `sweep status` reads the budget from the store
+        store.update_sweep_config(name, {"budget": config.budget.model_dump(mode="json")})
     store.set_sweep_status(name, "RUNNING")
     next_number = int(trials["number"].max()) + 1 if len(trials) else 0
     driver = _Driver(

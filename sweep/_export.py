@@ -21,10 +21,11 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from storage import Store, SweepInfo
-from storage._engine import mask_url
+from storage._engine import mask_url, scrub
 
 STATES: Final = {
     "COMPLETE": TrialState.COMPLETE,
@@ -46,10 +47,14 @@ class Exported:
     running_left_out: int
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, url: str) -> str:
+    """The error's first line, without the storage URL's passwords (drivers echo them)."""
     reason = getattr(exc, "orig", None) or exc
-    lines = str(reason).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    try:
+        parsed: URL | None = make_url(url)
+    except ArgumentError:
+        parsed = None
+    return scrub(str(reason), parsed) or type(exc).__name__
 
 
 def _plain(value: object) -> Any:
@@ -160,7 +165,7 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ExportError(
-            f"--optuna-storage: cannot open {mask_url(url)}: {_first_line(exc)}; use e.g. "
+            f"--optuna-storage: cannot open {mask_url(url)}: {_first_line(exc, url)}; use e.g. "
             "sqlite:///optuna.db or postgresql+psycopg://user@host/db"
         ) from None
 
@@ -196,7 +201,7 @@ def export_study(store: Store, name: str, url: str, *, replace: bool = False) ->
         study.add_trials(trials)
     except SQLAlchemyError as exc:
         raise ExportError(
-            f"--optuna-storage: cannot write to {mask_url(url)}: {_first_line(exc)}"
+            f"--optuna-storage: cannot write to {mask_url(url)}: {_first_line(exc, url)}"
         ) from None
     finally:
         storage.remove_session()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import json
 import math
-from collections.abc import Sequence
+import os
+import secrets
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +74,82 @@ class OutputError(Exception):
 
 
 class DiskFullError(Exception):
-    """A listing that could not be written for lack of disk space: not the user's mistake."""
+    """An output file (listing, recipe, model, plot) not written for lack of disk space, or
+    past the file size limit: not the user's mistake (exit 1)."""
 
 
-_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+# Writes one file at the path it is given (a temporary name beside the target).
+Writer = Callable[[Path], object]
+
+
+def write_error(exc: OSError, path: Path, option: str = "-o") -> Exception:
+    """The one-line error for a failed write of ``path``: a full disk (or a reached file size
+    limit) is :class:`DiskFullError`, anything else the user's :class:`OutputError`."""
+    if exc.errno in DISK_FULL:
+        return DiskFullError(
+            f"{option}: cannot write {path}: the disk is full or the file reached its size "
+            f"limit ({exc.strerror}); free disk space or write to another disk"
+        )
+    return OutputError(f"{option}: cannot write {path}: {exc.strerror or exc}")
+
+
+def check_output_file(path: Path, option: str = "-o", example: str = "output") -> None:
+    """Fail before any work when ``path`` cannot become a file: it is a folder, or its folder
+    does not exist. ``example``: a file name to suggest in a folder."""
+    if path.is_dir():
+        raise OutputError(
+            f"{option}: cannot write {path}: it is a folder; give a file in it, e.g. "
+            f"{path / example}"
+        )
+    if not path.parent.is_dir():
+        raise OutputError(
+            f"{option}: cannot write {path}: the folder {path.parent} does not exist; create it "
+            "or write elsewhere"
+        )
+
+
+def write_all(writes: Sequence[tuple[Path, Writer]], option: str = "-o") -> None:
+    """Write every file, each through a temporary file in its own folder, then move them all
+    into place: a failure (a full disk) leaves no partial file and replaces none. A target that
+    exists and is no regular file (``/dev/stdout``, a named pipe) is written directly."""
+    for path, _ in writes:
+        check_output_file(path, option)
+    temporaries: list[Path] = []
+    current = writes[0][0] if writes else Path()
+    try:
+        moves: list[tuple[Path, Path, Path]] = []  # temporary, target, as given
+        for path, write in writes:
+            current = path
+            if path.exists() and not path.is_file():
+                write(path)
+                continue
+            target = path.resolve()
+            temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+            # O_EXCL: a new file of our own; mode 0o666 so the umask applies as to any file.
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            temporaries.append(temporary)
+            write(temporary)
+            moves.append((temporary, target, path))
+        for temporary, target, path in moves:
+            current = path
+            os.replace(temporary, target)
+    except OSError as exc:
+        _remove(temporaries)
+        raise write_error(exc, current, option) from None
+    except BaseException:
+        _remove(temporaries)
+        raise
+
+
+def write_atomically(path: Path, write: Writer, option: str = "-o") -> None:
+    """``write`` one file through a temporary file in the same folder (see :func:`write_all`)."""
+    write_all([(path, write)], option)
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)  # already moved into place, or never created
 
 
 def resolve_format(fmt: str | None, output: Path | None) -> str:
@@ -171,21 +245,17 @@ def render(
         else:
             console.out(_text(frame, fmt), highlight=False)
         return
-    try:
+
+    def write(path: Path) -> None:
         if fmt == "parquet":
-            _parquet(frame, output)
+            _parquet(frame, path)
         elif fmt == "table":
-            with output.open("w", encoding="utf-8") as file:
+            with path.open("w", encoding="utf-8") as file:
                 Console(file=file, width=200, color_system=None).print(table(frame, title, columns))
         else:
-            output.write_text(_text(frame, fmt) + "\n", encoding="utf-8")
-    except OSError as exc:
-        if exc.errno in _DISK_FULL:
-            raise DiskFullError(
-                f"-o: cannot write {output}: the disk is full or the file reached its size "
-                f"limit ({exc.strerror}); free disk space or write to another disk"
-            ) from None
-        raise OutputError(f"-o: cannot write {output}: {exc.strerror or exc}") from None
+            path.write_text(_text(frame, fmt) + "\n", encoding="utf-8")
+
+    write_atomically(output, write)
 
 
 def side_by_side(

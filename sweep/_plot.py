@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from storage import Store
-from sweep import _quality
+from sweep import _output, _quality
 
 
 class PlotError(ValueError):
@@ -109,7 +109,7 @@ def _png(data: _Data, name: str, path: Path) -> None:
     else:
         axes[2].set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # the name is a temporary one, not .png
     plt.close(fig)
 
 
@@ -178,10 +178,17 @@ def _html(data: _Data, name: str, path: Path) -> None:
 
 
 def plot_sweep(store: Store, name: str, folder: Path) -> list[Path]:
-    """Write ``<folder>/<name>.png`` and ``<folder>/<name>.html``; returns their paths."""
+    """Write ``<folder>/<name>.png`` and ``<folder>/<name>.html``; returns their paths. Both go
+    through temporary files: a full disk leaves neither a partial file nor a changed one."""
     data = _load(store, name)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise _output.OutputError(f"-o: {folder} is a file; give the folder for {name}.png/.html")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _output.write_error(exc, folder) from None
     png, html = folder / f"{name}.png", folder / f"{name}.html"
-    _png(data, name, png)
-    _html(data, name, html)
+    _output.write_all(
+        [(png, lambda path: _png(data, name, path)), (html, lambda path: _html(data, name, path))]
+    )
     return [png, html]

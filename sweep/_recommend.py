@@ -4,8 +4,6 @@ constraints that ``sweep recommend`` writes as a recipe file."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from storage import METRIC_COLUMNS, Store
+from sweep import _output
 from trials import SOURCE_FIELD, Recipe
 
 # Rows shown when nothing meets the constraints.
@@ -155,14 +154,7 @@ def recipe_document(store: Store, sweep: str, trial: pd.Series) -> dict[str, Any
 
 
 def write_recipe(document: Mapping[str, Any], path: Path) -> None:
-    """Write atomically: a failure leaves no partial or empty file at ``path``."""
+    """Write atomically: a failure leaves no partial or empty file at ``path``; a bad ``-o``
+    (a folder, a missing folder) or a full disk is one line (see ``_output.write_atomically``)."""
     text = json.dumps(document, indent=2) + "\n"
-    target = path.resolve()
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    _output.write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))

@@ -13,6 +13,13 @@ import pandas as pd
 
 from storage import Store, SweepInfo
 
+# A running driver writes its sweep's row at least this often (results, else a heartbeat).
+HEARTBEAT_S = 10.0
+# A RUNNING sweep not written for this long has lost its driver (killed, or its machine gone):
+# shown as STALE, with `sweep resume` to finish it.
+STALE_AFTER_S = 6 * HEARTBEAT_S
+STALE = "STALE"
+
 # Columns of `sweep status --format table`; csv and json hold every field.
 TABLE_COLUMNS = (
     "name",
@@ -98,14 +105,19 @@ def best_of(front: pd.DataFrame, objectives: Mapping[str, str]) -> dict[str, flo
 
 def from_store(store: Store, info: SweepInfo, now: datetime | None = None) -> SweepProgress:
     """A stored sweep's progress. Elapsed runs from its creation to its last update (to now
-    while it is RUNNING)."""
+    while it is RUNNING). A RUNNING sweep whose driver has not written for STALE_AFTER_S is
+    STALE: its driver is gone, and `sweep resume` finishes it."""
     front = store.pareto_front(info.name)
     counts = info.counts
-    end = (now or datetime.now(timezone.utc)) if info.status == "RUNNING" else info.updated_at
+    now = now or datetime.now(timezone.utc)
+    status = info.status
+    if status == "RUNNING" and (now - _utc(info.updated_at)).total_seconds() > STALE_AFTER_S:
+        status = STALE
+    end = now if status == "RUNNING" else info.updated_at
     budget = info.config.get("budget", {}).get("n_trials", 0)
     return progress(
         info.name,
-        info.status,
+        status,
         total=int(budget or 0),
         done=counts["COMPLETE"] + counts["FAIL"] + counts["PRUNED"],
         running=counts["RUNNING"],

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, NoReturn
 
 import pandas as pd
@@ -29,8 +32,8 @@ from sweep import (
     _sensitivity,
     _status,
 )
-from sweep._config import DEFAULT_STORAGE, ConfigError, load_config
-from trials import RecipeError, TaskError, task_file
+from sweep._config import DEFAULT_STORAGE, ConfigError, check_name, load_config, parse_config
+from trials import BUILTIN_TASKS, RecipeError, TaskError, task_file
 
 app = typer.Typer(
     add_completion=False,
@@ -50,9 +53,17 @@ USER_ERRORS = (
     _export.ExportError,
     _recommend.RecommendError,
     _plot.PlotError,
+    _apply.DeviceError,
 )
 # Failures outside the user's control that still deserve one line (exit 1, no traceback).
 FAILURES = (StorageFullError, _output.DiskFullError, _driver.RayStartError)
+# click's own errors (usage errors exit 2). typer >= 0.20 raises those of the click it vendors,
+# older typer those of click itself: the public typer.BadParameter leads to their base class.
+_CLICK_ERRORS: tuple[type[Exception], ...] = tuple(
+    c
+    for c in typer.BadParameter.__mro__
+    if issubclass(c, Exception) and c.__name__ == "ClickException"
+)
 
 StorageOption = Annotated[
     str | None,
@@ -91,6 +102,37 @@ class UserError(Exception):
     """A mistake the user can fix; the message says how."""
 
 
+class _WorkingDirTasks(importlib.abc.MetaPathFinder):
+    """Imports the user's task module (``package.module:factory``) from the working directory,
+    and nothing else from there: a stray ``matplotlib.py`` beside a config must never run in
+    place of the library. Last on ``sys.meta_path``, so installed modules win."""
+
+    def __init__(self) -> None:
+        self.folder: str | None = None
+        self.names: set[str] = set()
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if path is not None or self.folder is None or fullname not in self.names:
+            return None  # a submodule is found through its package's own __path__
+        return importlib.machinery.PathFinder.find_spec(fullname, [self.folder])
+
+
+_TASK_MODULES = _WorkingDirTasks()
+
+
+def _task_importable(spec: object) -> None:
+    """Let the top-level module of a ``package.module:factory`` task come from the working
+    directory, as the README promises (built-in names and ``file.py:factory`` need nothing)."""
+    if not isinstance(spec, str) or spec in BUILTIN_TASKS:
+        return  # not a task name (loading it says so), or one of ours
+    module = spec.partition(":")[0]
+    if not module or module.endswith(".py"):
+        return
+    _TASK_MODULES.names.add(module.split(".")[0])
+
+
 FRONT_REFRESH_S = 3.0
 
 
@@ -115,9 +157,10 @@ def launch(
 ) -> None:
     """Run a sweep and print its Pareto front."""
     config = load_config(config_path)
+    _task_importable(config.task)
     updates: dict[str, object] = {}
     if name is not None:
-        updates["name"] = name
+        updates["name"] = check_name(name)
     if n_trials is not None:
         updates["budget"] = config.budget.model_copy(update={"n_trials": n_trials})
     if address is not None:
@@ -126,7 +169,7 @@ def launch(
     if task_path is not None:  # workers run elsewhere: they get the file the user meant, absolute
         updates["task"] = f"{task_path}:{config.task.rpartition(':')[2]}"
     if updates:
-        config = type(config).model_validate({**config.model_dump(), **updates})
+        config = parse_config({**config.model_dump(), **updates}, str(config_path))
     _driver.validate_before_ray(config)
     store = _store(storage or config.storage)
     if not replace and any(s.name == config.name for s in store.list_sweeps()):
@@ -244,6 +287,7 @@ def resume(
     """Finish a stopped sweep: re-run the trials in flight, then the rest of the budget."""
     store = _store(storage)
     config = _driver.stored_config(store, name)
+    _task_importable(config.task)
     _driver.validate_before_ray(config)
     total = n_trials or config.budget.n_trials
     err.print(f"resuming sweep [bold]{name}[/] to {total} trials, store {store.url_display}")
@@ -297,6 +341,8 @@ def _objectives(specs: list[str]) -> dict[str, str] | None:
         metric, sep, direction = spec.rpartition(":")
         if not sep or not metric or direction not in ("max", "min"):
             raise UserError(f"--objective: {spec!r} must look like METRIC:max or METRIC:min")
+        if parsed.get(metric, direction) != direction:
+            raise UserError(f"--objective: {metric!r} is given as both max and min; give it once")
         parsed[metric] = direction
     return parsed
 
@@ -502,6 +548,9 @@ def recommend(
     Exits 1, writing nothing, when no trial meets the constraints."""
     if (minimize is None) == (maximize is None):
         raise UserError("give exactly one of --minimize METRIC or --maximize METRIC")
+    if output is not None:
+        # Before the query: not a recommendation shown, then an error.
+        _output.check_output_file(output, example="recipe.json")
     metric, direction = (minimize, "min") if minimize is not None else (maximize, "max")
     goal = _recommend.Goal(str(metric), direction, max_drop, tuple(where or ()))
     store = _store(storage)
@@ -567,7 +616,10 @@ def apply_command(
     """Run a recipe once more on its task, save the int8 model (reload it with
     trials.load_int8), and compare accuracy, size and latency with the stored trial."""
     recipe_file = _apply.read_recipe(recipe_path)
+    _apply.check_device(device)
+    _output.check_output_file(output, example="model.pt")  # before the task fine-tunes
     settings = _apply.parse_settings(task_setting or [])
+    _task_importable(task or recipe_file.source.get("task"))
     stored, label = _stored_metrics(recipe_file.source, from_trial, storage)
     err.print(f"applying {recipe_path} ...", highlight=False)
     applied = _apply.apply_file(
@@ -642,7 +694,8 @@ def sensitivity(
     most sensitive first. The scan is stored as a sweep (`sweep trials NAME` lists it)."""
     fmt = _output.resolve_format(fmt, output)
     config = load_config(config_path)
-    scan = name or _sensitivity.scan_name(config)
+    _task_importable(config.task)
+    scan = check_name(name or _sensitivity.scan_name(config))
     store = _store(storage or config.storage)
     if not show:
         chosen = _sensitivity.check_granularities(config, granularities or [])
@@ -705,15 +758,50 @@ def plot(
 
 
 def main() -> None:
-    # As `python -m` does: the user's task module in the working directory is importable.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    # As `python -m` does, a `package.module:factory` task may live in the working directory;
+    # nothing else is imported from there (see _WorkingDirTasks).
+    _TASK_MODULES.folder, _TASK_MODULES.names = os.getcwd(), set()
+    sys.meta_path.append(_TASK_MODULES)
     try:
-        app()
+        code = _run(sys.argv[1:])
+    finally:
+        sys.meta_path.remove(_TASK_MODULES)
+    sys.exit(code)
+
+
+def _run(args: list[str]) -> int:
+    """Run the command line; its exit code. Every mistake, click's own usage errors among
+    them, ends in one ``error:`` line through :func:`_fail`."""
+    command = typer.main.get_command(app)
+    try:
+        # Not standalone: click's usage errors come here instead of as a multi-line box.
+        result = command.main(args=args, standalone_mode=False)
+    except _CLICK_ERRORS as exc:
+        code = int(getattr(exc, "exit_code", 2))
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `sweep`: its help was printed
+            return code
+        _fail(UserError(_click_message(exc, code)), code)
+    except typer.Abort:  # end of input at a prompt, or an explicit abort
+        _fail(UserError("aborted"), 1)
     except FAILURES as exc:
         _fail(exc, 1)
     except (*USER_ERRORS, UserError) as exc:
         _fail(exc, 2)
+    # typer.Exit, --help and Ctrl-C (130) come back as their exit code; a command returns None.
+    return result if isinstance(result, int) else 0
+
+
+def _click_message(exc: BaseException, code: int) -> str:
+    """click's message on one line; for a usage error (exit 2), the help to read."""
+    format_message = getattr(exc, "format_message", None)
+    text = format_message() if callable(format_message) else str(exc)
+    message = " ".join(str(text).split()).rstrip(".")
+    if code != 2:
+        return message
+    ctx = getattr(exc, "ctx", None)
+    parent = getattr(ctx, "parent", None)
+    command = f"sweep {ctx.info_name}" if ctx is not None and parent is not None else "sweep"
+    return f"{message}; see {command} --help"
 
 
 def _fail(exc: BaseException, code: int) -> NoReturn:

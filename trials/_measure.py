@@ -30,6 +30,8 @@ ZLIB_LEVEL = 9
 
 @dataclass(frozen=True)
 class LatencyStats:
+    """Latency of one model over the timed repeats, in milliseconds per forward pass."""
+
     median_ms: float
     min_ms: float
     max_ms: float

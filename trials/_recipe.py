@@ -130,6 +130,7 @@ class Recipe:
             )
 
     def with_layers(self, layers: Mapping[str, LayerSpec]) -> Recipe:
+        """A copy of this recipe with ``layers`` in place of its per-layer specs."""
         return replace(self, layers=dict(layers))
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,6 +157,8 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        """The recipe of a :meth:`to_dict` object (its ``source`` field is ignored); raises
+        RecipeError naming the field for an unknown field, wrong value or schema version."""
         if not isinstance(data, Mapping):
             raise RecipeError(f"recipe: expected a JSON object, got {type(data).__name__}")
         version = data.get("schema_version", SCHEMA_VERSION)
@@ -194,10 +197,12 @@ class Recipe:
         return cls(layers=layers, **kwargs)
 
     def to_json(self, indent: int | None = 2) -> str:
+        """The :meth:`to_dict` object as JSON text."""
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
     @classmethod
     def from_json(cls, text: str) -> Recipe:
+        """The recipe of :meth:`to_json` text; raises RecipeError for invalid JSON or content."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -24,9 +24,13 @@ FORMAT_VERSION = 1
 
 
 def save_int8(
-    int8: nn.Module, recipe: Recipe, path: str | Path, metrics: dict[str, float] | None = None
+    int8: nn.Module,
+    recipe: Recipe,
+    path: str | Path | BinaryIO,
+    metrics: dict[str, float] | None = None,
 ) -> None:
-    """Write ``int8`` (made from ``recipe``) to ``path``; ``metrics`` are stored beside it."""
+    """Write ``int8`` (made from ``recipe``) to ``path`` (a file name or a binary file);
+    ``metrics`` are stored beside it."""
     torch.save(
         {
             "format": FORMAT,
@@ -35,7 +39,7 @@ def save_int8(
             "metrics": dict(metrics or {}),
             "state_dict": int8.state_dict(),
         },
-        Path(path),
+        Path(path) if isinstance(path, str | Path) else path,
     )
 
 

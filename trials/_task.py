@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
 import os
 import random
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -47,13 +49,21 @@ class Task(Protocol):
         """The trained fp32 model (a new copy on each call; cache the training, not the module)."""
         ...
 
-    def train_batches(self) -> Iterable[Batch]: ...
+    def train_batches(self) -> Iterable[Batch]:
+        """The batches of one epoch of fine-tuning and QAT."""
+        ...
 
-    def calibration_batches(self) -> Iterable[Batch]: ...
+    def calibration_batches(self) -> Iterable[Batch]:
+        """The batches the PTQ observers see (the first ``recipe.calibration_batches``)."""
+        ...
 
-    def validation_batches(self) -> Iterable[Batch]: ...
+    def validation_batches(self) -> Iterable[Batch]:
+        """The batches that every reported accuracy is computed on."""
+        ...
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The scalar training loss of a model's ``output`` for ``target``."""
+        ...
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Metrics on the validation split; must include ``accuracy`` (higher is better)."""
@@ -76,9 +86,13 @@ class AnalyticTask(Protocol):
     name: str
     trial_seconds: float
 
-    def build_model(self) -> nn.Module: ...
+    def build_model(self) -> nn.Module:
+        """A model with the task's prunable layers (its weights do not matter)."""
+        ...
 
-    def analytic_metrics(self, recipe: Recipe) -> dict[str, float]: ...
+    def analytic_metrics(self, recipe: Recipe) -> dict[str, float]:
+        """Every trial metric of ``recipe``, computed without training or measuring."""
+        ...
 
 
 def seed_everything(seed: int) -> None:
@@ -108,10 +122,23 @@ def cached_state_dict(
         state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
         return state
     state = {k: v.detach().cpu() for k, v in train().state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(buffer.getvalue())  # Python's write: a full disk is an OSError
+        os.replace(tmp, path)
+    except OSError as exc:
+        # The cache only saves time: without it the baseline is trained again next time.
+        if tmp.exists():
+            tmp.unlink()
+        warnings.warn(
+            f"could not cache the trained baseline in {path.parent} ({exc.strerror or exc}); "
+            f"set SWEEP_CACHE_DIR to a writable folder with space",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return state
 
 

@@ -31,6 +31,9 @@ class TrialPruned(Exception):
 
 @dataclass(frozen=True)
 class TrialResult:
+    """The outcome of :func:`run_trial`: its state, metrics (empty unless COMPLETE), seconds per
+    phase, the reason of a FAIL or PRUNED, the worker, and the metrics reported per epoch."""
+
     state: str  # COMPLETE | PRUNED | FAIL
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)

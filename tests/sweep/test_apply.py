@@ -11,6 +11,9 @@ import pytest
 import torch
 
 import trials
+from sweep import _apply
+from sweep._apply import DeviceError, check_device
+from sweep._output import write_atomically
 from tests.sweep.cli_runner import run_cli
 from trials.tasks.digits import DigitsNet
 
@@ -103,3 +106,33 @@ def test_apply_rejects_recipes_that_do_not_fit_and_writes_nothing(
     assert code == 2, err
     assert message in err and "Traceback" not in err
     assert not model_path.exists()
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "cuda:x", "CPU"])
+def test_check_device_rejects_what_is_not_cpu_or_cuda(device: str) -> None:
+    with pytest.raises(DeviceError, match=f"--device: '{device}' is not one of cpu, cuda"):
+        check_device(device)
+
+
+def test_check_device_accepts_cpu_and_needs_cuda_for_cuda() -> None:
+    assert check_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert check_device("cuda:0") == torch.device("cuda:0")
+        with pytest.raises(DeviceError, match="cuda:99 does not exist"):
+            check_device("cuda:99")
+    else:
+        for device in ("cuda", "cuda:1"):
+            with pytest.raises(DeviceError, match=f"--device: {device} is not available"):
+                check_device(device)
+
+
+def test_a_failed_save_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(_apply, "save_int8", fail)
+    target = tmp_path / "model.pt"
+    save = _apply._save_model(torch.nn.Linear(2, 2), trials.Recipe(), {})
+    with pytest.raises(RuntimeError, match="boom"):  # not a disk error: it goes on as it was
+        write_atomically(target, save)
+    assert list(tmp_path.iterdir()) == []

@@ -103,3 +103,18 @@ def test_unreadable_config_and_unknown_sweep(tmp_path: Path) -> None:
     unknown = _run("pareto", "ghost", "--storage", "sqlite:///empty.db", cwd=tmp_path)
     assert unknown.returncode == 2 and "ghost" in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1
+
+
+def test_usage_errors_are_one_line_and_help_still_works(tmp_path: Path) -> None:
+    """click's own usage errors (a missing argument, a value out of range) are one `error:`
+    line that points at the command's help, exit 2; --help prints the help, exit 0."""
+    for args, expected in (
+        (("launch",), "error: Missing argument 'CONFIG'; see sweep launch --help"),
+        (("status", "--interval", "0"), "error: Invalid value for '--interval'"),
+    ):
+        result = _run(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    shown = _run("launch", "--help", cwd=tmp_path)
+    assert shown.returncode == 0 and "Usage:" in shown.stdout and "--n-trials" in shown.stdout

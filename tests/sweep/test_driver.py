@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import ray
 
-from storage import Store
+from storage import Store, SweepNotFoundError
 from sweep import ConfigError, _remote, parse_config, run_sweep, validate_before_ray
 from trials import TaskError, TrialPruned
 
@@ -63,6 +63,12 @@ def test_validation_before_ray() -> None:
         validate_before_ray(_config("x", task="no_such_module:make"))
     with pytest.raises(ConfigError, match="objectives: 'f1' is not a trial metric"):
         validate_before_ray(_config("x", objectives={"f1": "max"}))
+    # Settings the task's factory does not take: before Ray starts, naming what it takes.
+    with pytest.raises(
+        ConfigError, match=r"task_settings: .*'bogus' \(the task 'digits' takes: seed"
+    ):
+        validate_before_ray(_config("x", task_settings={"bogus": 1}))
+    validate_before_ray(_config("x", task_settings={"seed": 3}))
 
 
 def test_a_users_own_task_runs_through_a_sweep(local_ray: None, tmp_path: Path) -> None:
@@ -102,3 +108,35 @@ def test_a_stop_verdict_reaches_the_trial_at_the_step_it_judged(local_ray: None)
         stop_driver.set()
         thread.join()
     assert judged == [(7, 0), (7, 1)]
+
+
+def test_a_driver_with_long_trials_keeps_writing_its_sweep(
+    local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat: `sweep status` tells a live sweep with long trials from a dead driver."""
+    monkeypatch.setattr("sweep._driver.HEARTBEAT_S", 0.3)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    config = parse_config(
+        {
+            "name": "beat",
+            "task": "synthetic",
+            "task_settings": {"n_layers": 2, "trial_seconds": 3.0},
+            "budget": {"n_trials": 1},
+        }
+    )
+    runner = threading.Thread(target=run_sweep, args=(config, store))
+    runner.start()
+    seen = set()
+    while runner.is_alive():
+        try:
+            info = store.get_sweep("beat")
+        except SweepNotFoundError:  # not created yet
+            time.sleep(0.05)
+            continue
+        if info.counts["COMPLETE"] == 0:
+            seen.add(info.updated_at)
+        time.sleep(0.1)
+    runner.join()
+    # Created, RUNNING trial recorded, then heartbeats while the 3-s trial ran.
+    assert len(seen) >= 4, seen
+    assert store.get_sweep("beat").status == "FINISHED"

@@ -70,6 +70,48 @@ class Flat:
 def make():
     return Flat()
 """
+# A model small enough to compress in a second, large enough (about 24 KB saved) to outgrow a
+# file size limit.
+TINY_TASK = """
+import torch
+from torch import nn
+
+
+class Tiny:
+    name = "tiny"
+
+    def build_model(self):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 4))
+
+    def train_batches(self):
+        g = torch.Generator().manual_seed(0)
+        return [(torch.randn(8, 64, generator=g), torch.randint(0, 4, (8,), generator=g))]
+
+    calibration_batches = validation_batches = train_batches
+
+    def loss(self, output, target):
+        return nn.functional.cross_entropy(output, target)
+
+    def evaluate(self, model, device):
+        inputs, targets = self.train_batches()[0]
+        return {"accuracy": float((model(inputs).argmax(1) == targets).float().mean())}
+
+    def example_input(self):
+        return torch.zeros(1, 64)
+
+
+def make():
+    return Tiny()
+"""
+TINY_RECIPE = (
+    '{"schema_version": 1, "order": "prune_ptq", "finetune_epochs": 0, "calibration_batches": 1, '
+    '"layers": {"0": {"amount": 0.5}, "2": {"amount": 0.5}}}'
+)
+OTHER_MODEL_RECIPE = (
+    '{"schema_version": 1, "order": "prune_ptq", "layers": {"features.0": {"amount": 0.5}}}'
+)
+RECOMMEND = ("recommend", "keep", "--max-drop", "0.01", "--minimize", "latency_ms")
 
 # The table of bad input: id -> case. Cases that start Ray are marked slow below.
 CASES: dict[str, Case] = {
@@ -79,8 +121,82 @@ CASES: dict[str, Case] = {
     "unknown_config_field": Case(
         LAUNCH,
         2,
-        "budgt: unknown field; check its spelling against the configuration reference",
+        "budgt: unknown field; did you mean 'budget'?",
         "name: new\ntask: digits\nbudgt: {n_trials: 3}\n",
+    ),
+    "unknown_config_field_unlike_any": Case(
+        LAUNCH,
+        2,
+        "colour: unknown field; check its spelling against the configuration reference",
+        "name: new\ntask: digits\ncolour: red\n",
+    ),
+    "section_given_a_scalar": Case(
+        LAUNCH,
+        2,
+        "budget: expected a mapping (e.g. budget: {n_trials: 40})",
+        "name: new\ntask: digits\nbudget: 5\n",
+    ),
+    "launch_name_with_a_space": Case(
+        (*LAUNCH, "--name", "bad name"),
+        2,
+        "--name: 'bad name' is not a valid sweep name; use 1 to 200 letters, digits",
+        "name: new\ntask: digits\n",
+    ),
+    "launch_empty_name": Case(
+        (*LAUNCH, "--name", ""),
+        2,
+        "--name: '' is not a valid sweep name",
+        "name: new\ntask: digits\n",
+    ),
+    "sensitivity_name_with_a_space": Case(
+        ("sensitivity", "{dir}/sweep.yaml", "--name", "bad name", "--storage", "{db}"),
+        2,
+        "--name: 'bad name' is not a valid sweep name",
+        "name: new\ntask: digits\n",
+    ),
+    "launch_without_config": Case(
+        ("launch",), 2, "Missing argument 'CONFIG'; see sweep launch --help"
+    ),
+    "trials_without_name": Case(("trials",), 2, "Missing argument 'name'; see sweep trials --help"),
+    "zero_trials": Case(
+        (*LAUNCH, "--n-trials", "0"),
+        2,
+        "Invalid value for '--n-trials': Input should be greater than or equal to 1; see sweep "
+        "launch --help",
+        "name: new\ntask: digits\n",
+    ),
+    "negative_trials": Case(
+        (*LAUNCH, "--n-trials", "-5"),
+        2,
+        "Invalid value for '--n-trials'",
+        "name: new\ntask: digits\n",
+    ),
+    "status_interval_zero": Case(
+        ("status", "--interval", "0", "--storage", "{db}"),
+        2,
+        "Invalid value for '--interval'",
+    ),
+    "unknown_option": Case(
+        ("trials", "keep", "--bogus", "--storage", "{db}"),
+        2,
+        "No such option: --bogus; see sweep trials --help",
+    ),
+    "unknown_command": Case(
+        ("lanuch",), 2, "No such command 'lanuch'. Did you mean 'launch'?; see sweep --help"
+    ),
+    "objective_both_max_and_min": Case(
+        (
+            "pareto",
+            "keep",
+            "--objective",
+            "accuracy:max",
+            "--objective",
+            "accuracy:min",
+            "--storage",
+            "{db}",
+        ),
+        2,
+        "--objective: 'accuracy' is given as both max and min; give it once",
     ),
     "negative_amount": Case(
         LAUNCH,
@@ -168,13 +284,41 @@ CASES: dict[str, Case] = {
         ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}/model.pt"),
         2,
         "'features.0' is not a prunable layer of this model",
-        files=(
-            (
-                "recipe.json",
-                '{"schema_version": 1, "order": "prune_ptq", '
-                '"layers": {"features.0": {"amount": 0.5}}}',
-            ),
-        ),
+        files=(("recipe.json", OTHER_MODEL_RECIPE),),
+    ),
+    "apply_output_is_a_folder": Case(
+        ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}"),
+        2,
+        "it is a folder; give a file in it, e.g.",
+        files=(("recipe.json", OTHER_MODEL_RECIPE),),
+    ),
+    "apply_output_folder_missing": Case(
+        ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}/missing/model.pt"),
+        2,
+        "/missing does not exist; create it or write elsewhere",
+        files=(("recipe.json", OTHER_MODEL_RECIPE),),
+    ),
+    "apply_device_unknown": Case(
+        ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}/m.pt", "--device", "tpu"),
+        2,
+        "--device: 'tpu' is not one of cpu, cuda or cuda:N",
+        files=(("recipe.json", OTHER_MODEL_RECIPE),),
+    ),
+    "apply_device_cuda_without_gpu": Case(
+        ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}/m.pt", "--device", "cuda"),
+        2,
+        "--device: cuda is not available (torch",
+        files=(("recipe.json", OTHER_MODEL_RECIPE),),
+    ),
+    "recommend_output_folder_missing": Case(
+        (*RECOMMEND, "-o", "{dir}/missing/r.json", "--storage", "{db}"),
+        2,
+        "/missing does not exist; create it or write elsewhere",
+    ),
+    "recommend_output_is_a_folder": Case(
+        (*RECOMMEND, "-o", "{dir}", "--storage", "{db}"),
+        2,
+        "it is a folder; give a file in it, e.g.",
     ),
     "disk_full_writing_a_listing": Case(
         ("trials", "keep", "--format", "json", "-o", "{dir}/all.json", "--storage", "{db}"),
@@ -183,8 +327,25 @@ CASES: dict[str, Case] = {
         file_size_limit=40_000,  # above SQLite's 32 KiB shared-memory file, below the listing
         subprocess=True,
     ),
+    "disk_full_saving_a_model": Case(
+        ("apply", "recipe.json", "--task", "tiny_task:make", "-o", "{dir}/model.pt"),
+        1,
+        "model.pt: the disk is full or the file reached its size limit (File too large)",
+        files=(("tiny_task.py", TINY_TASK), ("recipe.json", TINY_RECIPE)),
+        file_size_limit=8_000,  # the saved model is about 24 KB
+        subprocess=True,
+    ),
+    "disk_full_writing_a_plot": Case(
+        ("plot", "keep", "-o", "{dir}", "--storage", "{db}"),
+        1,
+        "keep.html: the disk is full or the file reached its size limit (File too large)",
+        file_size_limit=1_000_000,  # above the PNG (about 40 KB), below the HTML (about 5 MB)
+        subprocess=True,
+    ),
 }
 SLOW = {"no_prunable_layers", "recipe_for_another_model"}  # train digits
+# Cases whose bad input is only bad on a machine without a CUDA device.
+CPU_ONLY = {"apply_device_cuda_without_gpu"}
 
 
 def _keep(url: str) -> None:
@@ -238,7 +399,6 @@ def _in_process(
     capsys: pytest.CaptureFixture[str],
 ) -> subprocess.CompletedProcess[str]:
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # main() adds the working directory
     monkeypatch.delenv("SWEEP_STORAGE", raising=False)
     code, out, err = run_cli(monkeypatch, capsys, *argv)
     return subprocess.CompletedProcess(argv, code, out, err)
@@ -256,9 +416,23 @@ def check_one_error_line(result: subprocess.CompletedProcess[str], code: int, ex
     return errors[0]
 
 
-@pytest.mark.parametrize(
-    "case_id", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES]
-)
+def _marks(case_id: str) -> list[pytest.MarkDecorator]:
+    marks = [pytest.mark.slow] if case_id in SLOW else []
+    if case_id in CPU_ONLY:
+        marks.append(pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device exists"))
+    return marks
+
+
+def _files(folder: Path) -> set[Path]:
+    """The files under ``folder``, but Python's bytecode caches and SQLite's own side files."""
+    return {
+        path.relative_to(folder)
+        for path in folder.rglob("*")
+        if "__pycache__" not in path.parts and not path.name.startswith("store.db-")
+    }
+
+
+@pytest.mark.parametrize("case_id", [pytest.param(c, marks=_marks(c)) for c in CASES])
 def test_bad_input(
     case_id: str,
     tmp_path: Path,
@@ -275,6 +449,7 @@ def test_bad_input(
         (tmp_path / name).write_text(text)
     fill = {"db": db, "dir": str(tmp_path), "port": str(_closed_port())}
     argv = [arg.format(**fill) for arg in case.argv]
+    files_before = _files(tmp_path)
     if case.subprocess:
         result = run_sweep_cli(argv, tmp_path, file_size_limit=case.file_size_limit)
     else:
@@ -283,6 +458,7 @@ def test_bad_input(
     assert PASSWORD not in result.stdout + result.stderr
     assert len(line) < 600, line  # one readable line, not a dump
     pd.testing.assert_frame_equal(_snapshot(db), before)
+    assert _files(tmp_path) == files_before  # no partial output file, no temporary one left
 
 
 @pytest.mark.slow

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
 from storage import Store, TrialRecord
-from sweep import cli
+from sweep import _plot, cli
+from sweep._output import DiskFullError, OutputError
 
 LAYERS = ("conv1", "conv2", "fc")
 FP32 = {
@@ -74,3 +77,31 @@ def test_plot_of_a_sweep_without_trials_is_a_user_error(
         cli.main()
     assert exit_info.value.code == 2
     assert "no COMPLETE trials" in capsys.readouterr().err
+
+
+def test_plot_on_a_full_disk_leaves_neither_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTML fails after the PNG was written: neither reaches the folder, no temporary is
+    left, and the plots already there stay as they were."""
+    url = _store(tmp_path)
+    out = tmp_path / "plots"
+    out.mkdir()
+    (out / "demo.png").write_bytes(b"old")
+
+    def full(data: object, name: str, path: Path) -> None:
+        path.write_text("partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_plot, "_html", full)
+    with Store(url) as store, pytest.raises(DiskFullError, match=r"demo\.html: the disk is full"):
+        _plot.plot_sweep(store, "demo", out)
+    assert [p.name for p in out.iterdir()] == ["demo.png"]
+    assert (out / "demo.png").read_bytes() == b"old"
+
+
+def test_plot_into_a_file_is_a_user_error(tmp_path: Path) -> None:
+    url = _store(tmp_path)
+    (tmp_path / "plots").write_text("not a folder")
+    with Store(url) as store, pytest.raises(OutputError, match="plots is a file; give the folder"):
+        _plot.plot_sweep(store, "demo", tmp_path / "plots")

@@ -3,13 +3,16 @@ under constraints, the recipe file it writes, and the no-match path that writes 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from storage import Store, TrialRecord
-from sweep._recommend import Goal, NoMatchError, best_per_objective, recommend
+from sweep._output import DiskFullError, OutputError
+from sweep._recommend import Goal, NoMatchError, best_per_objective, recommend, write_recipe
 from tests.sweep.cli_runner import run_cli
 from trials import Recipe
 
@@ -139,3 +142,35 @@ def test_cli_recommend_user_mistakes_exit_2(
     code, _, err = run_cli(monkeypatch, capsys, "recommend", "rec", *args, "--storage", db)
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+def test_write_recipe_on_a_full_disk_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails for lack of space: DiskFullError (exit 1), nothing at -o, no
+    temporary file; a recipe already there is kept as it was."""
+    target = tmp_path / "recipe.json"
+    target.write_text("old")
+
+    def full(self: Path, *args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(DiskFullError, match=r"-o: cannot write .*recipe\.json: the disk is full"):
+        write_recipe({"schema_version": 1}, target)
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.json"]
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("missing/recipe.json", r"the folder .*missing does not exist; create it or write"),
+        (".", "it is a folder; give a file in it"),
+    ],
+)
+def test_write_recipe_to_a_bad_path_is_one_line(tmp_path: Path, where: str, message: str) -> None:
+    with pytest.raises(OutputError, match=message):
+        write_recipe({"schema_version": 1}, tmp_path / where)
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ import pytest
 
 from storage import Store
 from sweep import parse_config, run_sweep
+from sweep._driver import resume_sweep
 from tests.sweep.cli_runner import interruptible
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,3 +183,20 @@ def test_early_stopping_prunes_hopeless_trials(local_ray: None, tmp_path: Path) 
     assert progress.pruned == (trials["state"] == "PRUNED").sum() >= 1
     pruned = trials[trials["state"] == "PRUNED"]
     assert pruned["error"].str.contains("stopped early").all()
+
+
+def test_resume_with_a_new_budget_stores_it(local_ray: None, tmp_path: Path) -> None:
+    """`sweep status` from elsewhere reads the budget from the store: it must see the new one."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    config = parse_config(
+        {
+            "name": "grow",
+            "task": "synthetic",
+            "task_settings": {"n_layers": 2, "trial_seconds": 0.0},
+            "budget": {"n_trials": 2},
+        }
+    )
+    run_sweep(config, store)
+    resume_sweep("grow", store, n_trials=4)
+    assert store.get_sweep("grow").config["budget"]["n_trials"] == 4
+    assert list(store.trials("grow")["number"]) == [0, 1, 2, 3]

@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from storage import Store, TrialRecord
 from sweep import _status
@@ -104,6 +106,25 @@ def test_watch_returns_at_once_for_a_stopped_sweep(
         store.set_sweep_status("run", "INTERRUPTED")
     code, out, _ = run_cli(monkeypatch, capsys, "status", "run", "--storage", db, "--watch")
     assert code == 0 and "INTERRUPTED" in out
+
+
+def test_a_running_sweep_whose_driver_went_silent_is_stale(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Store(db) as store:
+        info = store.get_sweep("run")
+        soon = info.updated_at + timedelta(seconds=_status.STALE_AFTER_S - 1)
+        late = info.updated_at + timedelta(seconds=_status.STALE_AFTER_S + 1)
+        assert _status.from_store(store, info, now=soon).status == "RUNNING"
+        stale = _status.from_store(store, info, now=late)
+        assert stale.status == "STALE" and stale.remaining_s is None
+    # As `sweep status` sees it: the driver was killed a while ago; --watch does not wait.
+    engine = sa.create_engine(db)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE sweeps SET updated_at = '2026-01-01 00:00:00'"))
+    engine.dispose()
+    code, out, _ = run_cli(monkeypatch, capsys, "status", "run", "--storage", db, "--watch")
+    assert code == 0 and "STALE" in out
 
 
 def _watch(db: str, cwd: Path) -> subprocess.Popen[str]:
