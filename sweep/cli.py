@@ -73,6 +73,9 @@ StorageOption = Annotated[
         help=f"Store URL (default {DEFAULT_STORAGE}; PostgreSQL: postgresql+psycopg://...).",
     ),
 ]
+ShortFormatOption = Annotated[
+    str, typer.Option("--format", help="table, csv or json (default table).")
+]
 FormatOption = Annotated[
     str | None,
     typer.Option(
@@ -325,6 +328,11 @@ def _wrote(frame: pd.DataFrame, output: Path | None) -> None:
         err.print(f"wrote {len(frame)} rows to {output}", highlight=False)
 
 
+def _short_format(fmt: str) -> None:
+    if fmt not in ("table", "csv", "json"):
+        raise UserError(f"--format: {fmt!r} is not one of table, csv, json")
+
+
 def _note_hardware(frame: pd.DataFrame) -> None:
     """Latencies from several hardware classes are said to be so, on stderr (scripts reading
     stdout are not disturbed)."""
@@ -450,9 +458,7 @@ def export(
 def status(
     name: Annotated[str | None, typer.Argument(help="One sweep (default: all).")] = None,
     storage: StorageOption = None,
-    fmt: Annotated[
-        str, typer.Option("--format", help="table, csv or json (default table).")
-    ] = "table",
+    fmt: ShortFormatOption = "table",
     watch: Annotated[
         bool,
         typer.Option(
@@ -466,8 +472,7 @@ def status(
 ) -> None:
     """Show sweeps and their progress: done, running, failed, pruned, front size, best value
     of each objective, elapsed and (while RUNNING) an estimate of the time remaining."""
-    if fmt not in ("table", "csv", "json"):
-        raise UserError(f"--format: {fmt!r} is not one of table, csv, json")
+    _short_format(fmt)
     store = _store(storage)
 
     def read() -> list[_status.SweepProgress]:
@@ -543,9 +548,11 @@ def recommend(
         typer.Option("--output", "-o", metavar="FILE", help="Write the trial's recipe (JSON)."),
     ] = None,
     storage: StorageOption = None,
+    fmt: ShortFormatOption = "table",
 ) -> None:
     """The trial that meets the constraints and is best on one metric; -o writes its recipe.
     Exits 1, writing nothing, when no trial meets the constraints."""
+    _short_format(fmt)
     if (minimize is None) == (maximize is None):
         raise UserError("give exactly one of --minimize METRIC or --maximize METRIC")
     if output is not None:
@@ -561,7 +568,7 @@ def recommend(
         _output.render(exc.closest, "table", err, title=f"Closest trials of {name}")
         raise typer.Exit(1) from None
     frame = trial.to_frame().T
-    _output.render(frame, "table", out, title=f"Recommended: trial {trial['number']} of {name}")
+    _output.render(frame, fmt, out, title=f"Recommended: trial {trial['number']} of {name}")
     _note_hardware(store.trials(name, states=["COMPLETE"]))
     if output is not None:
         _recommend.write_recipe(_recommend.recipe_document(store, name, trial), output)
@@ -612,9 +619,11 @@ def apply_command(
     ] = False,
     device: Annotated[str, typer.Option(help="Fine-tuning device: cpu or cuda.")] = "cpu",
     storage: StorageOption = None,
+    fmt: ShortFormatOption = "table",
 ) -> None:
     """Run a recipe once more on its task, save the int8 model (reload it with
     trials.load_int8), and compare accuracy, size and latency with the stored trial."""
+    _short_format(fmt)
     recipe_file = _apply.read_recipe(recipe_path)
     _apply.check_device(device)
     _output.check_output_file(output, example="model.pt")  # before the task fine-tunes
@@ -630,19 +639,29 @@ def apply_command(
         allow_missing=allow_missing,
         device=device,
     )
-    table = Table(title=f"{recipe_path} on task {applied.task!r}, saved to {output}")
-    table.add_column("metric")
-    table.add_column("applied", justify="right")
-    if stored:
-        table.add_column(f"stored ({label})", justify="right")
-    for name in _recommend.SOURCE_METRICS:
-        if name in applied.metrics:
-            shown = name.removeprefix("fp32_")  # formatted as the int8 metric it matches
-            cells = [_output._cell(shown, applied.metrics[name])]
+    shown = [name for name in _recommend.SOURCE_METRICS if name in applied.metrics]
+    if fmt != "table":  # for scripts: one row per metric, the stored trial's value beside
+        rows = pd.DataFrame(
+            {
+                "metric": shown,
+                "applied": [applied.metrics[name] for name in shown],
+                "stored": [stored.get(name) if stored else None for name in shown],
+            }
+        )
+        _output.render(rows, fmt, out)
+    else:
+        table = Table(title=f"{recipe_path} on task {applied.task!r}, saved to {output}")
+        table.add_column("metric")
+        table.add_column("applied", justify="right")
+        if stored:
+            table.add_column(f"stored ({label})", justify="right")
+        for name in shown:
+            like = name.removeprefix("fp32_")  # formatted as the int8 metric it matches
+            cells = [_output._cell(like, applied.metrics[name])]
             if stored:
-                cells.append(_output._cell(shown, stored.get(name)))
+                cells.append(_output._cell(like, stored.get(name)))
             table.add_row(name, *cells)
-    out.print(table)
+        out.print(table)
     err.print(
         f"reload: trials.load_int8({str(output)!r}, model, example_input); "
         "the file itself reads with torch.load(..., weights_only=True)",

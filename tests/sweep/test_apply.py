@@ -70,6 +70,14 @@ def test_apply_saves_an_int8_model_that_reloads_and_scores_as_reported(
     assert conv1.weight().dtype == torch.qint8
     assert conv1.weight().shape[0] < dict(DigitsNet().named_modules())["conv1.0"].out_channels
 
+    code, out, err = run_cli(  # the same comparison for scripts
+        monkeypatch, capsys, "apply", str(recipe_path), "-o", str(model_path), "--format", "json"
+    )
+    assert code == 0, err
+    rows = {row["metric"]: row for row in json.loads(out)}
+    assert rows["accuracy"]["stored"] == 0.97 and 0 < rows["accuracy"]["applied"] <= 1
+    assert rows["fp32_size_bytes"]["applied"] > rows["size_bytes"]["applied"]
+
 
 @pytest.mark.parametrize(
     ("document", "args", "message"),

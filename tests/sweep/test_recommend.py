@@ -107,6 +107,25 @@ def test_cli_recommend_writes_a_recipe_that_loads_and_names_its_trial(
     assert recipe.layer("conv2").amount == pytest.approx(0.1)
 
 
+def test_cli_recommend_and_best_as_json_for_scripts(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        *("recommend", "rec", "--max-drop", "0.01", "--minimize", "latency_ms"),
+        *("--format", "json", "--storage", db),
+    )
+    assert code == 0, err
+    (trial,) = json.loads(out)
+    assert trial["number"] == 1 and trial["latency_ms"] == 1.5 and "layers" in trial["recipe"]
+    code, _, err = run_cli(
+        monkeypatch, capsys, "recommend", "rec", "--minimize", "latency_ms", "--format", "xml",
+        "--storage", db,
+    )  # fmt: skip
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: --format: 'xml'")
+
+
 def test_cli_recommend_without_a_match_exits_1_and_writes_nothing(
     db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from storage import Store, TrialRecord
-from sweep import _status
+from sweep import _output, _status
 from tests.sweep.cli_runner import interruptible, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,3 +167,14 @@ def test_watch_ctrl_c_exits_0(db: str, tmp_path: Path) -> None:
     _, err = watcher.communicate(timeout=120)
     assert watcher.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_the_launch_bar_names_every_field() -> None:
+    state = _status.progress(
+        "s", "RUNNING", total=10, done=4, running=2, failed=1, pruned=1, front_size=3,
+        best={"accuracy": 0.9876, "compressed_bytes": 21592.0}, elapsed_s=20.0,
+    )  # fmt: skip
+    assert _status.bar_detail(state, _output._cell) == (
+        "running 2 failed 1 pruned 1 front 3 | best accuracy 98.76%, compressed_bytes 21,592 "
+        "| elapsed 0:00:20 remaining 0:00:30"
+    )
