@@ -3,37 +3,23 @@ there named like a library (``matplotlib.py``, ``yaml.py``) never runs in its pl
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.sweep.test_errors import TINY_RECIPE, TINY_TASK, _keep
+from tests.sweep.test_errors import TINY_RECIPE, TINY_TASK, _keep, run_sweep_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 # As the installed `sweep` script starts: its own folder first on sys.path, not the working
 # directory (`python -c` puts the working directory first: drop it).
-PROGRAM = """
+DROP_WORKING_DIRECTORY = """
 import os, sys
 if sys.path and sys.path[0] in ("", os.getcwd()):
     sys.path.pop(0)
-from sweep.cli import main
-main()
 """
 STRAY = "open({marker!r}, 'w').write('imported')\n"
 
 
 def _sweep(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("SWEEP_STORAGE", None)
-    return subprocess.run(
-        [sys.executable, "-c", PROGRAM, *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_sweep_cli(argv, cwd, code=DROP_WORKING_DIRECTORY)
 
 
 def test_a_stray_module_in_the_working_directory_is_not_imported(tmp_path: Path) -> None:
