@@ -47,6 +47,8 @@ class Case:
     # A fresh process: for Ray start-up and file size limits. Others run in this process
     # through ``cli.main()`` (same code path, without seconds of imports per case).
     subprocess: bool = False
+    # Environment variables of that process (``{port}`` filled in), e.g. RAY_ADDRESS.
+    env: tuple[tuple[str, str], ...] = ()
 
 
 LAUNCH = ("launch", "{dir}/sweep.yaml", "--storage", "{db}")
@@ -273,6 +275,20 @@ CASES: dict[str, Case] = {
         "name: new\ntask: digits\n",
         subprocess=True,
     ),
+    "ray_address_auto_finds_a_stopped_cluster": Case(
+        (*LAUNCH, "--address", "auto"),
+        2,
+        "ray_address: nothing answers at 127.0.0.1:",
+        "name: new\ntask: digits\n",
+        subprocess=True,
+        env=(("RAY_ADDRESS", "127.0.0.1:{port}"),),
+    ),
+    "task_setting_the_task_does_not_take": Case(
+        LAUNCH,
+        2,
+        "task_settings: got an unexpected keyword argument 'widht' (the task 'digits' takes:",
+        "name: new\ntask: digits\ntask_settings: {widht: 8}\n",
+    ),
     "ray_address_malformed": Case(
         (*LAUNCH, "--address", "head-node"),
         2,
@@ -375,10 +391,16 @@ def _limit_file_size(limit: int | None) -> None:
 
 
 def run_sweep_cli(
-    argv: list[str], cwd: Path, *, file_size_limit: int | None = None, code: str = ""
+    argv: list[str],
+    cwd: Path,
+    *,
+    file_size_limit: int | None = None,
+    code: str = "",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``sweep ARGV`` in a subprocess; ``code`` runs first, in the same process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """``sweep ARGV`` in a subprocess; ``code`` runs first, in the same process; ``env`` adds
+    environment variables."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     env.pop("SWEEP_STORAGE", None)
     program = f"{code}\nfrom sweep.cli import main\nmain()"
     return subprocess.run(
@@ -451,7 +473,8 @@ def test_bad_input(
     argv = [arg.format(**fill) for arg in case.argv]
     files_before = _files(tmp_path)
     if case.subprocess:
-        result = run_sweep_cli(argv, tmp_path, file_size_limit=case.file_size_limit)
+        env = {name: value.format(**fill) for name, value in case.env}
+        result = run_sweep_cli(argv, tmp_path, file_size_limit=case.file_size_limit, env=env)
     else:
         result = _in_process(argv, tmp_path, monkeypatch, capsys)
     line = check_one_error_line(result, case.code, case.expected)
