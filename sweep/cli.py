@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import json
 import math
 import os
 import sys
@@ -328,6 +329,21 @@ def _wrote(frame: pd.DataFrame, output: Path | None) -> None:
         err.print(f"wrote {len(frame)} rows to {output}", highlight=False)
 
 
+def _stream(
+    states: list[_status.SweepProgress], fmt: str, header: list[str] | None
+) -> list[str] | None:
+    """One refresh of ``status --watch`` as a stream: JSON Lines (an object per sweep), or CSV
+    rows under a header that is printed again only when the columns change; the header shown."""
+    frame = _status.frame(states)
+    if fmt == "json":
+        for record in _output.records(frame):
+            out.out(json.dumps(record), highlight=False)
+        return header
+    columns = [str(c) for c in frame.columns]
+    out.out(frame.to_csv(index=False, header=columns != header).rstrip("\n"), highlight=False)
+    return columns
+
+
 def _short_format(fmt: str) -> None:
     if fmt not in ("table", "csv", "json"):
         raise UserError(f"--format: {fmt!r} is not one of table, csv, json")
@@ -495,8 +511,9 @@ def status(
         return
     try:
         if fmt != "table":
-            while True:  # csv/json: one listing per refresh, for a log or a pipe
-                render(states)
+            header: list[str] | None = None
+            while True:  # csv/json: a stream for a log or a pipe, parseable as it grows
+                header = _stream(states, fmt, header)
                 if not any(s.status == "RUNNING" for s in states):
                     return
                 time.sleep(interval)

@@ -127,9 +127,9 @@ def test_a_running_sweep_whose_driver_went_silent_is_stale(
     assert code == 0 and "STALE" in out
 
 
-def _watch(db: str, cwd: Path) -> subprocess.Popen[str]:
+def _watch(db: str, cwd: Path, fmt: str = "csv") -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = [*SWEEP, "status", "run", "--storage", db, "--format", "csv"]
+    argv = [*SWEEP, "status", "run", "--storage", db, "--format", fmt]
     return subprocess.Popen(
         [*argv, "--watch", "--interval", "0.2"],
         cwd=cwd,
@@ -156,6 +156,20 @@ def test_watch_stops_when_the_sweep_finishes(db: str, tmp_path: Path) -> None:
     out, err = watcher.communicate(timeout=120)
     assert watcher.returncode == 0, err
     assert "run,FINISHED,6,10,0" in out
+    assert "name,status" not in out  # one header: the stream reads as one CSV file
+
+
+def test_watch_as_json_is_json_lines(db: str, tmp_path: Path) -> None:
+    watcher = _watch(db, tmp_path, "json")
+    first = json.loads(_first_line(watcher))  # each line a whole object, as it arrives
+    assert (first["name"], first["status"], first["done"]) == ("run", "RUNNING", 5)
+    with Store(db) as store:
+        store.record_trials("run", [_record(5, "COMPLETE", 0.99, 990)])
+        store.set_sweep_status("run", "FINISHED")
+    out, err = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, err
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert rows[-1]["status"] == "FINISHED" and rows[-1]["done"] == 6
 
 
 @pytest.mark.slow
