@@ -642,8 +642,6 @@ def apply_command(
     trials.load_int8), and compare accuracy, size and latency with the stored trial."""
     _short_format(fmt)
     recipe_file = _apply.read_recipe(recipe_path)
-    _apply.check_device(device)
-    _output.check_output_file(output, example="model.pt")  # before the task fine-tunes
     settings = _apply.parse_settings(task_setting or [])
     _task_importable(task or recipe_file.source.get("task"))
     stored, label = _stored_metrics(recipe_file.source, from_trial, storage)
