@@ -1,6 +1,6 @@
 """Your own training loop, with a recipe from a sweep applied to it.
 
-    python examples/train_with_recipe.py recipe.json [--epochs 3] [-o model_int8.pt]
+    python examples/train_with_recipe.py recipe.json [--epochs 3] [-o model_int8.onnx]
 
 The only lines that come from sweep are ``trials.apply_recipe`` before training and
 ``trials.finalize`` after it; everything else is a plain PyTorch loop you already have. Here the
@@ -53,12 +53,12 @@ def train_with_recipe(recipe: trials.Recipe, epochs: int = 3, lr: float = 1e-3) 
     calibration = list(task.calibration_batches())
     validation = list(task.validation_batches())
 
-    model = trials.apply_recipe(model, recipe, example)  # prune (+ fake-quant for prune_qat)
+    model = trials.apply_recipe(model, recipe, example)  # prune (+ int8 simulated for prune_qat)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     for epoch in range(epochs):
         loss = train_one_epoch(model, list(task.train_batches()), optimizer)
         print(f"epoch {epoch + 1}: loss {loss:.4f}, accuracy {accuracy(model, validation):.4f}")
-    int8_model = trials.finalize(model, recipe, calibration)  # calibrate + convert to int8
+    int8_model = trials.finalize(model, recipe, calibration)  # the int8 model, in its runtime
     print(f"int8 accuracy {accuracy(int8_model, validation):.4f}")
     return int8_model
 
@@ -72,7 +72,7 @@ def main() -> None:
     recipe = trials.Recipe.from_json(args.recipe.read_text())
     int8_model = train_with_recipe(recipe, epochs=args.epochs)
     if args.output is not None:
-        torch.save(int8_model.state_dict(), args.output)
+        trials.save_int8(int8_model, recipe, args.output)  # the runtime's file (.onnx)
         print(f"saved {args.output}")
 
 

@@ -133,7 +133,7 @@ def synthetic_uniform(task: SyntheticTask, config: SweepConfig) -> Rows:
     space = config.search_space
     for amount in np.linspace(0.0, 0.9, 10):
         for method in space.methods:
-            for order in space.orders:
+            for order in space.orders or ("prune_ptq", "prune_qat"):
                 for granularity in space.granularities:
                     layers = {
                         name: {"amount": round(float(amount), 6), "method": method}

@@ -54,6 +54,9 @@ def _sweep(store: Store, target: str, threads: int, trials: int, repeats: int) -
             int(n): float(v) for n, v in zip(done["number"], done["latency_ms"], strict=True)
         },
         "speedup": {int(n): float(v) for n, v in zip(done["number"], done["speedup"], strict=True)},
+        "orders": {
+            int(n): str(r["order"]) for n, r in zip(done["number"], done["recipe"], strict=True)
+        },
         "recipes": [json.dumps(r, sort_keys=True) for r in frame.sort_values("number")["recipe"]],
         "measured_on": sorted(set(done["measured_on"])),
         "latency_nodes": sorted(set(done["latency_node"])),

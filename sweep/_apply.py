@@ -15,6 +15,7 @@ import yaml
 
 from sweep import _output
 from trials import (
+    RUNTIME_SUFFIXES,
     SOURCE_FIELD,
     LatencySpec,
     Recipe,
@@ -126,7 +127,14 @@ def apply_file(
     model (a recipe for another model fails here, naming the layers).
     """
     chosen = check_device(device)
-    _output.check_output_file(output, example="model.pt")
+    recipe = recipe_file.recipe
+    suffix = RUNTIME_SUFFIXES[recipe.runtime]
+    _output.check_output_file(output, example=f"model{suffix}")
+    if output.suffix != suffix:
+        raise _output.OutputError(
+            f"-o: runtime {recipe.runtime} saves the model as a {suffix} file; name it "
+            f"{output.with_suffix(suffix).name}"
+        )
     spec = task or recipe_file.source.get("task")
     if not spec:
         raise TaskError("--task: the recipe file does not say which task it is for; pass --task")
@@ -134,9 +142,17 @@ def apply_file(
     loaded = load_task(str(spec), merged)
     if not hasattr(loaded, "train_batches"):
         raise TaskError(f"--task: {spec!r} is an analytic task with no model to compress")
-    recipe = recipe_file.recipe
     recipe.check_layers(prunable_layers(loaded.build_model()), complete=not allow_missing)
     latency = LatencySpec(repeats=latency_repeats)
-    done = compress(loaded, recipe, device=chosen, latency=latency)
+    try:
+        done = compress(loaded, recipe, device=chosen, latency=latency)
+    except OSError as exc:
+        if exc.errno not in _output.DISK_FULL:
+            raise
+        # The runtime's quantizer works through temporary files (TMPDIR).
+        raise _output.DiskFullError(
+            f"cannot write temporary files while quantizing: the disk is full or a file reached "
+            f"its size limit ({exc.strerror}); free disk space, or set TMPDIR to another disk"
+        ) from None
     _output.write_atomically(output, _save_model(done.model, recipe, done.metrics))
     return Applied(str(spec), done.metrics, done.timings)

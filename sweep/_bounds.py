@@ -123,7 +123,7 @@ def uniform_params(space: Space, count: int) -> list[dict[str, Any]]:
         }
         recipe = Recipe(
             layers=layers,
-            order=space.search.orders[0],
+            order=space.orders[0],
             granularity=space.search.granularities[0],
             qat_epochs=max(1, space.trial.qat_epochs),
         )

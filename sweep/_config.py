@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trials import BACKENDS, GRANULARITIES, METHODS, ORDERS
+from trials import BACKENDS, GRANULARITIES, METHODS, ORDERS, RUNTIMES
 
 DEFAULT_STORAGE = "sqlite:///sweeps.db"
 DEFAULT_OBJECTIVES: dict[str, Literal["max", "min"]] = {
@@ -103,7 +103,8 @@ class SearchSpace(_Strict):
     # per_layer: each layer's method is its own parameter; global: one method for every layer.
     # Either way, layers that cannot lose output channels are only ever pruned unstructured.
     method_scope: Literal["per_layer", "global"] = "per_layer"
-    orders: list[Literal[ORDERS]] = Field(default_factory=lambda: list(ORDERS), min_length=1)  # type: ignore[valid-type]
+    # None: prune_ptq and prune_qat, and prune_dynamic where the model has Linear or LSTM layers.
+    orders: list[Literal[ORDERS]] | None = Field(None, min_length=1)  # type: ignore[valid-type]
     granularities: list[Literal[GRANULARITIES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(GRANULARITIES), min_length=1
     )
@@ -154,10 +155,14 @@ class Latency(_Strict):
     each trial's int8 model is then timed by a small task on such a node, holding one unit of
     it and no CPU, after training ran wherever it fits. None times the model on the worker that
     trained it.
-    ``backend`` is the int8 kernel library of the target (it also decides how trials quantize).
+    ``runtime`` runs and times the models (int8 and the fp32 reference alike), and decides how
+    trials quantize and what ``sweep apply`` writes. ``backend`` is the int8 flavour of the
+    target CPU: ``x86`` keeps weights to 7 bits (any x86 CPU), ``onednn`` (x86 with VNNI) and
+    ``qnnpack`` (ARM) use all 8.
     """
 
     target: str | None = Field(None, min_length=1)
+    runtime: Literal[RUNTIMES] = "onnxruntime"  # type: ignore[valid-type]
     backend: Literal[BACKENDS] = "onednn"  # type: ignore[valid-type]
     threads: int = Field(1, ge=1)
     batch_size: int | None = Field(None, ge=1)
@@ -166,7 +171,7 @@ class Latency(_Strict):
 
     def timing(self) -> dict[str, Any]:
         """The fields of :class:`trials.LatencySpec` (how to time), as sent to Ray workers."""
-        return self.model_dump(exclude={"target", "backend"})
+        return self.model_dump(exclude={"target", "runtime", "backend"})
 
 
 class EarlyStopping(_Strict):

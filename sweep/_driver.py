@@ -256,7 +256,9 @@ def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
     _resources.require(_resources.demand(resources), resources.wait_for_nodes_s)
     describe = ray.remote(num_cpus=config.resources.cpus_per_trial)(_remote.describe_task)
     try:
-        info: _remote.TaskInfo = ray.get(describe.remote(config.task, config.task_settings))
+        info: _remote.TaskInfo = ray.get(
+            describe.remote(config.task, config.task_settings, config.latency.runtime)
+        )
     except ray.exceptions.RayTaskError as exc:
         # The user's task failed on the worker: one line, not the remote traceback.
         cause = exc.cause
@@ -269,6 +271,8 @@ def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
         config.trial,
         info.structured_prunable,
         backend=config.latency.backend,
+        runtime=config.latency.runtime,
+        dynamic_layers=info.dynamic_layers,
         layer_params=info.layer_params,
         model_params=info.params,
     )
@@ -511,6 +515,7 @@ class _Driver:
             flight.model,
             self.target.example,
             latency.timing(),
+            latency.runtime,
             latency.backend,
             [self.target.reference],  # nested: fetched only if the node's class needs a baseline
             sorted(self.target.baselines),

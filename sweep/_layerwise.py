@@ -125,7 +125,7 @@ class LayerwiseSampler(BaseSampler):
             [any(len(space.methods_of(n)) > 1 for n in self._members[g]) for g in self._groups]
         )
         self._global_method = space.global_method()
-        self._orders = list(space.search.orders)
+        self._orders = list(space.orders)
         self._granularities = list(space.search.granularities)
         self._n_combos = len(self._orders) * len(self._granularities)
         self._rows: dict[int, tuple[list[float], list[bool], int]] = {}

@@ -20,17 +20,20 @@ from trials import (
     Recipe,
     Task,
     TaskError,
+    TrialError,
     TrialPruned,
     TrialResult,
     environment,
     example_batch,
     from_portable,
     hardware_class,
+    has_dynamic_layers,
     load_task,
     measure_latencies,
     prunable_layers,
     reference_model,
     run_trial,
+    runtime_version,
     structured_prunable,
     to_portable,
 )
@@ -60,10 +63,14 @@ class TaskInfo:
     structured_prunable: dict[str, str | None] = field(default_factory=dict)
     # layer -> its weight count (for search_space.constraints).
     layer_params: dict[str, int] = field(default_factory=dict)
+    # Whether order prune_dynamic has layers to quantize (Linear, LSTM).
+    dynamic_layers: bool = False
 
 
-def describe_task(spec: str, settings: dict[str, Any]) -> TaskInfo:
-    """Build (and cache on this node) the trained baseline; report its layers and fp32 metrics."""
+def describe_task(spec: str, settings: dict[str, Any], runtime: str = "onnxruntime") -> TaskInfo:
+    """Build (and cache on this node) the trained baseline; report its layers and fp32 metrics.
+    A model that ``runtime`` cannot take (it cannot be exported) is a :class:`TaskError` here,
+    before any trial, rather than a failure of every trial."""
     task = _task(spec, settings)
     model = task.build_model()
     layers = prunable_layers(model)
@@ -73,6 +80,10 @@ def describe_task(spec: str, settings: dict[str, Any]) -> TaskInfo:
     else:
         metrics = task.evaluate(model, torch.device("cpu"))
         prunable = structured_prunable(model, task.example_input())
+        try:
+            reference_model(model, task.example_input(), runtime)
+        except TrialError as exc:
+            raise TaskError(f"task: {task.name}: {exc}") from None
     return TaskInfo(
         name=task.name,
         layers=layers,
@@ -80,6 +91,7 @@ def describe_task(spec: str, settings: dict[str, Any]) -> TaskInfo:
         params=sum(p.numel() for p in model.parameters()),
         structured_prunable=prunable,
         layer_params={name: model.get_parameter(f"{name}.weight").numel() for name in layers},
+        dynamic_layers=has_dynamic_layers(model),
     )
 
 
@@ -153,7 +165,8 @@ def execute_trial(
     use_gpu: bool,
 ) -> TrialOutcome | tuple[TrialOutcome, bytes | None]:
     """Run one trial. Unless ``time_here``, the int8 model is timed elsewhere (on the latency
-    target): it is returned beside the outcome, as TorchScript bytes in a second Ray object."""
+    target): it is returned beside the outcome, as the runtime's model file (bytes) in a second
+    Ray object."""
     attempt = int(ray.get(monitor.start.remote(sweep, number)))
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
@@ -172,34 +185,7 @@ def execute_trial(
     outcome = TrialOutcome(replace(result, model=None), attempt, _node())
     if time_here:
         return outcome
-    return portable(outcome, result.model, example_batch(task.example_input(), spec_.batch_size))
-
-
-def portable(
-    outcome: TrialOutcome, model: torch.nn.Module | None, batch: torch.Tensor
-) -> tuple[TrialOutcome, bytes | None]:
-    """The trial's int8 model as TorchScript bytes, to be timed on the latency target; a model
-    that cannot be traced makes the trial a FAIL that keeps its other metrics."""
-    if model is None:
-        return outcome, None
-    try:
-        return outcome, to_portable(model, batch)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure is this trial's FAIL
-        failed = replace(
-            outcome.result,
-            state="FAIL",
-            error=(
-                "latency.target: the int8 model could not be traced to TorchScript to be timed "
-                f"on the target ({_first_line(exc)}); its forward must take the example batch "
-                "and return tensors, or time it where it trains (no latency.target)"
-            ),
-        )
-        return replace(outcome, result=failed), None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return outcome, to_portable(result.model) if result.model is not None else None
 
 
 def reporter(monitor: Any, sweep: str, number: int) -> Callable[[int, dict[str, float]], None]:
@@ -226,20 +212,21 @@ def _node() -> str:
 
 
 def reference(
-    spec: str, settings: dict[str, Any], latency: dict[str, Any]
+    spec: str, settings: dict[str, Any], latency: dict[str, Any], runtime: str
 ) -> tuple[bytes, torch.Tensor, bool]:
-    """The fp32 reference model that int8 latencies are compared with (TorchScript bytes), the
-    batch that models are timed on, and whether BatchNorm was folded: built once on a worker
-    that has the task, timed on the targets."""
+    """The fp32 reference model that int8 latencies are compared with (the runtime's model
+    file), the batch that models are timed on, and whether BatchNorm was folded (always, by the
+    runtime's graph optimizations): built once on a worker that has the task, timed on the
+    targets."""
     task = _task(spec, settings)
     if isinstance(task, AnalyticTask):
         raise TaskError(
             f"latency.target: task {spec!r} is analytic (it has no model to time); "
             "remove latency.target"
         )
-    model, folded = reference_model(task.build_model().cpu().eval())
-    batch = example_batch(task.example_input().cpu(), LatencySpec(**latency).batch_size)
-    return to_portable(model, batch), batch, folded
+    example = task.example_input().cpu()
+    model = reference_model(task.build_model().cpu().eval(), example, runtime)
+    return to_portable(model), example_batch(example, LatencySpec(**latency).batch_size), True
 
 
 @dataclass(frozen=True)
@@ -265,11 +252,12 @@ def measure(
     model: bytes,
     batch: torch.Tensor,
     latency: dict[str, Any],
+    runtime: str,
     backend: str,
     reference: list[ray.ObjectRef],
     known: list[str],
 ) -> Measurement:
-    """Time ``model`` (TorchScript bytes) on ``batch`` here, on a node carrying the latency
+    """Time ``model`` (``runtime``'s model file) on ``batch`` here, on a node carrying the latency
     target, threads pinned. When this node's hardware class is not in ``known``, the fp32
     reference (``reference[0]``, fetched only then) is timed too, interleaved with the model."""
     spec = replace(LatencySpec(**latency), batch_size=None)  # ``batch`` is already the size
@@ -279,12 +267,12 @@ def measure(
             f"latency.threads: {spec.threads} threads, but the target node {_node()[:12]} has "
             f"{cores} core{'s' if cores > 1 else ''}; set latency.threads to at most {cores}"
         )
-    where = environment(backend, spec.threads, runtime="torchscript")
-    models = [from_portable(model)]
+    where = environment(backend, spec.threads, runtime_version(runtime))
+    models = [from_portable(model, runtime)]
     timed_reference = bool(reference) and hardware_class(where) not in known
     if timed_reference:
-        models.append(from_portable(ray.get(reference[0])))
-    stats = measure_latencies(models, batch, spec, backend)
+        models.append(from_portable(ray.get(reference[0]), runtime))
+    stats = measure_latencies(models, batch, spec)
     return Measurement(
         stats[0], where, _node(), int(batch.shape[0]), stats[1] if timed_reference else None
     )

@@ -93,6 +93,9 @@ class Space:
     trial: TrialSettings
     structured_prunable: Mapping[str, str | None] = field(default_factory=dict)
     backend: str = "onednn"  # the latency target's int8 backend: trials quantize for it
+    runtime: str = "onnxruntime"  # the runtime that runs and times the models
+    # Whether the model has layers that prune_dynamic quantizes (Linear, LSTM).
+    dynamic_layers: bool = False
     # Per-layer upper bounds on the amount (from a sensitivity scan); snapped down to the grid,
     # and a bound below the grid's minimum fixes the layer at that minimum.
     upper: Mapping[str, float] = field(default_factory=dict)
@@ -101,6 +104,11 @@ class Space:
 
     def __post_init__(self) -> None:
         self.owners  # noqa: B018 - validates the tie groups now, as a config error
+        if "prune_dynamic" in (self.search.orders or ()) and not self.dynamic_layers:
+            raise ConfigError(
+                "search_space.orders: prune_dynamic quantizes Linear and LSTM layers, and "
+                "this model has none; remove prune_dynamic"
+            )
         limits = self.search.constraints
         if limits.max_params is not None and not self.model_params:
             raise ConfigError(
@@ -111,6 +119,15 @@ class Space:
                 "search_space.constraints: the task's layer sizes are unknown; "
                 "remove max_sparsity/min_sparsity"
             )
+
+    @cached_property
+    def orders(self) -> list[str]:
+        """The searched orders: ``search.orders``, else prune_ptq and prune_qat, and
+        prune_dynamic where the model has layers it quantizes."""
+        if self.search.orders:
+            return list(self.search.orders)
+        dynamic = ["prune_dynamic"] if self.dynamic_layers else []
+        return ["prune_ptq", "prune_qat", *dynamic]
 
     @cached_property
     def owners(self) -> dict[str, str]:
@@ -227,7 +244,7 @@ class Space:
         return min(fits, key=lambda g: abs(g - mean))
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Recipe:
-        order = trial.suggest_categorical("order", list(self.search.orders))
+        order = trial.suggest_categorical("order", list(self.orders))
         granularity = trial.suggest_categorical("granularity", list(self.search.granularities))
         chosen = (
             str(trial.suggest_categorical(METHOD_PARAM, list(self.search.methods)))
@@ -244,6 +261,7 @@ class Space:
             order=str(order),
             granularity=str(granularity),
             backend=self.backend,
+            runtime=self.runtime,
             finetune_epochs=self.trial.finetune_epochs,
             qat_epochs=self.trial.qat_epochs,
             calibration_batches=self.trial.calibration_batches,
@@ -255,7 +273,7 @@ class Space:
         """Every parameter :meth:`suggest` may draw, with its distribution (to rebuild trials)."""
         low, high, step = self.base_grid()
         found: dict[str, BaseDistribution] = {
-            "order": CategoricalDistribution(list(self.search.orders)),
+            "order": CategoricalDistribution(list(self.orders)),
             "granularity": CategoricalDistribution(list(self.search.granularities)),
         }
         global_method = self.global_method()

@@ -28,7 +28,7 @@ class Target:
     """
 
     resource: str
-    reference: ray.ObjectRef  # the fp32 reference model as TorchScript, in the object store
+    reference: ray.ObjectRef  # the fp32 reference model file, in the object store
     example: ray.ObjectRef  # the batch models are timed on (its size is latency.batch_size)
     baselines: dict[str, _remote.Measurement]  # hardware class -> the fp32 reference timed there
     bn_folded: bool
@@ -116,7 +116,7 @@ def prepare_target(config: SweepConfig, stored: dict[str, Any] | None) -> Target
     build: Any = ray.remote(num_cpus=config.resources.cpus_per_trial, num_returns=3)
     latency = config.latency
     reference, example, folded = build(_remote.reference).remote(
-        config.task, config.task_settings, latency.timing()
+        config.task, config.task_settings, latency.timing(), latency.runtime
     )
     try:
         bn_folded = bool(ray.get(folded))
@@ -130,7 +130,9 @@ def prepare_target(config: SweepConfig, stored: dict[str, Any] | None) -> Target
         measure = measure_task(resource)
         try:
             timed: _remote.Measurement = ray.get(
-                measure.remote(reference, example, latency.timing(), latency.backend, [], [])
+                measure.remote(
+                    reference, example, latency.timing(), latency.runtime, latency.backend, [], []
+                )
             )
         except ray.exceptions.RayTaskError as exc:
             raise _remote_error(exc, f"timing the fp32 model on {resource!r}") from None

@@ -34,7 +34,7 @@ from sweep import (
     _status,
 )
 from sweep._config import DEFAULT_STORAGE, ConfigError, check_name, load_config, parse_config
-from trials import BUILTIN_TASKS, RecipeError, TaskError, task_file
+from trials import BUILTIN_TASKS, STANDALONE_LOAD, RecipeError, TaskError, task_file
 
 app = typer.Typer(
     add_completion=False,
@@ -638,8 +638,8 @@ def apply_command(
     storage: StorageOption = None,
     fmt: ShortFormatOption = "table",
 ) -> None:
-    """Run a recipe once more on its task, save the int8 model (reload it with
-    trials.load_int8), and compare accuracy, size and latency with the stored trial."""
+    """Run a recipe once more on its task, save the int8 model as its runtime's file (an .onnx
+    for onnxruntime), and compare accuracy, size and latency with the stored trial."""
     _short_format(fmt)
     recipe_file = _apply.read_recipe(recipe_path)
     settings = _apply.parse_settings(task_setting or [])
@@ -677,9 +677,10 @@ def apply_command(
                 cells.append(_output._cell(like, stored.get(name)))
             table.add_row(name, *cells)
         out.print(table)
+    runtime = recipe_file.recipe.runtime
     err.print(
-        f"reload: trials.load_int8({str(output)!r}, model, example_input); "
-        "the file itself reads with torch.load(..., weights_only=True)",
+        f"run it: {STANDALONE_LOAD[runtime].format(path=str(output))} "
+        f"(nothing of sweep needed), or trials.load_int8({str(output)!r})",
         highlight=False,
     )
 

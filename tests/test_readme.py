@@ -236,7 +236,7 @@ def test_the_tiny_sweep_examples_run(
                 assert (recipe.read_bytes() if recipe.exists() else None) == before
             ran += 1
     assert ran >= 5
-    assert (tiny / "tiny-sensitivity.png").exists() and (tiny / "model.pt").exists()
+    assert (tiny / "tiny-sensitivity.png").exists() and (tiny / "model.onnx").exists()
 
 
 def _train(task: trials.Task) -> Any:

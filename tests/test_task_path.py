@@ -37,8 +37,8 @@ def test_a_stray_module_in_the_working_directory_is_not_imported(tmp_path: Path)
 def test_a_task_module_in_the_working_directory_still_loads(tmp_path: Path) -> None:
     (tmp_path / "mytask.py").write_text(TINY_TASK)
     (tmp_path / "recipe.json").write_text(TINY_RECIPE)
-    argv = ["apply", "recipe.json", "--task", "mytask:make", "-o", "model.pt"]
+    argv = ["apply", "recipe.json", "--task", "mytask:make", "-o", "model.onnx"]
     result = _sweep(argv, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on task 'mytask:make'" in result.stdout
-    assert (tmp_path / "model.pt").stat().st_size > 0
+    assert (tmp_path / "model.onnx").stat().st_size > 0

@@ -5,6 +5,7 @@ Public API::
     from trials import Recipe, LayerSpec, load_task, run_trial, apply_recipe, finalize
     from trials import structured_prunable, structured_groups  # which layers can lose channels
     from trials import compress, save_int8, load_int8  # one recipe, its int8 model to a file
+    from trials import to_portable, from_portable  # the runtime's model file, as bytes
 """
 
 from trials._measure import (
@@ -12,9 +13,7 @@ from trials._measure import (
     LatencyStats,
     environment,
     example_batch,
-    from_portable,
     hardware_class,
-    to_portable,
 )
 from trials._pruning import enforce_masks, prunable_layers
 from trials._recipe import (
@@ -23,11 +22,22 @@ from trials._recipe import (
     LAYER_GRANULARITIES,
     METHODS,
     ORDERS,
+    RUNTIMES,
     SCHEMA_VERSION,
     SOURCE_FIELD,
     LayerSpec,
     Recipe,
     RecipeError,
+)
+from trials._runtime import (
+    STANDALONE_LOAD,
+    from_portable,
+    has_dynamic_layers,
+    runtime_version,
+    to_portable,
+)
+from trials._runtime import (
+    SUFFIXES as RUNTIME_SUFFIXES,
 )
 from trials._saved import load_int8, read_int8, save_int8
 from trials._structured import kept_channels, structured_groups, structured_prunable
@@ -62,8 +72,11 @@ __all__ = [
     "LAYER_GRANULARITIES",
     "METHODS",
     "ORDERS",
+    "RUNTIMES",
+    "RUNTIME_SUFFIXES",
     "SCHEMA_VERSION",
     "SOURCE_FIELD",
+    "STANDALONE_LOAD",
     "AnalyticTask",
     "Compressed",
     "LatencySpec",
@@ -84,6 +97,7 @@ __all__ = [
     "finalize",
     "from_portable",
     "hardware_class",
+    "has_dynamic_layers",
     "kept_channels",
     "latency_metrics",
     "load_int8",
@@ -95,6 +109,7 @@ __all__ = [
     "reference_model",
     "resolve_task_factory",
     "run_trial",
+    "runtime_version",
     "save_int8",
     "structured_groups",
     "structured_prunable",

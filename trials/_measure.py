@@ -1,22 +1,22 @@
 """Measurements, each with one definition (see the README's "Measurements" section).
 
-- size: bytes of ``torch.save(model.state_dict())``; compressed size: the same bytes after zlib at
-  level 9, which is what unstructured zeros can lower (a dense int8 file does not shrink with them).
-- latency: median wall time of one forward pass over the task's example batch, with
-  ``torch.set_num_threads`` fixed, after warm-up, under ``torch.inference_mode``; min and max of
-  the repeats are kept too. Models compared are timed interleaved, in one process.
+- size: bytes of the file the runtime loads (the ``.onnx`` model for onnxruntime); compressed
+  size: the same bytes after zlib at level 9, which is what unstructured zeros can lower (a dense
+  int8 file does not shrink with them).
+- latency: median wall time of one forward pass over the task's example batch, with the thread
+  count fixed (``torch.set_num_threads``, which runtime models follow), after warm-up, under
+  ``torch.inference_mode``; min and max of the repeats are kept too. Models compared are timed
+  interleaved, in one process.
 - MACs: multiply-accumulates of one forward pass for a single example (dense count).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import platform
 import statistics
 import time
-import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,10 +78,9 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def environment(backend: str, threads: int, runtime: str = "eager") -> dict[str, str]:
+def environment(backend: str, threads: int, runtime: str) -> dict[str, str]:
     """Where and how a latency was measured: what makes two latencies comparable or not.
-    ``runtime``: ``eager`` (the FX module in Python) or ``torchscript`` (the traced module that
-    travels to a latency target); small models differ a lot between the two."""
+    ``runtime``: the runtime and its version (``onnxruntime 1.32.0``)."""
     return {
         "arch": platform.machine(),
         "cpu": _cpu_model(),
@@ -96,18 +95,15 @@ def hardware_class(env: dict[str, str]) -> str:
     """One line naming the hardware class of :func:`environment`: latencies are comparable only
     within one class."""
     return (
-        f"{env['arch']} {env['cpu']}, torch {env['torch']} {env.get('runtime', 'eager')}, "
+        f"{env['arch']} {env['cpu']}, {env.get('runtime', 'eager')} (torch {env['torch']}), "
         f"{env['backend']}, "
         f"{env['threads']} thread{'s' if env['threads'] != '1' else ''}"
     )
 
 
-def serialized_sizes(model: nn.Module) -> tuple[int, int]:
-    """(size_bytes, compressed_bytes) of the model's serialized state_dict."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    raw = buffer.getvalue()
-    return len(raw), len(zlib.compress(raw, ZLIB_LEVEL))
+def artifact_sizes(data: bytes) -> tuple[int, int]:
+    """(size_bytes, compressed_bytes) of a model file."""
+    return len(data), len(zlib.compress(data, ZLIB_LEVEL))
 
 
 @contextlib.contextmanager
@@ -147,33 +143,6 @@ def latencies(
                 model(example)
                 samples.append((time.perf_counter() - start) * 1000.0)
     return [LatencyStats(statistics.median(t), min(t), max(t)) for t in times]
-
-
-@contextlib.contextmanager
-def _torchscript() -> Iterator[None]:
-    # torch 2.13 deprecates torch.jit in favour of torch.export, which cannot serialize torch.ao's
-    # quantized modules: TorchScript stays their portable form, without the warning each call.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
-        yield
-
-
-def to_portable(model: nn.Module, example: torch.Tensor) -> bytes:
-    """``model`` as TorchScript bytes (traced on ``example``): the form in which a model is sent
-    to another machine to be timed. FX int8 models do not survive pickling, and TorchScript is
-    how they are deployed; loading it runs no pickled Python code."""
-    buffer = io.BytesIO()
-    with torch.no_grad(), _torchscript():
-        traced = torch.jit.trace(model.eval(), example, check_trace=False)
-        torch.jit.save(traced, buffer)
-    return buffer.getvalue()
-
-
-def from_portable(blob: bytes) -> nn.Module:
-    """The model saved by :func:`to_portable`, on the CPU."""
-    with _torchscript():
-        module: nn.Module = torch.jit.load(io.BytesIO(blob), map_location="cpu")
-    return module.eval()
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:

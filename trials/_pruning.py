@@ -56,11 +56,21 @@ def prune_model(model: nn.Module, recipe: Recipe) -> dict[str, float]:
         prune.l1_unstructured(module, name="weight", amount=amount)
         prune.remove(module, "weight")  # permanent: weight is a plain Parameter again
         weight = module.weight
-        mask = (weight.detach() != 0).to(weight.dtype)
-        setattr(weight, _MASK_ATTR, mask)
-        weight.register_hook(_mask_gradient(mask))
+        _set_mask(weight, (weight.detach() != 0).to(weight.dtype))
         applied[name] = amount
     return applied
+
+
+def _set_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
+    setattr(weight, _MASK_ATTR, mask)
+    weight.register_hook(_mask_gradient(mask))
+
+
+def transfer_mask(old: torch.Tensor, new: torch.Tensor) -> None:
+    """Give ``new`` (a weight that replaced ``old``, same shape) the pruning mask of ``old``."""
+    mask = getattr(old, _MASK_ATTR, None)
+    if mask is not None and new.requires_grad:
+        _set_mask(new, mask)
 
 
 @torch.no_grad()

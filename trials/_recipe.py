@@ -11,16 +11,26 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Recipes written before ``runtime`` existed (schema 1) read as the onnxruntime recipes they are
+# equivalent to: every field kept its meaning.
+READABLE_VERSIONS = (1, 2)
 # Optional top-level object of a recipe file saying where it came from (sweep, trial, metrics);
 # read by tools such as ``sweep apply``, ignored by :meth:`Recipe.from_dict`.
 SOURCE_FIELD = "source"
 
 METHODS = ("unstructured", "structured")
-ORDERS = ("prune_ptq", "prune_qat")
+# prune_ptq: prune, fine-tune, calibrate, static int8. prune_qat: prune, fine-tune, train with
+# int8 simulated, static int8. prune_dynamic: prune, fine-tune, int8 weights of the Linear (and
+# LSTM) layers with activations quantized at run time: no calibration.
+ORDERS = ("prune_ptq", "prune_qat", "prune_dynamic")
 GRANULARITIES = ("per_tensor", "per_channel")
 LAYER_GRANULARITIES = (*GRANULARITIES, "none")  # "none": the layer stays in float
+# The int8 flavour of the target CPU: x86 keeps weights to 7 bits (safe on x86 CPUs without
+# VNNI), onednn (x86 with VNNI) and qnnpack (ARM) use all 8.
 BACKENDS = ("x86", "onednn", "qnnpack")
+# Where the int8 model runs, and is timed: the runtime decides how it is quantized and saved.
+RUNTIMES = ("onnxruntime",)
 
 
 class RecipeError(ValueError):
@@ -81,6 +91,7 @@ class Recipe:
     order: str = "prune_ptq"
     granularity: str = "per_tensor"
     backend: str = "onednn"
+    runtime: str = "onnxruntime"
     finetune_epochs: int = 1
     qat_epochs: int = 1
     calibration_batches: int = 8
@@ -91,6 +102,7 @@ class Recipe:
         _check_choice("order", self.order, ORDERS)
         _check_choice("granularity", self.granularity, GRANULARITIES)
         _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("runtime", self.runtime, RUNTIMES)
         _check_count("round_to", self.round_to, 1)
         _check_count("finetune_epochs", self.finetune_epochs, 0)
         _check_count("qat_epochs", self.qat_epochs, 1 if self.order == "prune_qat" else 0)
@@ -140,6 +152,7 @@ class Recipe:
             "order": self.order,
             "granularity": self.granularity,
             "backend": self.backend,
+            "runtime": self.runtime,
             "finetune_epochs": self.finetune_epochs,
             "qat_epochs": self.qat_epochs,
             "calibration_batches": self.calibration_batches,
@@ -162,8 +175,8 @@ class Recipe:
         if not isinstance(data, Mapping):
             raise RecipeError(f"recipe: expected a JSON object, got {type(data).__name__}")
         version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            supported = SCHEMA_VERSION
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            supported = ", ".join(map(str, READABLE_VERSIONS))
             raise RecipeError(f"schema_version: {version!r} is not supported (reads {supported})")
         known = {f for f in cls.__dataclass_fields__ if f != "layers"} | {
             "layers",

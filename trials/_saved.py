@@ -1,26 +1,25 @@
-"""Saving an int8 model so that it reloads with plain ``torch.load(..., weights_only=True)``.
+"""Saving an int8 model as the file its runtime loads, with the recipe and metrics inside.
 
-``torch.export`` cannot serialize torch.ao's quantized modules (their packed weights are
-TorchScript objects), so the file holds the recipe and the int8 ``state_dict``: tensors and
-plain values only. :func:`load_int8` rebuilds the int8 graph from the fp32 architecture and the
-recipe, then loads the saved weights, scales and zero points into it.
+For runtime ``onnxruntime`` the file is an ordinary ``.onnx`` model: ``onnxruntime.InferenceSession
+(path)`` runs it with nothing of this project installed. The recipe, the metrics and a format
+tag ride in the model's ``metadata_props`` (strings), which runtimes ignore.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
+from google.protobuf.message import DecodeError
 from torch import nn
 
-from trials import _quant
+from trials import _runtime
 from trials._recipe import Recipe, RecipeError
-from trials._trial import apply_recipe, finalize
 
 FORMAT = "sweep-int8"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_PREFIX = "sweep."
 
 
 def save_int8(
@@ -29,47 +28,61 @@ def save_int8(
     path: str | Path | BinaryIO,
     metrics: dict[str, float] | None = None,
 ) -> None:
-    """Write ``int8`` (made from ``recipe``) to ``path`` (a file name or a binary file);
-    ``metrics`` are stored beside it."""
-    torch.save(
+    """Write ``int8`` (made from ``recipe`` by :func:`trials.finalize`) to ``path`` (a file name
+    or a binary file): the runtime's own file, ``metrics`` and the recipe stored inside."""
+    data = _runtime.with_metadata(
+        _runtime.to_portable(int8),
         {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "recipe": recipe.to_dict(),
-            "metrics": dict(metrics or {}),
-            "state_dict": int8.state_dict(),
+            f"{_PREFIX}format": FORMAT,
+            f"{_PREFIX}format_version": str(FORMAT_VERSION),
+            f"{_PREFIX}recipe": recipe.to_json(indent=None),
+            f"{_PREFIX}metrics": json.dumps(dict(metrics or {})),
         },
-        Path(path) if isinstance(path, str | Path) else path,
     )
+    if isinstance(path, str | Path):
+        Path(path).write_bytes(data)
+    else:
+        path.write(data)
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the model file ({exc.strerror})") from None
 
 
 def read_int8(path: str | Path) -> dict[str, Any]:
-    """The saved file's contents (recipe, metrics, state_dict), checked to be one of ours."""
-    file = Path(path)
-    with _quant.quiet():  # quantized tensors rebuild through a deprecated storage path
-        data = torch.load(file, weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise RecipeError(f"{path}: not an int8 model saved by sweep apply / trials.save_int8")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise RecipeError(
-            f"{path}: format_version {data.get('format_version')!r} is not supported "
-            f"(reads {FORMAT_VERSION})"
+    """What :func:`save_int8` stored beside the model: ``recipe`` (an object) and ``metrics``;
+    checked to be one of ours."""
+    data = _read_bytes(path)
+    try:
+        props = _runtime.read_metadata(data)
+    except DecodeError:  # not an ONNX model at all
+        props = {}
+    if props.get(f"{_PREFIX}format") != FORMAT:
+        hint = (
+            "; an earlier sweep wrote torch.ao state_dicts, which this version no longer runs: "
+            "write the model again with sweep apply"
+            if data[:2] == b"PK"
+            else ""
         )
-    return data
+        raise RecipeError(
+            f"{path}: not an int8 model saved by sweep apply / trials.save_int8{hint}"
+        )
+    version = props.get(f"{_PREFIX}format_version")
+    if version != str(FORMAT_VERSION):
+        raise RecipeError(
+            f"{path}: format_version {version!r} is not supported (reads {FORMAT_VERSION})"
+        )
+    return {
+        "recipe": json.loads(props[f"{_PREFIX}recipe"]),
+        "metrics": json.loads(props.get(f"{_PREFIX}metrics", "{}")),
+    }
 
 
-def load_int8(path: str | Path, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
-    """The int8 model saved at ``path``, rebuilt on ``model``'s architecture (its fp32 weights
-    do not matter: every weight is replaced by the saved one). CPU, eval mode.
-
-    ``example_input`` is one batch of the model's input (its values do not matter either).
-    """
-    data = read_int8(path)
-    recipe = Recipe.from_dict(data["recipe"])
-    shaped = apply_recipe(copy.deepcopy(model).cpu(), recipe, example_input.cpu())
-    # Calibrating on the example only gives the observers something to convert; the saved
-    # scales and zero points replace what they saw.
-    with _quant.quiet():
-        int8 = finalize(shaped, recipe, [(example_input.cpu(), example_input.cpu())])
-        int8.load_state_dict(data["state_dict"])
-    return int8.eval()
+def load_int8(path: str | Path) -> nn.Module:
+    """The int8 model saved at ``path``, ready to run on the CPU (called like a module)."""
+    saved = read_int8(path)
+    recipe = Recipe.from_dict(saved["recipe"])
+    return _runtime.from_portable(_read_bytes(path), recipe.runtime)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trials import _measure, _quant
+from trials import _measure, _runtime
 from trials._measure import LatencySpec
 from trials._pruning import enforce_masks, prunable_layers, prune_model
 from trials._recipe import Recipe, RecipeError
@@ -46,22 +46,20 @@ class TrialResult:
     model: nn.Module | None = None
 
 
-def _example_inputs(example: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
-    return (example[:1].to(device),)
-
-
 def apply_recipe(model: nn.Module, recipe: Recipe, example_input: torch.Tensor) -> nn.Module:
     """Prune ``model`` as the recipe says and, for ``prune_qat``, prepare it for QAT.
 
     Structured layers first: their output channels (and the channels they feed) are removed in
     place, so the layers get smaller; then unstructured L1 on the ``unstructured`` layers. Returns
-    the model to train: the same module for ``prune_ptq``, an FX ``GraphModule`` with fake
-    quantization for ``prune_qat``. Train it with any optimizer; pruned weights stay zero.
-    Create the optimizer after this call: structured pruning replaces the pruned Parameters.
+    the model to train: the same module for ``prune_ptq`` and ``prune_dynamic``; for
+    ``prune_qat``, the model with BatchNorm folded (where it can be traced) and int8 rounding
+    simulated on its weights and inputs, under the same layer names. Train it with any
+    optimizer; pruned weights stay zero. Create the optimizer after this call: structured
+    pruning and BatchNorm folding replace Parameters.
     """
     layers = _prune(model, recipe, example_input)
     if recipe.order == "prune_qat":
-        return _prepare_qat(model, recipe, layers, example_input)
+        return _runtime.prepare_qat(model, recipe, layers)
     return model
 
 
@@ -69,44 +67,44 @@ def _prune(model: nn.Module, recipe: Recipe, example_input: torch.Tensor) -> lis
     """Structured, then unstructured pruning, in place; returns the prunable layers."""
     layers = prunable_layers(model)
     recipe.check_layers(layers)
+    if recipe.order == "prune_dynamic" and not _runtime.has_dynamic_layers(model):
+        raise RecipeError(
+            "order: prune_dynamic quantizes Linear and LSTM layers, and this model has "
+            "none; use prune_ptq or prune_qat"
+        )
     prune_structured(model, recipe, example_input)
     prune_model(model, recipe)
     return layers
 
 
-def _prepare_qat(
-    model: nn.Module, recipe: Recipe, layers: list[str], example_input: torch.Tensor
-) -> nn.Module:
-    device = next(model.parameters()).device
-    return _quant.prepare_qat(model, recipe, layers, _example_inputs(example_input, device))
-
-
 def finalize(
-    model: nn.Module, recipe: Recipe, calibration_data: Iterable[Batch] | None = None
+    model: nn.Module,
+    recipe: Recipe,
+    calibration_data: Iterable[Batch] | None = None,
+    *,
+    example_input: torch.Tensor | None = None,
 ) -> nn.Module:
-    """The int8 model, on the CPU.
+    """The int8 model, run by the recipe's runtime on the CPU (call it like a module; save it
+    with :func:`save_int8`).
 
-    ``prune_ptq``: observes the first ``recipe.calibration_batches`` batches of
-    ``calibration_data`` and converts. ``prune_qat``: converts the model that :func:`apply_recipe`
-    returned and that was trained since (``calibration_data`` is not needed).
+    ``prune_ptq`` observes the first ``recipe.calibration_batches`` batches of
+    ``calibration_data``; ``prune_qat`` converts the model that :func:`apply_recipe` returned and
+    that was trained since, with the input ranges it trained with, and calibrates the tensors
+    outside its layers on the same batches; ``prune_dynamic`` needs no calibration. The model is
+    exported on ``example_input`` (default: the first calibration batch).
     """
     enforce_masks(model)
-    if recipe.order == "prune_qat":
-        if not isinstance(model, torch.fx.GraphModule):
-            raise RecipeError("order: prune_qat needs the model returned by apply_recipe")
-        return _quant.convert(model)
-    batches = list(itertools.islice(calibration_data or [], recipe.calibration_batches))
-    if not batches:
-        raise RecipeError("calibration_data: prune_ptq needs at least one calibration batch")
-    model = model.cpu().eval()
-    cpu = torch.device("cpu")
-    prepared = _quant.prepare_ptq(
-        model, recipe, prunable_layers(model), _example_inputs(batches[0][0], cpu)
-    )
-    with torch.no_grad():
-        for inputs, _ in batches:
-            prepared(inputs.cpu())
-    return _quant.convert(prepared)
+    batches = [
+        inputs.cpu()
+        for inputs, _ in itertools.islice(calibration_data or [], recipe.calibration_batches)
+    ]
+    example = example_input if example_input is not None else (batches[0] if batches else None)
+    if example is None:
+        raise RecipeError(
+            "calibration_data: give calibration batches (or, for prune_dynamic, example_input)"
+        )
+    layers = prunable_layers(model)
+    return _runtime.convert(model, recipe, layers, example.cpu(), batches or None)
 
 
 def worker_name() -> str:
@@ -155,12 +153,13 @@ def run_trial(
         if isinstance(task, AnalyticTask):
             metrics = _simulate(task, recipe, timer)
         else:
-            with _quant.quiet():
-                metrics = _run(
-                    task, recipe, torch.device(device), report, timer, intermediate, latency, kept
-                )
+            metrics = _run(
+                task, recipe, torch.device(device), report, timer, intermediate, latency, kept
+            )
             if latency is not None:
-                environment = _measure.environment(recipe.backend, latency.threads)
+                environment = _measure.environment(
+                    recipe.backend, latency.threads, _runtime.runtime_version(recipe.runtime)
+                )
     except TrialPruned as exc:
         return TrialResult(
             "PRUNED", {}, timer.timings, str(exc) or "pruned", worker_name(), intermediate
@@ -211,8 +210,8 @@ def _run(
         intermediate[len(intermediate)] = value["accuracy"]
         report(len(intermediate) - 1, value)
 
-    # Both orders prune first and fine-tune the pruned float model; prune_qat then trains on
-    # with fake quantization (QAT) before converting.
+    # Every order prunes first and fine-tunes the pruned float model; prune_qat then trains on
+    # with int8 rounding simulated (QAT) before converting.
     with timer.phase("prune_s"):
         _prune(model, recipe, example)
     trainable: nn.Module = model
@@ -228,7 +227,7 @@ def _run(
         )
     if recipe.order == "prune_qat":
         with timer.phase("qat_s"):
-            trainable = _prepare_qat(model, recipe, layers, example)
+            trainable = _runtime.prepare_qat(model, recipe, layers)
             train(
                 trainable,
                 task,
@@ -236,21 +235,22 @@ def _run(
                 learning_rate=recipe.learning_rate / 10,
                 device=device,
                 phase="QAT",
-                on_step=lambda s, n: _quant.on_qat_step(trainable, s, n),
+                on_step=lambda s, n: _runtime.on_qat_step(trainable, s, n),
                 on_epoch=on_epoch,
             )
     float_model = model  # pruned and fine-tuned, before quantization
     with timer.phase("quantize_s"):
-        int8 = finalize(trainable, recipe, task.calibration_batches())
+        int8 = finalize(trainable, recipe, task.calibration_batches(), example_input=example)
     kept.append(int8)
     cpu = torch.device("cpu")
     with timer.phase("evaluate_s"):
         int8_metrics = task.evaluate(int8, cpu)
         fp32_metrics = task.evaluate(baseline, cpu)
     with timer.phase("measure_s"):
-        metrics = _measurements(baseline, float_model.cpu(), int8, layers, example)
+        reference = reference_model(baseline, example, recipe.runtime)
+        metrics = _measurements(baseline, float_model.cpu(), int8, reference, layers, example)
         if latency is not None:
-            metrics.update(_latencies(baseline, int8, example, latency))
+            metrics.update(_latencies(reference, int8, example, latency))
     metrics["channels_removed"] = float(_channels_removed(baseline, float_model, layers))
     metrics.update({k: float(v) for k, v in int8_metrics.items()})
     metrics.update({f"fp32_{k}": float(v) for k, v in fp32_metrics.items()})
@@ -280,8 +280,7 @@ def compress(
         raise RecipeError("task: an analytic task has no model to compress; use a real task")
     timer = _Timer()
     kept: list[nn.Module] = []
-    with _quant.quiet():
-        metrics = _run(task, recipe, torch.device(device), None, timer, {}, latency, kept)
+    metrics = _run(task, recipe, torch.device(device), None, timer, {}, latency, kept)
     return Compressed(kept[0], metrics, timer.timings)
 
 
@@ -297,12 +296,14 @@ def _measurements(
     baseline: nn.Module,
     pruned: nn.Module,
     int8: nn.Module,
+    reference: nn.Module,
     layers: list[str],
     example: torch.Tensor,
 ) -> dict[str, float]:
-    """Sizes, parameter counts and MACs: the same wherever they are measured."""
-    size, compressed = _measure.serialized_sizes(int8)
-    fp32_size, fp32_compressed = _measure.serialized_sizes(baseline)
+    """Sizes (of the files the runtime loads), parameter counts and MACs: the same wherever
+    they are measured."""
+    size, compressed = _measure.artifact_sizes(_runtime.to_portable(int8))
+    fp32_size, fp32_compressed = _measure.artifact_sizes(_runtime.to_portable(reference))
     params, nonzero = _measure.count_params(pruned)
     fp32_params, _ = _measure.count_params(baseline)
     metrics: dict[str, Any] = {
@@ -319,29 +320,29 @@ def _measurements(
     return {k: float(v) for k, v in metrics.items()}
 
 
-def reference_model(baseline: nn.Module) -> tuple[nn.Module, bool]:
-    """The fp32 model that int8 latency is compared with: the baseline with BatchNorm folded
-    into the convolutions where it can be (as a deployed fp32 model would be), and whether it was.
-    """
-    model, kind = _quant.fold_batchnorm(baseline)
-    return model, kind == "bn_folded"
+def reference_model(
+    baseline: nn.Module, example: torch.Tensor, runtime: str = "onnxruntime"
+) -> nn.Module:
+    """The fp32 model that int8 latency and size are compared with: ``baseline`` in the same
+    runtime as the int8 model, with BatchNorm folded and the runtime's graph optimizations on
+    (as a deployed fp32 model would run)."""
+    return _runtime.reference(baseline, example, runtime)
 
 
 def measure_latency(
-    model: nn.Module, example: torch.Tensor, spec: LatencySpec, backend: str
+    model: nn.Module, example: torch.Tensor, spec: LatencySpec
 ) -> _measure.LatencyStats:
-    """Time one model as a latency target does: ``backend``'s int8 kernels, threads pinned,
-    warm-up, then the median (and spread) of ``spec.repeats`` timed passes."""
-    [stats] = measure_latencies([model], example, spec, backend)
+    """Time one model as a latency target does: threads pinned, warm-up, then the median (and
+    spread) of ``spec.repeats`` timed passes."""
+    [stats] = measure_latencies([model], example, spec)
     return stats
 
 
 def measure_latencies(
-    models: Sequence[nn.Module], example: torch.Tensor, spec: LatencySpec, backend: str
+    models: Sequence[nn.Module], example: torch.Tensor, spec: LatencySpec
 ) -> list[_measure.LatencyStats]:
     """:func:`measure_latency` for several models, timed interleaved (so that each sees the
     same load): one :class:`LatencyStats` per model, in order."""
-    _quant.set_engine(backend)
     batch = _measure.example_batch(example, spec.batch_size)
     return _measure.latencies(
         list(models), batch, num_threads=spec.threads, warmup=spec.warmup, repeats=spec.repeats
@@ -349,17 +350,14 @@ def measure_latencies(
 
 
 def _latencies(
-    baseline: nn.Module, int8: nn.Module, example: torch.Tensor, spec: LatencySpec
+    reference: nn.Module, int8: nn.Module, example: torch.Tensor, spec: LatencySpec
 ) -> dict[str, float]:
-    """int8 and fp32 latency, timed interleaved on this machine, and their ratio."""
-    reference, folded = reference_model(baseline)
+    """int8 and fp32 latency, timed interleaved on this machine in one runtime, and their ratio."""
+    fp32, measured = measure_latencies([reference, int8], example, spec)
     batch = _measure.example_batch(example, spec.batch_size)
-    fp32, measured = _measure.latencies(
-        [reference, int8], batch, num_threads=spec.threads, warmup=spec.warmup, repeats=spec.repeats
-    )
     return {
         **latency_metrics(measured, fp32, spec, batch.shape[0]),
-        "fp32_bn_folded": 1.0 if folded else 0.0,
+        "fp32_bn_folded": 1.0,
     }
 
 

@@ -1,12 +1,17 @@
-"""``sweep apply`` on the real ``digits`` task: the int8 model is saved, reloads with the
-documented calls and scores what apply reported; recipes for another model are clear errors."""
+"""``sweep apply`` on the real ``digits`` task: the int8 model is saved as its runtime's file,
+loads in that runtime alone (nothing of this project, not even torch) and scores what apply
+reported; recipes for another model are clear errors."""
 
 from __future__ import annotations
 
+import errno
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +20,7 @@ from sweep import _apply
 from sweep._apply import DeviceError, check_device
 from sweep._output import write_atomically
 from tests.sweep.cli_runner import run_cli
+from tests.trials.onnx_graph import int8_weights
 from trials.tasks.digits import DigitsNet
 
 LAYERS = ("conv1.0", "conv2.0", "conv3.0", "fc")
@@ -52,23 +58,24 @@ def test_apply_saves_an_int8_model_that_reloads_and_scores_as_reported(
 ) -> None:
     recipe_path = tmp_path / "recipe.json"
     recipe_path.write_text(json.dumps(_recipe(FULL, source=SOURCE)))
-    model_path = tmp_path / "model.pt"
+    model_path = tmp_path / "model.onnx"
     code, out, err = run_cli(monkeypatch, capsys, "apply", str(recipe_path), "-o", str(model_path))
     assert code == 0, err
     assert "stored (trial 7 of demo)" in out and "97.00%" in out  # the stored trial beside
-    assert "trials.load_int8" in err
+    assert "onnxruntime.InferenceSession" in err and "trials.load_int8" in err
 
-    saved = torch.load(model_path, weights_only=True)  # plain tensors and values only
+    saved = trials.read_int8(model_path)  # the recipe and metrics ride inside the .onnx
     assert saved["recipe"]["layers"]["conv1.0"]["method"] == "structured"
     task = trials.load_task("digits")
-    reloaded = trials.load_int8(model_path, DigitsNet(), task.example_input())
-    accuracy = task.evaluate(reloaded, torch.device("cpu"))["accuracy"]
-    assert accuracy == pytest.approx(saved["metrics"]["accuracy"])
+    accuracy = _score_in_onnxruntime_alone(model_path, task, tmp_path)
+    assert accuracy == pytest.approx(saved["metrics"]["accuracy"], abs=1e-9)
     assert f"{100 * accuracy:.2f}%" in out
-    # Really int8 and really pruned: quantized weights, fewer conv1 output channels.
-    conv1 = dict(reloaded.named_modules())["conv1.0"]
-    assert conv1.weight().dtype == torch.qint8
-    assert conv1.weight().shape[0] < dict(DigitsNet().named_modules())["conv1.0"].out_channels
+    reloaded = trials.load_int8(model_path)
+    assert task.evaluate(reloaded, torch.device("cpu"))["accuracy"] == pytest.approx(accuracy)
+    # Really int8 and really pruned: int8 weights, fewer conv1 output channels.
+    conv1 = int8_weights(reloaded)["conv1.0"].values
+    assert conv1.dtype == np.int8
+    assert conv1.shape[0] < dict(DigitsNet().named_modules())["conv1.0"].out_channels
 
     code, out, err = run_cli(  # the same comparison for scripts
         monkeypatch, capsys, "apply", str(recipe_path), "-o", str(model_path), "--format", "json"
@@ -77,6 +84,42 @@ def test_apply_saves_an_int8_model_that_reloads_and_scores_as_reported(
     rows = {row["metric"]: row for row in json.loads(out)}
     assert rows["accuracy"]["stored"] == 0.97 and 0 < rows["accuracy"]["applied"] <= 1
     assert rows["fp32_size_bytes"]["applied"] > rows["size_bytes"]["applied"]
+
+
+# Scores a model file on saved validation batches with onnxruntime and numpy only.
+_STANDALONE = """
+import sys
+import numpy as np
+import onnxruntime
+session = onnxruntime.InferenceSession(sys.argv[1])
+name = session.get_inputs()[0].name
+data = np.load(sys.argv[2])
+correct = total = 0
+for index in range(len(data.files) // 2):
+    inputs, targets = data[f"inputs{index}"], data[f"targets{index}"]
+    logits = session.run(None, {name: inputs})[0]
+    correct += int((logits.argmax(axis=1) == targets).sum())
+    total += len(targets)
+assert "torch" not in sys.modules and "trials" not in sys.modules
+print(repr(correct / total))
+"""
+
+
+def _score_in_onnxruntime_alone(model: Path, task: trials.Task, folder: Path) -> float:
+    data = folder / "validation.npz"
+    arrays: dict[str, np.ndarray] = {}
+    for index, (inputs, targets) in enumerate(task.validation_batches()):
+        arrays[f"inputs{index}"], arrays[f"targets{index}"] = inputs.numpy(), targets.numpy()
+    np.savez(data, **arrays)  # type: ignore[arg-type]
+    done = subprocess.run(
+        [sys.executable, "-c", _STANDALONE, str(model), str(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +135,7 @@ def test_apply_saves_an_int8_model_that_reloads_and_scores_as_reported(
             (),
             "does not mention 3 prunable layer(s) of this model ('conv2.0', 'conv3.0', 'fc')",
         ),
-        ({**_recipe(FULL), "schema_version": 2}, (), "schema_version: 2 is not supported"),
+        ({**_recipe(FULL), "schema_version": 3}, (), "schema_version: 3 is not supported"),
         (_recipe(FULL), (), "--task: the recipe file does not say which task it is for"),
         (_recipe(FULL), ("--task", "synthetic"), "is an analytic task with no model"),
     ],
@@ -107,7 +150,7 @@ def test_apply_rejects_recipes_that_do_not_fit_and_writes_nothing(
 ) -> None:
     recipe_path = tmp_path / "recipe.json"
     recipe_path.write_text(json.dumps(document))
-    model_path = tmp_path / "model.pt"
+    model_path = tmp_path / "model.onnx"
     code, _, err = run_cli(
         monkeypatch, capsys, "apply", str(recipe_path), "-o", str(model_path), *args
     )
@@ -139,8 +182,33 @@ def test_a_failed_save_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
         raise RuntimeError("boom")
 
     monkeypatch.setattr(_apply, "save_int8", fail)
-    target = tmp_path / "model.pt"
+    target = tmp_path / "model.onnx"
     save = _apply._save_model(torch.nn.Linear(2, 2), trials.Recipe(), {})
     with pytest.raises(RuntimeError, match="boom"):  # not a disk error: it goes on as it was
         write_atomically(target, save)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_when_saving_the_model_is_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model file is the last write of apply: a full disk there (the quantizer's temporary
+    files fitted) is exit 1 with the file named, and no partial file."""
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_apply, "save_int8", full)
+    recipe_path = tmp_path / "recipe.json"
+    recipe_path.write_text(json.dumps(_recipe(FULL, source=SOURCE)))
+    target = tmp_path / "model.onnx"
+    code, _, err = run_cli(monkeypatch, capsys, "apply", str(recipe_path), "-o", str(target))
+    assert code == 1, err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: -o: cannot write {target}: the disk is full or the file reached its size limit"
+        )
+    )
+    assert not target.exists()

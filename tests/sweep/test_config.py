@@ -18,7 +18,8 @@ def test_demo_config_loads() -> None:
 def test_defaults_fill_everything_but_name_and_task() -> None:
     config = parse_config({"name": "x", "task": "digits"})
     assert config.budget.n_trials >= 1
-    assert config.search_space.orders == ["prune_ptq", "prune_qat"]
+    assert config.search_space.orders is None  # resolved from the model: sweep.Space.orders
+    assert (config.latency.runtime, config.latency.backend) == ("onnxruntime", "onednn")
     # The default size objective must be one that pruning can lower.
     assert "compressed_bytes" in config.objectives and "size_bytes" not in config.objectives
 

@@ -72,6 +72,9 @@ class Flat:
 def make():
     return Flat()
 """
+CONV_TASK = NO_LAYERS_TASK.replace(
+    "nn.Sequential(nn.Flatten(), nn.ReLU())", "nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())"
+)
 # A model small enough to compress in a second, large enough (about 24 KB saved) to outgrow a
 # file size limit.
 TINY_TASK = """
@@ -106,6 +109,20 @@ class Tiny:
 def make():
     return Tiny()
 """
+# The tiny task with a forward that branches on tensor values: it cannot be exported.
+BRANCHY_TASK = TINY_TASK.replace(
+    "        return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 4))",
+    "        return Branchy()",
+).replace(
+    "class Tiny:",
+    "class Branchy(nn.Module):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.fc = nn.Linear(64, 4)\n\n"
+    "    def forward(self, x):\n"
+    "        return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)\n\n\n"
+    "class Tiny:",
+)
 TINY_RECIPE = (
     '{"schema_version": 1, "order": "prune_ptq", "finetune_epochs": 0, "calibration_batches": 1, '
     '"layers": {"0": {"amount": 0.5}, "2": {"amount": 0.5}}}'
@@ -234,6 +251,29 @@ CASES: dict[str, Case] = {
         files=(("flat_task.py", NO_LAYERS_TASK),),
         subprocess=True,
     ),
+    "dynamic_order_without_linear_layers": Case(
+        LAUNCH,
+        2,
+        "search_space.orders: prune_dynamic quantizes Linear and LSTM layers, and this model has "
+        "none; remove prune_dynamic",
+        "name: new\ntask: conv_task.py:make\nsearch_space: {orders: [prune_dynamic]}\n",
+        files=(("conv_task.py", CONV_TASK),),
+        subprocess=True,
+    ),
+    "model_cannot_be_exported": Case(
+        LAUNCH,
+        2,
+        "task: tiny: the model could not be exported to ONNX (",
+        "name: new\ntask: branchy_task.py:make\n",
+        files=(("branchy_task.py", BRANCHY_TASK),),
+        subprocess=True,
+    ),
+    "runtime_unknown": Case(
+        LAUNCH,
+        2,
+        "latency.runtime: Input should be 'onnxruntime'",
+        "name: new\ntask: digits\nlatency: {runtime: tensorrt}\n",
+    ),
     "unreachable_storage": Case(
         ("status", "--storage", f"postgresql+psycopg://sweep:{PASSWORD}@127.0.0.1:{{port}}/x"),
         2,
@@ -297,7 +337,7 @@ CASES: dict[str, Case] = {
         subprocess=True,
     ),
     "recipe_for_another_model": Case(
-        ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}/model.pt"),
+        ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}/model.onnx"),
         2,
         "'features.0' is not a prunable layer of this model",
         files=(("recipe.json", OTHER_MODEL_RECIPE),),
@@ -315,13 +355,22 @@ CASES: dict[str, Case] = {
         files=(("recipe.json", OTHER_MODEL_RECIPE),),
     ),
     "apply_device_unknown": Case(
-        ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}/m.pt", "--device", "tpu"),
+        ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}/m.onnx", "--device", "tpu"),
         2,
         "--device: 'tpu' is not one of cpu, cuda or cuda:N",
         files=(("recipe.json", OTHER_MODEL_RECIPE),),
     ),
     "apply_device_cuda_without_gpu": Case(
-        ("apply", "{dir}/recipe.json", "--task", "digits", "-o", "{dir}/m.pt", "--device", "cuda"),
+        (
+            "apply",
+            "{dir}/recipe.json",
+            "--task",
+            "digits",
+            "-o",
+            "{dir}/m.onnx",
+            "--device",
+            "cuda",
+        ),
         2,
         "--device: cuda is not available (torch",
         files=(("recipe.json", OTHER_MODEL_RECIPE),),
@@ -343,12 +392,14 @@ CASES: dict[str, Case] = {
         file_size_limit=40_000,  # above SQLite's 32 KiB shared-memory file, below the listing
         subprocess=True,
     ),
-    "disk_full_saving_a_model": Case(
-        ("apply", "recipe.json", "--task", "tiny_task:make", "-o", "{dir}/model.pt"),
+    "disk_full_while_quantizing": Case(
+        ("apply", "recipe.json", "--task", "tiny_task:make", "-o", "{dir}/model.onnx"),
         1,
-        "model.pt: the disk is full or the file reached its size limit (File too large)",
+        "cannot write temporary files while quantizing: the disk is full or a file reached its "
+        "size limit (File too large)",
         files=(("tiny_task.py", TINY_TASK), ("recipe.json", TINY_RECIPE)),
-        file_size_limit=8_000,  # the saved model is about 24 KB
+        # Below the model files the runtime's quantizer writes to TMPDIR (tens of KB).
+        file_size_limit=8_000,
         subprocess=True,
     ),
     "disk_full_writing_a_plot": Case(

@@ -217,3 +217,25 @@ def test_constraint_values_from_layer_sizes() -> None:
             {"name": "x", "task": "digits",
              "search_space": {"constraints": {"min_sparsity": 0.6, "max_sparsity": 0.5}}}
         )  # fmt: skip
+
+
+# -- orders: prune_dynamic searched by default where the model has Linear or LSTM layers ---------
+def test_default_orders_follow_the_model_and_runtime_goes_into_the_recipe() -> None:
+    config = parse_config({"name": "x", "task": "digits"})
+    search, trial = config.search_space, config.trial
+    convs = Space(tuple(LAYERS), search, trial, dynamic_layers=False)
+    linear = Space(tuple(LAYERS), search, trial, dynamic_layers=True)
+    assert convs.orders == ["prune_ptq", "prune_qat"]
+    assert linear.orders == ["prune_ptq", "prune_qat", "prune_dynamic"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {linear.suggest(study.ask()).order for _ in range(40)}
+    assert seen == set(linear.orders)
+    assert linear.suggest(study.ask()).runtime == "onnxruntime"
+
+
+def test_prune_dynamic_on_a_model_without_linear_layers_is_a_config_error() -> None:
+    config = parse_config(
+        {"name": "x", "task": "digits", "search_space": {"orders": ["prune_dynamic"]}}
+    )
+    with pytest.raises(ConfigError, match=r"^search_space.orders: prune_dynamic quantizes"):
+        Space(tuple(LAYERS), config.search_space, config.trial, dynamic_layers=False)

@@ -1,6 +1,6 @@
 """Latency-target pieces that need no cluster: per-node resource checks, one fp32 baseline per
-hardware class, timing with the reference on a new class, threads checked against the cores,
-and a model that cannot travel as TorchScript."""
+hardware class, timing with the reference on a new class (models travel as their runtime's
+model file), threads checked against the cores."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 from sweep import _remote, _resources
 from sweep._config import ConfigError
 from sweep._target import Target, _from_fields
-from trials import LatencySpec, LatencyStats, TrialResult, hardware_class, to_portable
+from trials import LatencySpec, LatencyStats, hardware_class, reference_model, to_portable
 
 LATENCY = LatencySpec(threads=1, warmup=1, repeats=3)
 
@@ -44,7 +44,7 @@ def _measurement(cpu: str, median: float, reference: LatencyStats | None = None)
         "arch": "x86_64",
         "cpu": cpu,
         "torch": "2.13.0",
-        "runtime": "torchscript",
+        "runtime": "onnxruntime 1.32.0",
         "backend": "onednn",
         "threads": "1",
     }
@@ -77,18 +77,22 @@ def test_each_hardware_class_gets_its_own_baseline() -> None:
 def _portable_pair() -> tuple[bytes, bytes, torch.Tensor]:
     batch = torch.randn(8, 16)
     small, large = nn.Linear(16, 4).eval(), nn.Sequential(*(nn.Linear(16, 16) for _ in range(8)))
-    return to_portable(small, batch), to_portable(large.eval(), batch), batch
+    return (
+        to_portable(reference_model(small, batch)),
+        to_portable(reference_model(large.eval(), batch)),
+        batch,
+    )
 
 
 def test_a_new_class_times_the_reference_with_the_model(local_ray: None) -> None:
     model, reference, batch = _portable_pair()
     refs = [ray.put(reference)]
     timing = {"threads": 1, "batch_size": None, "warmup": 1, "repeats": 3}
-    timed = _remote.measure(model, batch, timing, "onednn", refs, [])
+    timed = _remote.measure(model, batch, timing, "onnxruntime", "onednn", refs, [])
     assert timed.reference is not None and timed.stats.median_ms > 0
     assert timed.batch == 8
     known = [hardware_class(timed.environment)]
-    again = _remote.measure(model, batch, timing, "onednn", refs, known)
+    again = _remote.measure(model, batch, timing, "onnxruntime", "onednn", refs, known)
     assert again.reference is None  # its class has a baseline: the reference is not fetched
 
 
@@ -97,25 +101,4 @@ def test_more_threads_than_the_target_has_cores_is_a_config_error(local_ray: Non
     cores = len(os.sched_getaffinity(0))
     timing = {"threads": cores + 1, "batch_size": None, "warmup": 1, "repeats": 3}
     with pytest.raises(ConfigError, match=rf"^latency.threads: {cores + 1} threads, but"):
-        _remote.measure(model, batch, timing, "onednn", [], [])
-
-
-class _DictOutput(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.fc(x)}
-
-
-def test_a_model_that_cannot_be_traced_fails_its_trial_keeping_the_metrics() -> None:
-    result = TrialResult("COMPLETE", {"accuracy": 0.9, "compressed_bytes": 100.0})
-    outcome = _remote.TrialOutcome(result, attempt=1, node="n")
-    failed, model = _remote.portable(outcome, _DictOutput(), torch.randn(2, 4))
-    assert model is None and failed.result.state == "FAIL"
-    assert failed.result.metrics == result.metrics and failed.attempt == 1
-    assert failed.result.error is not None
-    assert failed.result.error.startswith("latency.target: the int8 model could not be traced")
-    fine, blob = _remote.portable(outcome, nn.Linear(4, 2), torch.randn(2, 4))
-    assert fine is outcome and blob
+        _remote.measure(model, batch, timing, "onnxruntime", "onednn", [], [])

@@ -1,17 +1,24 @@
 import math
+import subprocess
+import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
+import trials
+from tests.trials.onnx_graph import float_layers, int8_weights, op_types
 from trials import (
     LatencySpec,
     LayerSpec,
     Recipe,
+    RecipeError,
     Task,
-    _quant,
+    TrialError,
+    _fakequant,
+    _runtime,
     apply_recipe,
     finalize,
     prunable_layers,
@@ -20,39 +27,31 @@ from trials import (
 from trials._train import train
 
 CPU = torch.device("cpu")
+ORDERS = ("prune_ptq", "prune_qat", "prune_dynamic")
 
 
-def _quantized_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every int8 conv/linear weight of a converted model, by module name."""
-    found = {}
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if callable(weight):
-            tensor = weight()
-            if tensor.is_quantized:
-                found[name] = tensor
-    return found
-
-
-@pytest.mark.parametrize("order", ["prune_ptq", "prune_qat"])
-def test_sparsity_holds_through_finetune_and_conversion(digits: Task, order: str) -> None:
+@pytest.mark.parametrize("order", ORDERS)
+def test_pruned_zeros_are_exact_zeros_of_the_int8_model(digits: Task, order: str) -> None:
     model = digits.build_model()
     layers = prunable_layers(model)
     amounts = dict(zip(layers, [0.3, 0.6, 0.8, 0.45], strict=True))
     recipe = Recipe(layers={n: LayerSpec(a) for n, a in amounts.items()}, order=order)
     trainable = apply_recipe(model, recipe, digits.example_input())
     train(trainable, digits, epochs=1, learning_rate=1e-3, device=CPU, phase="test")
-    modules = dict(model.named_modules())
+    trained = dict(trainable.named_modules())
     for name, amount in amounts.items():
-        weight = modules[name].weight
+        weight = trained[name].weight
         assert int((weight == 0).sum()) == round(amount * weight.numel()), name
     int8 = finalize(trainable, recipe, digits.calibration_batches())
-    quantized = _quantized_weights(int8)
-    assert len(quantized) == len(layers)
-    for tensor, (name, amount) in zip(quantized.values(), amounts.items(), strict=True):
-        zeros = int((tensor.int_repr() == 0).sum())
-        # Conversion may round tiny weights to zero as well, never fewer than were pruned.
-        assert zeros >= round(amount * tensor.numel()), name
+    quantized = int8_weights(int8)
+    # Dynamic quantization makes Linear layers int8 and leaves convolutions in float.
+    expected = ["fc"] if order == "prune_dynamic" else layers
+    assert sorted(quantized) == sorted(expected)
+    for name in expected:
+        tensor = quantized[name].values
+        assert np.all(quantized[name].zero_point == 0), name  # symmetric: 0.0 is exactly 0
+        # Rounding may zero tiny weights as well, never fewer than were pruned.
+        assert int((tensor == 0).sum()) >= round(amounts[name] * tensor.size), name
 
 
 @pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
@@ -65,15 +64,14 @@ def test_int8_accuracy_within_two_points(
         recipe,
         digits.calibration_batches(),
     )
+    assert "QuantizeLinear" in op_types(int8)
     accuracy = digits.evaluate(int8, CPU)["accuracy"]
     assert accuracy >= digits_fp32_accuracy - 0.02
 
 
 def test_per_channel_has_one_scale_per_output_channel(digits: Task) -> None:
     model = digits.build_model()
-    out_channels = {
-        n: m.weight.shape[0] for n, m in model.named_modules() if n in prunable_layers(model)
-    }
+    out_channels = {n: model.get_parameter(f"{n}.weight").shape[0] for n in prunable_layers(model)}
     for granularity in ("per_channel", "per_tensor"):
         recipe = Recipe(granularity=granularity, finetune_epochs=0)
         int8 = finalize(
@@ -81,26 +79,102 @@ def test_per_channel_has_one_scale_per_output_channel(digits: Task) -> None:
             recipe,
             digits.calibration_batches(),
         )
-        for name, tensor in _quantized_weights(int8).items():
-            if granularity == "per_channel":
-                # Symmetric observers; the int8 tensor stores them as affine with zero points 0.
-                assert tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
-                assert tensor.q_per_channel_scales().numel() == out_channels[name]
-                assert int(tensor.q_per_channel_zero_points().abs().sum()) == 0
-            else:
-                assert tensor.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+        weights = int8_weights(int8)
+        assert sorted(weights) == sorted(out_channels)
+        for name, weight in weights.items():
+            expected = out_channels[name] if granularity == "per_channel" else 1
+            assert weight.scale.size == expected, (granularity, name)
 
 
-def test_layer_kept_in_float(digits: Task) -> None:
-    recipe = Recipe(layers={"fc": LayerSpec(0.0, granularity="none")}, finetune_epochs=0)
+def test_granularity_per_layer_and_a_layer_kept_in_float(digits: Task) -> None:
+    recipe = Recipe(
+        layers={
+            "fc": LayerSpec(0.0, granularity="none"),
+            "conv2.0": LayerSpec(0.0, granularity="per_channel"),
+        },
+        finetune_epochs=0,
+    )
     int8 = finalize(
         apply_recipe(digits.build_model(), recipe, digits.example_input()),
         recipe,
         digits.calibration_batches(),
     )
-    quantized = _quantized_weights(int8)
-    assert "fc" not in quantized and len(quantized) == 3
-    assert type(dict(int8.named_modules())["fc"]) is nn.Linear
+    weights = int8_weights(int8)
+    assert sorted(weights) == ["conv1.0", "conv2.0", "conv3.0"]
+    assert weights["conv2.0"].scale.size == 64 and weights["conv3.0"].scale.size == 1
+    assert float_layers(int8) == {"fc"}
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
+def test_qat_simulates_the_deployed_weights_exactly(digits: Task, granularity: str) -> None:
+    """What QAT trains against is what the runtime stores: the fake-quantized weight of every
+    layer equals the int8 model's dequantized weight (up to a rare one-step difference where a
+    weight sits on a rounding tie: the runtime computes scales in float64)."""
+    recipe = Recipe(order="prune_qat", granularity=granularity)
+    prepared = apply_recipe(digits.build_model(), recipe, digits.example_input())
+    train(prepared, digits, epochs=1, learning_rate=1e-4, device=CPU, phase="test")
+    int8 = finalize(prepared, recipe, digits.calibration_batches())
+    deployed = int8_weights(int8)
+    modules = dict(prepared.named_modules())
+    for name in prunable_layers(digits.build_model()):
+        simulated = modules[name].weight.detach().numpy()
+        stored = deployed[name].dequantized()
+        if simulated.shape != stored.shape:  # Gemm stores (out, in) as the Linear does
+            stored = stored.T
+        step = float(deployed[name].scale.max())
+        differs = np.abs(stored - simulated) > 1e-6
+        assert differs.mean() < 1e-3, (name, int(differs.sum()))
+        assert np.abs(stored - simulated).max() <= step * 1.001, name
+
+
+def test_qat_int8_model_scores_as_the_fake_quantized_model(digits: Task) -> None:
+    recipe = Recipe(order="prune_qat")
+    prepared = apply_recipe(digits.build_model(), recipe, digits.example_input())
+    train(
+        prepared,
+        digits,
+        epochs=1,
+        learning_rate=1e-4,
+        device=CPU,
+        phase="test",
+        on_step=lambda s, n: _runtime.on_qat_step(prepared, s, n),
+    )
+    simulated = digits.evaluate(prepared, CPU)["accuracy"]
+    int8 = finalize(prepared, recipe, digits.calibration_batches())
+    assert digits.evaluate(int8, CPU)["accuracy"] == pytest.approx(simulated, abs=0.01)
+
+
+class _InputNorm(nn.Module):
+    """A BatchNorm on the input (nothing to fold it into) and a conv + BatchNorm (folded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(1)
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(self.norm(x))).mean((2, 3))
+
+
+def test_qat_folds_batchnorm_then_freezes_observers_and_unfolded_batchnorm() -> None:
+    recipe = Recipe(order="prune_qat")
+    prepared = apply_recipe(_InputNorm(), recipe, torch.randn(2, 1, 8, 8))
+    norms = [m for m in prepared.modules() if isinstance(m, nn.BatchNorm2d)]
+    observers = [m for m in prepared.modules() if isinstance(m, _fakequant.ActivationObserver)]
+    assert len(norms) == 1 and len(observers) == 1  # conv + bn folded, the input norm kept
+    total = 8
+    for step in range(total):
+        _runtime.on_qat_step(prepared, step, total)
+        prepared(torch.randn(2, 1, 8, 8))
+        assert observers[0].observing == (step < int(_runtime.OBSERVER_FREEZE_AT * total))
+        assert norms[0].training == (step < int(_runtime.BN_FREEZE_AT * total))
+
+
+def test_dynamic_order_needs_linear_layers() -> None:
+    conv_only = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+    with pytest.raises(RecipeError, match="prune_dynamic quantizes Linear and LSTM layers"):
+        apply_recipe(conv_only, Recipe(order="prune_dynamic"), torch.randn(2, 1, 8, 8))
 
 
 def test_run_trial_measures_everything(digits: Task, digits_fp32_accuracy: float) -> None:
@@ -128,6 +202,7 @@ def test_run_trial_measures_everything(digits: Task, digits_fp32_accuracy: float
     assert m["size_bytes"] < m["fp32_size_bytes"] / 2  # int8 weights
     assert m["compressed_bytes"] < m["size_bytes"]
     assert {"finetune_s", "quantize_s", "measure_s"} <= set(result.timings)
+    assert result.environment["runtime"].startswith("onnxruntime ")
 
 
 def test_more_pruning_compresses_smaller(digits: Task) -> None:
@@ -168,7 +243,7 @@ def test_unknown_layer_fails_the_trial(digits: Task) -> None:
 
 def test_no_deprecation_warnings_reach_users(digits: Task) -> None:
     layers = prunable_layers(digits.build_model())
-    for order in ("prune_ptq", "prune_qat"):
+    for order in ORDERS:
         recipe = Recipe(layers={n: LayerSpec(0.3) for n in layers}, order=order)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -182,16 +257,137 @@ def test_no_deprecation_warnings_reach_users(digits: Task) -> None:
         assert noisy == [], noisy
 
 
-def test_qat_freezes_observers_then_batchnorm(digits: Task) -> None:
-    recipe = Recipe(order="prune_qat")
-    prepared = apply_recipe(digits.build_model(), recipe, digits.example_input())
-    fake_quants = [m for m in prepared.modules() if isinstance(m, FakeQuantizeBase)]
-    bn_modules = [m for m in prepared.modules() if hasattr(m, "freeze_bn")]
-    assert fake_quants and bn_modules
-    total = 8
-    for step in range(total):
-        _quant.on_qat_step(prepared, step, total)
-        observing = all(bool(m.observer_enabled[0]) for m in fake_quants)
-        assert observing == (step < int(_quant.OBSERVER_FREEZE_AT * total)), step
-        frozen = all(m.freeze_bn for m in bn_modules)
-        assert frozen == (step >= int(_quant.BN_FREEZE_AT * total)), step
+# Every DeprecationWarning an error, before anything is imported: importing the project and
+# running a default trial of each order must not touch a deprecated API of torch or of any
+# dependency (nothing is silenced on the way).
+_STRICT_TRIAL = """
+import warnings
+warnings.simplefilter("error", DeprecationWarning)
+import sweep.cli, storage, trials
+from trials import LatencySpec, Recipe, load_task, run_trial
+task = load_task("digits")
+for order in ("prune_ptq", "prune_qat", "prune_dynamic"):
+    result = run_trial(task, Recipe(order=order), latency=LatencySpec(repeats=3))
+    print(order, result.state, result.error)
+"""
+
+
+def test_a_default_trial_runs_with_deprecation_warnings_as_errors() -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", _STRICT_TRIAL],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [
+        word for order in ORDERS for word in (order, "COMPLETE", "None")
+    ], done.stdout
+
+
+class _Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_linear_layers_kept_in_float_per_layer(order: str) -> None:
+    example = torch.randn(8, 16)
+    recipe = Recipe(
+        layers={"body.2": LayerSpec(0.5, granularity="none")}, order=order, finetune_epochs=0
+    )
+    model = apply_recipe(_Mlp().eval(), recipe, example)
+    int8 = finalize(model, recipe, [(example, torch.zeros(8))], example_input=example)
+    assert sorted(int8_weights(int8)) == ["body.0", "head"]
+    assert "body.2" in float_layers(int8)
+    assert int8(example).shape == (8, 4)
+
+
+def test_dynamic_order_takes_one_granularity_for_its_linear_layers() -> None:
+    recipe = Recipe(
+        layers={"head": LayerSpec(0.0, granularity="per_channel")},
+        order="prune_dynamic",
+        granularity="per_tensor",
+    )
+    model = apply_recipe(_Mlp().eval(), recipe, torch.randn(8, 16))
+    with pytest.raises(RecipeError, match=r"^layers\.body\.0\.granularity: prune_dynamic"):
+        finalize(model, recipe, example_input=torch.randn(8, 16))
+
+
+class _Branchy(nn.Module):
+    """Python control flow on tensor values: torch.export cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)
+
+
+def test_a_model_that_cannot_be_exported_fails_with_the_reason() -> None:
+    recipe = Recipe(finetune_epochs=0)
+    example = torch.randn(8, 4)
+    model = apply_recipe(_Branchy(), recipe, example)
+    with pytest.raises(TrialError, match=r"^the model could not be exported to ONNX \("):
+        finalize(model, recipe, [(example, torch.zeros(8))])
+
+
+class _Gelu(_Mlp):
+    """The same parameters as _Mlp under another forward: an export cache keyed on shapes alone
+    would hand it _Mlp's graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(nn.functional.gelu(self.body[2](nn.functional.gelu(self.body[0](x)))))
+
+
+def test_models_with_equal_shapes_but_other_code_get_their_own_graph() -> None:
+    example = torch.randn(8, 16)
+    for model in (_Mlp().eval(), _Gelu().eval(), _Mlp().eval()):
+        reference = trials.reference_model(model, example)
+        with torch.no_grad():
+            torch.testing.assert_close(reference(example), model(example), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("backend", "qmax"), [("x86", 64), ("onednn", 127), ("qnnpack", 127)])
+def test_the_x86_backend_keeps_weights_to_7_bits(digits: Task, backend: str, qmax: int) -> None:
+    recipe = Recipe(backend=backend, finetune_epochs=0)
+    int8 = finalize(
+        apply_recipe(digits.build_model(), recipe, digits.example_input()),
+        recipe,
+        digits.calibration_batches(),
+    )
+    largest = max(int(np.abs(w.values.astype(np.int32)).max()) for w in int8_weights(int8).values())
+    assert largest == qmax
+
+
+class _FixedBatch(nn.Module):
+    """A forward written for one batch size: torch.export cannot make its batch dynamic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(8, 12))
+
+
+def test_a_model_exported_for_one_batch_size_runs_any_batch() -> None:
+    model = _FixedBatch().eval()
+    inputs = torch.randn(20, 3, 4)
+    recipe = Recipe(finetune_epochs=0)
+    calibration = [(inputs[:13], torch.zeros(13))]  # 8 rows, then 5 padded to 8
+    prepared = apply_recipe(model, recipe, inputs[:8])
+    int8 = finalize(prepared, recipe, calibration, example_input=inputs[:8])
+    with torch.no_grad():
+        sliced = [int8(inputs[0:8]), int8(inputs[8:16]), int8(inputs[12:20])[4:]]
+        expected = torch.cat([model(inputs[i : i + 8]) for i in (0, 8)] + [model(inputs[12:])[4:]])
+    assert int8(inputs).shape == (20, 3)
+    assert torch.equal(int8(inputs), torch.cat(sliced))
+    torch.testing.assert_close(int8(inputs), expected, atol=0.1, rtol=0)

@@ -1,7 +1,5 @@
-"""Latency measurement pieces: batch sizing, the portable (TorchScript) form models travel in,
-and the environment a latency was measured in."""
-
-import warnings
+"""Latency measurement pieces: batch sizing, the portable form models travel in (the runtime's
+own model file), and the environment a latency was measured in."""
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from trials import (
     hardware_class,
     measure_latency,
     run_trial,
+    runtime_version,
     to_portable,
 )
 
@@ -33,27 +32,28 @@ def test_latency_spec_rejects_zero(field: str) -> None:
         LatencySpec(**{field: 0})
 
 
-def test_an_int8_model_travels_as_torchscript_and_times_the_same_outputs(digits: Task) -> None:
+def test_an_int8_model_travels_as_its_model_file_and_times_the_same_outputs(digits: Task) -> None:
     recipe = Recipe(finetune_epochs=0, calibration_batches=2)
     result = run_trial(digits, recipe, latency=None, keep_model=True)
     assert result.state == "COMPLETE" and result.model is not None
     assert "latency_ms" not in result.metrics and result.environment == {}
     example = digits.example_input()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        moved = from_portable(to_portable(result.model, example))
-    # torch 2.13 deprecates torch.jit; users are not shown that warning on every trial.
-    assert not [w for w in caught if "torch.jit" in str(w.message)], caught
+    data = to_portable(result.model)
+    assert data[:2] != b"PK"  # an ONNX protobuf, not a zip of pickles
+    moved = from_portable(data, "onnxruntime")
     with torch.no_grad():
         assert torch.equal(moved(example), result.model(example))
-    stats = measure_latency(moved, example, LatencySpec(repeats=3, warmup=1), "onednn")
+        # Any batch size runs (the graph's batch dimension is dynamic).
+        assert moved(example[:5]).shape == (5, 10)
+    stats = measure_latency(moved, example, LatencySpec(repeats=3, warmup=1))
     assert 0 < stats.min_ms <= stats.median_ms <= stats.max_ms
 
 
 def test_trials_timed_here_record_their_environment(digits: Task) -> None:
     result = run_trial(digits, Recipe(finetune_epochs=0), latency=LatencySpec(repeats=3))
-    assert result.environment == environment("onednn", 1)
+    assert result.environment == environment("onednn", 1, runtime_version("onnxruntime"))
     assert result.metrics["speedup"] == pytest.approx(
         result.metrics["fp32_latency_ms"] / result.metrics["latency_ms"]
     )
+    assert "onnxruntime 1." in hardware_class(result.environment)
     assert hardware_class(result.environment).endswith("onednn, 1 thread")

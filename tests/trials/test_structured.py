@@ -330,7 +330,7 @@ def test_kept_channels(channels: int, amount: float, round_to: int, kept: int) -
 def test_round_to_in_recipe_json() -> None:
     recipe = Recipe(layers={"c1.0": LayerSpec(0.5, "structured")}, round_to=8)
     data = json.loads(recipe.to_json())
-    assert data["round_to"] == 8 and data["schema_version"] == 1
+    assert data["round_to"] == 8 and data["schema_version"] == 2
     assert data["layers"]["c1.0"]["method"] == "structured"
     assert Recipe.from_json(recipe.to_json()).to_dict() == recipe.to_dict()
     assert Recipe.from_dict({"layers": {}}).round_to == 1  # recipes written before round_to
@@ -369,7 +369,7 @@ def test_what_torch_pruning_cannot_handle_is_reported() -> None:
     assert model(example).shape == (2, 3)
 
 
-@pytest.mark.parametrize("order", ["prune_ptq", "prune_qat"])
+@pytest.mark.parametrize("order", ["prune_ptq", "prune_qat", "prune_dynamic"])
 @pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
 def test_quantizes_after_structured_pruning(order: str, granularity: str) -> None:
     model, example = _model(CASES["inverted_residual"])
