@@ -379,10 +379,12 @@ class _FixedBatch(nn.Module):
 
 
 def test_a_model_exported_for_one_batch_size_runs_any_batch() -> None:
+    torch.manual_seed(0)
     model = _FixedBatch().eval()
     inputs = torch.randn(20, 3, 4)
     recipe = Recipe(finetune_epochs=0)
-    calibration = [(inputs[:13], torch.zeros(13))]  # 8 rows, then 5 padded to 8
+    # Two slices of 8 rows, then 4 padded to 8: every input's range is observed.
+    calibration = [(inputs, torch.zeros(20))]
     prepared = apply_recipe(model, recipe, inputs[:8])
     int8 = finalize(prepared, recipe, calibration, example_input=inputs[:8])
     with torch.no_grad():
@@ -391,3 +393,26 @@ def test_a_model_exported_for_one_batch_size_runs_any_batch() -> None:
     assert int8(inputs).shape == (20, 3)
     assert torch.equal(int8(inputs), torch.cat(sliced))
     torch.testing.assert_close(int8(inputs), expected, atol=0.1, rtol=0)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 16)
+        self.lstm = nn.LSTM(16, 32, batch_first=True)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.lstm(self.embed(tokens))
+        return self.head(hidden[:, -1])
+
+
+def test_dynamic_order_makes_lstm_and_linear_layers_int8() -> None:
+    torch.manual_seed(0)
+    model = _Recurrent().eval()
+    tokens = torch.randint(0, 20, (6, 9))
+    recipe = Recipe(order="prune_dynamic", finetune_epochs=0)
+    int8 = finalize(apply_recipe(model, recipe, tokens), recipe, example_input=tokens)
+    assert {"DynamicQuantizeLSTM", "MatMulInteger"} <= op_types(int8)
+    with torch.no_grad():
+        torch.testing.assert_close(int8(tokens), model(tokens), atol=0.05, rtol=0)
