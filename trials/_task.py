@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -11,7 +13,7 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
@@ -151,6 +153,51 @@ def task_file(spec: str) -> Path | None:
     return Path(os.getcwd(), path).resolve()
 
 
+class _TaskFolders(importlib.abc.MetaPathFinder):
+    """The folders that hold task modules, for the modules beside them (a task file's
+    ``models.py``). Asked last, after every finder of ``sys.meta_path`` has searched
+    ``sys.path``: a module there never shadows an installed one or the standard library, so a
+    stray ``matplotlib.py`` beside a task is never what ``import matplotlib`` finds."""
+
+    def __init__(self) -> None:
+        self.folders: list[str] = []
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if path is not None or not self.folders:
+            return None  # a submodule is found through its package's own __path__
+        return importlib.machinery.PathFinder.find_spec(fullname, self.folders)
+
+
+_TASK_FOLDERS = _TaskFolders()
+
+
+def task_folder_importable(folder: Path) -> None:
+    """Let the modules in ``folder`` (where a task module lives) be imported by name."""
+    name = str(folder.resolve())
+    if name not in _TASK_FOLDERS.folders:
+        _TASK_FOLDERS.folders.append(name)
+    if _TASK_FOLDERS in sys.meta_path:
+        sys.meta_path.remove(_TASK_FOLDERS)
+    sys.meta_path.append(_TASK_FOLDERS)  # last, also after finders added since
+
+
+def _module_folder(module_name: str) -> Path | None:
+    """The folder that holds the top-level module or package of ``module_name``, found without
+    importing it (its own imports may need that very folder)."""
+    try:
+        spec = importlib.util.find_spec(module_name.split(".")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        locations = list(spec.submodule_search_locations)
+        return Path(locations[0]).parent if locations else None
+    return Path(spec.origin).parent if spec.origin and spec.has_location else None
+
+
 def _import_file(path_text: str) -> ModuleType:
     """Import the file itself (never a module of the same name elsewhere on ``sys.path``)."""
     path = Path(os.getcwd(), path_text).resolve()
@@ -165,6 +212,7 @@ def _import_file(path_text: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise TaskError(f"task: cannot import {path} as a Python module")
+    task_folder_importable(path.parent)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look classes up by module name
     try:
@@ -202,6 +250,9 @@ def resolve_task_factory(spec: str) -> Callable[..., Any]:
         if factory is None or not callable(factory):
             raise TaskError(f"task: {module_name!r} has no callable {attr!r}")
         return factory
+    folder = _module_folder(module_name)
+    if folder is not None:
+        task_folder_importable(folder)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
