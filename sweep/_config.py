@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import typing
 from pathlib import Path
@@ -61,7 +62,24 @@ class AmountRange(_Strict):
     def _ordered(self) -> AmountRange:
         if self.max < self.min:
             raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        below, above = grid_neighbours(self.min, self.max, self.step)
+        if below != above:  # not silently snapped: the user would search less than they asked
+            options = f"{below} or {above}" if above < 1.0 else f"{below}"
+            raise ValueError(
+                f"max {self.max} is off the grid of step {self.step} from min {self.min} "
+                f"(only amounts up to {below} would be searched); set max to {options}"
+            )
         return self
+
+
+def grid_neighbours(low: float, value: float, step: float) -> tuple[float, float]:
+    """The grid points ``low + k * step`` just below and just above ``value`` (equal when
+    ``value`` is on the grid, up to float noise)."""
+    steps = (value - low) / step
+    if abs(steps - round(steps)) < 1e-6:
+        on = round(low + round(steps) * step, 9)
+        return on, on
+    return round(low + math.floor(steps) * step, 9), round(low + math.ceil(steps) * step, 9)
 
 
 class BoundsFrom(_Strict):

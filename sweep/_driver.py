@@ -27,7 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from storage import METRIC_COLUMNS, StorageError, StorageFullError, Store, TrialRecord
 from storage._engine import mask_url
 from sweep import _bounds, _remote, _resources, _shipping, _target
-from sweep._config import ConfigError, SweepConfig, parse_config
+from sweep._config import ConfigError, SweepConfig, grid_neighbours, parse_config
 from sweep._samplers import (
     ask_recipe,
     enqueue_uniform,
@@ -711,7 +711,17 @@ def stored_config(store: Store, name: str) -> SweepConfig:
     search = raw.get("search_space")
     if isinstance(search, dict) and "amount_mode" not in search:
         # Stored before amount modes existed: those sweeps drew each layer's amount on its own.
-        raw["search_space"] = {**search, "amount_mode": "independent"}
+        search = raw["search_space"] = {**search, "amount_mode": "independent"}
+    amount = search.get("amount") if isinstance(search, dict) else None
+    if (
+        isinstance(search, dict)
+        and isinstance(amount, dict)
+        and {"min", "max", "step"} <= set(amount)
+    ):
+        # Stored before a max off the step grid was refused: those sweeps searched up to the
+        # grid point below it.
+        below, _ = grid_neighbours(amount["min"], amount["max"], amount["step"])
+        raw["search_space"] = {**search, "amount": {**amount, "max": below}}
     return parse_config(raw, name)
 
 

@@ -3,8 +3,10 @@ from pathlib import Path
 
 import pytest
 
+from storage import Store
 from sweep import ConfigError, load_config, parse_config
 from sweep._config import DEFAULT_OBJECTIVES
+from sweep._driver import stored_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -92,3 +94,24 @@ def test_latency_fields_of_old_configs_move_to_the_latency_section() -> None:
     # A value given in the latency section wins over the old place.
     both = parse_config({**old, "latency": {"threads": 4}})
     assert both.latency.threads == 4 and both.latency.backend == "x86"
+
+
+def test_a_max_off_the_step_grid_is_refused_naming_the_grid_points() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config({"name": "x", "task": "t", "search_space": {"amount": {"max": 0.98}}})
+    assert str(error.value) == (
+        "config: search_space.amount: max 0.98 is off the grid of step 0.05 from min 0.0 "
+        "(only amounts up to 0.95 would be searched); set max to 0.95"
+    )
+    with pytest.raises(ConfigError, match=r"set max to 0\.6 or 0\.7$"):
+        amount = {"min": 0.1, "max": 0.65, "step": 0.1}
+        parse_config({"name": "x", "task": "t", "search_space": {"amount": amount}})
+
+
+def test_a_stored_sweep_with_a_max_off_the_grid_resumes_as_it_searched(tmp_path: Path) -> None:
+    """Stored before such a max was refused: the sweep searched up to the grid point below."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    config = parse_config({"name": "old", "task": "digits"}).model_dump(mode="json")
+    config["search_space"]["amount"] = {"min": 0.0, "max": 0.98, "step": 0.05, "spread": 0.2}
+    store.create_sweep("old", config, {"accuracy": "max"})
+    assert stored_config(store, "old").search_space.amount.max == 0.95

@@ -29,7 +29,7 @@ def test_pattern_that_matches_nothing_is_an_error() -> None:
 
 def test_suggested_recipe_covers_every_layer_on_the_grid() -> None:
     space = _space(
-        amount={"min": 0.1, "max": 0.93, "step": 0.1},
+        amount={"min": 0.1, "max": 0.9, "step": 0.1},
         orders=["prune_qat"],
         granularities=["per_channel"],
     )
