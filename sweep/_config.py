@@ -121,7 +121,8 @@ class SearchSpace(_Strict):
     # per_layer: each layer's method is its own parameter; global: one method for every layer.
     # Either way, layers that cannot lose output channels are only ever pruned unstructured.
     method_scope: Literal["per_layer", "global"] = "per_layer"
-    # None: prune_ptq and prune_qat, and prune_dynamic where the model has Linear or LSTM layers.
+    # None: prune_ptq, prune_qat and prune_float, and prune_dynamic where the model has Linear or
+    # LSTM layers.
     orders: list[Literal[ORDERS]] | None = Field(None, min_length=1)  # type: ignore[valid-type]
     granularities: list[Literal[GRANULARITIES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(GRANULARITIES), min_length=1

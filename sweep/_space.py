@@ -122,12 +122,13 @@ class Space:
 
     @cached_property
     def orders(self) -> list[str]:
-        """The searched orders: ``search.orders``, else prune_ptq and prune_qat, and
-        prune_dynamic where the model has layers it quantizes."""
+        """The searched orders: ``search.orders``, else prune_ptq, prune_qat, prune_dynamic where
+        the model has layers it quantizes, and prune_float (no quantization: the answer where
+        int8 does not pay)."""
         if self.search.orders:
             return list(self.search.orders)
         dynamic = ["prune_dynamic"] if self.dynamic_layers else []
-        return ["prune_ptq", "prune_qat", *dynamic]
+        return ["prune_ptq", "prune_qat", *dynamic, "prune_float"]
 
     @cached_property
     def owners(self) -> dict[str, str]:

@@ -91,7 +91,8 @@ def convert(
 ) -> nn.Module:
     """The int8 model of a trained float ``model`` (or of a :func:`prepare_qat` model), run by
     the recipe's runtime on the CPU. Static orders observe ``calibration`` batches; a QAT model
-    brings the input ranges it trained with; ``prune_dynamic`` needs no calibration."""
+    brings the input ranges it trained with; ``prune_dynamic`` needs no calibration, and
+    ``prune_float`` leaves the model in float (the runtime's fp32 model of it)."""
     onnx = _backend(recipe.runtime)
     ranges: dict[str, tuple[float, float]] = {}
     if _fakequant.is_prepared(model):
@@ -104,6 +105,8 @@ def convert(
         reduce_range=_reduce_range(recipe),
     )
     graph = onnx.float_graph(model, example)
+    if recipe.order == "prune_float":
+        return onnx.OnnxModel(graph.SerializeToString())
     if recipe.order == "prune_dynamic":
         return onnx.OnnxModel(onnx.quantize(graph, layers, settings, None))
     if not calibration:

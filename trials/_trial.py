@@ -51,7 +51,8 @@ def apply_recipe(model: nn.Module, recipe: Recipe, example_input: torch.Tensor) 
 
     Structured layers first: their output channels (and the channels they feed) are removed in
     place, so the layers get smaller; then unstructured L1 on the ``unstructured`` layers. Returns
-    the model to train: the same module for ``prune_ptq`` and ``prune_dynamic``; for
+    the model to train: the same module for ``prune_ptq``, ``prune_dynamic`` and
+    ``prune_float``; for
     ``prune_qat``, the model with BatchNorm folded (where it can be traced) and int8 rounding
     simulated on its weights and inputs, under the same layer names. Train it with any
     optimizer; pruned weights stay zero. Create the optimizer after this call: structured
@@ -84,13 +85,14 @@ def finalize(
     *,
     example_input: torch.Tensor | None = None,
 ) -> nn.Module:
-    """The int8 model, run by the recipe's runtime on the CPU (call it like a module; save it
-    with :func:`save_int8`).
+    """The int8 model (for ``prune_float``, the pruned fp32 model), run by the recipe's runtime on
+    the CPU (call it like a module; save it with :func:`save_int8`).
 
     ``prune_ptq`` observes the first ``recipe.calibration_batches`` batches of
     ``calibration_data``; ``prune_qat`` converts the model that :func:`apply_recipe` returned and
     that was trained since, with the input ranges it trained with, and calibrates the tensors
-    outside its layers on the same batches; ``prune_dynamic`` needs no calibration. The model is
+    outside its layers on the same batches; ``prune_dynamic`` and ``prune_float`` need no
+    calibration. The model is
     exported on ``example_input`` (default: the first calibration batch).
     """
     enforce_masks(model)
@@ -101,7 +103,8 @@ def finalize(
     example = example_input if example_input is not None else (batches[0] if batches else None)
     if example is None:
         raise RecipeError(
-            "calibration_data: give calibration batches (or, for prune_dynamic, example_input)"
+            "calibration_data: give calibration batches (or, for prune_dynamic and prune_float, "
+            "example_input)"
         )
     layers = prunable_layers(model)
     return _runtime.convert(model, recipe, layers, example.cpu(), batches or None)

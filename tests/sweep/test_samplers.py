@@ -63,7 +63,8 @@ def test_grid_sampler_walks_a_tied_space() -> None:
     }
     study, space = _setup(sampler="grid", search_space=space_config)
     size = grid_size(space)
-    assert size == 4 * 2 * 2 * 2  # levels 0..0.9 x orders x granularities x methods
+    # levels 0..0.9 x orders (ptq, qat, float) x granularities x methods
+    assert size == 4 * 3 * 2 * 2
     trials = _run(study, space, size)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == size
 

@@ -225,8 +225,8 @@ def test_default_orders_follow_the_model_and_runtime_goes_into_the_recipe() -> N
     search, trial = config.search_space, config.trial
     convs = Space(tuple(LAYERS), search, trial, dynamic_layers=False)
     linear = Space(tuple(LAYERS), search, trial, dynamic_layers=True)
-    assert convs.orders == ["prune_ptq", "prune_qat"]
-    assert linear.orders == ["prune_ptq", "prune_qat", "prune_dynamic"]
+    assert convs.orders == ["prune_ptq", "prune_qat", "prune_float"]
+    assert linear.orders == ["prune_ptq", "prune_qat", "prune_dynamic", "prune_float"]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = {linear.suggest(study.ask()).order for _ in range(40)}
     assert seen == set(linear.orders)

@@ -80,6 +80,19 @@ def int8_weights(model: nn.Module) -> dict[str, Int8Weight]:
     return found
 
 
+def weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """Layer name -> its weight as stored, int8 or float."""
+    proto = graph(model)
+    stored = {layer: w.values for layer, w in int8_weights(model).items()}
+    initializers = {i.name: i for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type in LAYER_OPS and len(node.input) > 1 and node.input[1] in initializers:
+            layer = _layer(node, node.input[1])
+            if layer is not None and layer not in stored:
+                stored[layer] = numpy_helper.to_array(initializers[node.input[1]])
+    return stored
+
+
 def float_layers(model: nn.Module) -> set[str]:
     """Layers whose Conv/Gemm/MatMul node takes a float initializer as its weight."""
     proto = graph(model)

@@ -27,7 +27,7 @@ from trials import (
 from trials._train import train
 
 CPU = torch.device("cpu")
-ORDERS = ("prune_ptq", "prune_qat", "prune_dynamic")
+ORDERS = ("prune_ptq", "prune_qat", "prune_dynamic", "prune_float")
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -44,9 +44,11 @@ def test_pruned_zeros_are_exact_zeros_of_the_int8_model(digits: Task, order: str
         assert int((weight == 0).sum()) == round(amount * weight.numel()), name
     int8 = finalize(trainable, recipe, digits.calibration_batches())
     quantized = int8_weights(int8)
-    # Dynamic quantization makes Linear layers int8 and leaves convolutions in float.
-    expected = ["fc"] if order == "prune_dynamic" else layers
+    # Dynamic quantization makes Linear layers int8 and leaves convolutions in float; a float
+    # recipe quantizes nothing.
+    expected = {"prune_dynamic": ["fc"], "prune_float": []}.get(order, layers)
     assert sorted(quantized) == sorted(expected)
+    assert float_layers(int8) == set(layers) - set(expected)
     for name in expected:
         tensor = quantized[name].values
         assert np.all(quantized[name].zero_point == 0), name  # symmetric: 0.0 is exactly 0
@@ -266,7 +268,7 @@ warnings.simplefilter("error", DeprecationWarning)
 import sweep.cli, storage, trials
 from trials import LatencySpec, Recipe, load_task, run_trial
 task = load_task("digits")
-for order in ("prune_ptq", "prune_qat", "prune_dynamic"):
+for order in ("prune_ptq", "prune_qat", "prune_dynamic", "prune_float"):
     result = run_trial(task, Recipe(order=order), latency=LatencySpec(repeats=3))
     print(order, result.state, result.error)
 """
@@ -296,7 +298,7 @@ class _Mlp(nn.Module):
         return self.head(self.body(x))
 
 
-@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("order", ["prune_ptq", "prune_qat", "prune_dynamic"])
 def test_linear_layers_kept_in_float_per_layer(order: str) -> None:
     example = torch.randn(8, 16)
     recipe = Recipe(
@@ -416,3 +418,20 @@ def test_dynamic_order_makes_lstm_and_linear_layers_int8() -> None:
     assert {"DynamicQuantizeLSTM", "MatMulInteger"} <= op_types(int8)
     with torch.no_grad():
         torch.testing.assert_close(int8(tokens), model(tokens), atol=0.05, rtol=0)
+
+
+def test_a_float_recipe_is_the_pruned_fp32_model_in_the_runtime(digits: Task) -> None:
+    """prune_float: no quantization; structured pruning still makes it smaller and faster."""
+    convs = ("conv1.0", "conv2.0", "conv3.0")
+    recipe = Recipe(
+        layers={name: LayerSpec(0.5, "structured") for name in convs},
+        order="prune_float",
+        finetune_epochs=1,
+    )
+    result = run_trial(digits, recipe, latency=LatencySpec(repeats=7))
+    assert result.state == "COMPLETE", result.error
+    metrics = result.metrics
+    assert metrics["params"] < 0.4 * metrics["fp32_params"]
+    assert metrics["size_bytes"] < 0.4 * metrics["fp32_size_bytes"]  # float32 weights, fewer
+    assert metrics["size_bytes"] > 3 * metrics["params"]
+    assert metrics["speedup"] > 1.0

@@ -12,6 +12,7 @@ from torch import nn
 
 from trials import (
     METHODS,
+    ORDERS,
     AnalyticTask,
     LatencySpec,
     LayerSpec,
@@ -308,7 +309,7 @@ def test_synthetic_true_front_matches_brute_force() -> None:
             )
         )
         for combo in itertools.product(amounts, amounts, amounts, grans, grans, grans)
-        for order in ("prune_ptq", "prune_qat")
+        for order in ORDERS
     ]
     front = task.true_front(
         objectives, amounts=amounts, granularities=grans, per_layer_granularity=True

@@ -19,7 +19,8 @@ For a recipe with, per layer, amount ``a_i``, method ``m_i`` and granularity ``g
   with ``M(unstructured) = 1``, ``M(structured) = 2.5``; ``Q(per_tensor) = 0.012``,
   ``Q(per_channel) = 0.003``, ``Q(none) = 0``; ``O(prune_ptq) = 0.004``, ``O(prune_qat) = 0.001``,
   ``O(prune_dynamic) = 0.003`` (the analytic model does not tell layer types apart: every
-  layer counts as quantized under each order).
+  layer counts as quantized under each order but ``prune_float``, where every layer counts as
+  granularity ``none``).
   ``fp32_accuracy = 0.95``; ``accuracy_drop = fp32_accuracy - accuracy``.
 - ``size_bytes = 1024 + sum_i [64 + B(g_i) * k_i * p_i + 4 * k_i * c_i + S(g_i, k_i * c_i)]``:
   int8 weights are ``B = 1`` byte (``none``: 4), float biases 4; quantization parameters
@@ -74,7 +75,8 @@ _COUNTS = (
 )
 STRUCTURED_DAMAGE = 2.5
 QUANT_PENALTY = {"per_tensor": 0.012, "per_channel": 0.003, "none": 0.0}
-ORDER_PENALTY = {"prune_ptq": 0.004, "prune_qat": 0.001, "prune_dynamic": 0.003}
+FLOAT = "prune_float"
+ORDER_PENALTY = {"prune_ptq": 0.004, "prune_qat": 0.001, "prune_dynamic": 0.003, "prune_float": 0.0}
 WEIGHT_BYTES = {"per_tensor": 1.0, "per_channel": 1.0, "none": 4.0}
 NS_PER_MAC = {"per_tensor": 0.4, "per_channel": 0.42, "none": 1.0}
 FP32_NS_PER_MAC = 1.0
@@ -193,7 +195,8 @@ class SyntheticTask:
         totals: dict[str, float] = {}
         for index, name in enumerate(self.layer_names):
             spec = recipe.layers.get(name, _UNPRUNED)
-            terms = self._terms(index, spec, spec.granularity or recipe.granularity)
+            granularity = spec.granularity or recipe.granularity
+            terms = self._terms(index, spec, "none" if recipe.order == FLOAT else granularity)
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0.0) + value
         return self._finish(totals, recipe.order)
@@ -268,10 +271,14 @@ class SyntheticTask:
         metric = {"speedup": "latency_ms", "sparsity": "pruned"}.get(cost_key, cost_key)
         offset = {"size_bytes": FILE_BYTES, "compressed_bytes": FILE_BYTES / 2}.get(metric, 0.0)
         candidates: list[tuple[str, str | None, list[LayerSpec], np.ndarray, np.ndarray]] = []
-        for order, global_gran in product(orders, global_grans):
+        # A float recipe's granularity changes nothing: one of them is enough.
+        pairs = [
+            (o, g) for o, g in product(orders, global_grans) if o != FLOAT or g is global_grans[0]
+        ]
+        for order, global_gran in pairs:
             # Options carry their granularity for the per-layer terms; with a global one, the
-            # recipe's specs leave it to Recipe.granularity.
-            grans = [global_gran] if global_gran else granularities
+            # recipe's specs leave it to Recipe.granularity. A float recipe quantizes nothing.
+            grans = ["none"] if order == FLOAT else [global_gran] if global_gran else granularities
             options = [LayerSpec(a, m, g) for a, m, g in product(grid, methods, grans)]
             specs = [LayerSpec(o.amount, o.method) for o in options] if global_gran else options
             choices, cost, loss = self._front_by_layer(options, sign, metric)
