@@ -151,6 +151,10 @@ class TrialModel(BaseModel):
     # class (latencies compare only within one) and the node.
     measured_on: Mapped[str | None] = mapped_column(String(255), nullable=True)
     latency_node: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Added by revision 0004: the two parts of ``sparsity`` (weights removed by structured
+    # pruning, weights zeroed), as fractions of the original model's prunable weights.
+    zero_fraction: Mapped[float | None] = _metric(Float())
+    removed_fraction: Mapped[float | None] = _metric(Float())
 
     @classmethod
     def find_by_numbers(

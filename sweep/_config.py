@@ -31,6 +31,8 @@ TRIAL_METRICS = (
     "latency_ms",
     "speedup",
     "sparsity",
+    "zero_fraction",
+    "removed_fraction",
     "params",
     "nonzero_params",
     "macs",

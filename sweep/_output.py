@@ -58,7 +58,7 @@ def _cell(name: str, value: Any) -> str:
         return "-"
     if name.startswith("amount"):
         return f"{value:.3f}"
-    if name in ("accuracy", "accuracy_drop", "sparsity"):
+    if name in ("accuracy", "accuracy_drop", "sparsity", "zero_fraction", "removed_fraction"):
         return f"{100 * value:.2f}%"
     if name.endswith("_bytes"):
         return f"{int(value):,}"

@@ -30,6 +30,8 @@ SOURCE_METRICS = (
     "fp32_latency_ms",
     "speedup",
     "sparsity",
+    "zero_fraction",
+    "removed_fraction",
 )
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
 ZLIB_LEVEL = 9
@@ -162,12 +163,24 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
-def weight_sparsity(model: nn.Module, layers: list[str]) -> float:
-    """Fraction of zeros over the weights of the prunable layers."""
-    modules = dict(model.named_modules())
-    zeros = total = 0
-    for name in layers:
-        weight = modules[name].weight.detach()
-        zeros += int((weight == 0).sum().item())
-        total += weight.numel()
-    return zeros / max(total, 1)
+def pruned_fractions(
+    baseline: nn.Module, pruned: nn.Module, layers: list[str]
+) -> tuple[float, float]:
+    """(removed, zeroed): the fractions of the original model's prunable weights (the Conv and
+    Linear weights of ``layers``) that structured pruning removed, and that are zero in what
+    remains. Their sum is the trial's ``sparsity``: the share of those weights that are gone."""
+    before, after = dict(baseline.named_modules()), dict(pruned.named_modules())
+    original = sum(_weight(before[name]).numel() for name in layers)
+    kept = [_weight(after[name]).detach() for name in layers]
+    remaining = sum(weight.numel() for weight in kept)
+    zeros = sum(int((weight == 0).sum()) for weight in kept)
+    total = max(original, 1)
+    return (original - remaining) / total, zeros / total
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    """The trained float weight: under QAT, the one the simulated int8 rounding starts from
+    (what is pruned is counted, not what rounds to zero)."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.get_submodule("parametrizations.weight").get_parameter("original")
+    return layer.get_parameter("weight")

@@ -309,12 +309,15 @@ def _measurements(
     fp32_size, fp32_compressed = _measure.artifact_sizes(_runtime.to_portable(reference))
     params, nonzero = _measure.count_params(pruned)
     fp32_params, _ = _measure.count_params(baseline)
+    removed, zeroed = _measure.pruned_fractions(baseline, pruned, layers)
     metrics: dict[str, Any] = {
         "size_bytes": size,
         "compressed_bytes": compressed,
         "fp32_size_bytes": fp32_size,
         "fp32_compressed_bytes": fp32_compressed,
-        "sparsity": _measure.weight_sparsity(pruned, layers),
+        "sparsity": removed + zeroed,
+        "zero_fraction": zeroed,
+        "removed_fraction": removed,
         "params": params,
         "nonzero_params": nonzero,
         "fp32_params": fp32_params,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ def test_fresh_database_is_at_head_and_matches_models(
     assert not [record for record in caplog.records if record.name.startswith("alembic")]
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert context.get_current_revision() == head_revision() == "0003"
+        assert context.get_current_revision() == head_revision() == "0004"
         assert compare_metadata(context, BaseModel.metadata) == []
         inspector = sa.inspect(connection)
         assert set(inspector.get_table_names()) == TABLES | {"alembic_version"}
@@ -153,8 +154,70 @@ def test_upgrade_from_a_0001_database_keeps_every_row(fresh_url: str, engine: sa
         assert len(store.trials("old")) == 3
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0004"
         assert compare_metadata(context, BaseModel.metadata) == []
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
         # The CHECK constraint on trial states survived the rebuild of ``trials``.
         connection.execute(sa.text("UPDATE trials SET state = 'DONE' WHERE number = 0"))
+
+
+def test_upgrade_to_0004_gives_sparsity_its_new_meaning(fresh_url: str, engine: sa.Engine) -> None:
+    """Sparsity counted zeros among the weights that remained: right for a trial that removed
+    no channel (all zeros, nothing removed), unknowable for one that did (kept aside); the
+    analytic task always counted removed weights."""
+    created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0003")
+        sweeps = [
+            {"id": 1, "name": "real", "config": '{"task": "digits"}'},
+            {"id": 2, "name": "analytic", "config": '{"task": "synthetic"}'},
+        ]
+        _insert(
+            connection,
+            "sweeps",
+            [
+                sweep
+                | {"objectives": '{"accuracy": "max"}', "status": "FINISHED"}
+                | {"created_at": created, "updated_at": created}
+                for sweep in sweeps
+            ],
+        )
+        trials = [
+            (1, 0, 0.5, 0),
+            (1, 1, 0.04, 112),
+            (2, 0, 0.6, 30),
+        ]  # sweep, number, old, channels
+        _insert(
+            connection,
+            "trials",
+            [
+                {"id": 10 * s + n, "sweep_id": s, "number": n, "state": "COMPLETE", "sparsity": old}
+                | {"attempt": 1}
+                for s, n, old, _ in trials
+            ],
+        )
+        _insert(
+            connection,
+            "trial_details",
+            [
+                {"trial_id": 10 * s + n, "recipe": "{}", "timings": "{}"}
+                | {"metrics": json.dumps({"sparsity": old, "channels_removed": channels})}
+                for s, n, old, channels in trials
+            ],
+        )
+    with Store(fresh_url) as store:
+        real = store.trials("real").set_index("number")
+        assert real.loc[0, ["sparsity", "zero_fraction", "removed_fraction"]].tolist() == [
+            0.5,
+            0.5,
+            0.0,
+        ]
+        assert real[["sparsity", "zero_fraction", "removed_fraction"]].loc[1].isna().all()
+        assert real.loc[1, "metrics"]["zero_fraction_of_remaining"] == 0.04
+        assert real.loc[1, "metrics"]["sparsity"] is None
+        analytic = store.trials("analytic")
+        assert analytic["sparsity"].tolist() == [0.6]
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0003")
+        restored = connection.execute(sa.text("SELECT sparsity FROM trials ORDER BY id"))
+        assert [row[0] for row in restored] == [0.5, 0.04, 0.6]

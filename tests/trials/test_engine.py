@@ -201,6 +201,7 @@ def test_run_trial_measures_everything(digits: Task, digits_fp32_accuracy: float
         assert math.isfinite(m[key]) and m[key] >= 0, key
     assert m["fp32_accuracy"] == pytest.approx(digits_fp32_accuracy)
     assert m["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert (m["zero_fraction"], m["removed_fraction"]) == (m["sparsity"], 0.0)
     assert m["size_bytes"] < m["fp32_size_bytes"] / 2  # int8 weights
     assert m["compressed_bytes"] < m["size_bytes"]
     assert {"finetune_s", "quantize_s", "measure_s"} <= set(result.timings)

@@ -429,6 +429,12 @@ def test_digits_structured_half_the_convs(
     for key in ("params", "size_bytes", "macs"):
         assert metrics[key] < 0.5 * base[key], key
     assert metrics["nonzero_params"] == metrics["params"]  # removed, not zeroed
+    # Sparsity counts the removed weights: conv1 keeps 16 of 32 filters, conv2 and conv3 a
+    # quarter of their weights (half the filters of half the inputs), fc half its inputs.
+    original, kept = 288 + 18432 + 73728 + 1280, 144 + 4608 + 18432 + 640
+    assert metrics["removed_fraction"] == pytest.approx(1 - kept / original)
+    assert metrics["zero_fraction"] == 0.0
+    assert metrics["sparsity"] == pytest.approx(metrics["removed_fraction"])
     # MACs above are the deterministic check. Latencies of separate trials are not comparable on
     # a loaded machine; the int8 and fp32 figures of one trial are timed interleaved, though.
     assert metrics["speedup"] > 1.0

@@ -36,8 +36,10 @@ For a recipe with, per layer, amount ``a_i``, method ``m_i`` and granularity ``g
   ``fp32_latency_ms`` is the same with ``T = 1.0`` and ``a = 0``; ``speedup = fp32 / int8``.
 - ``macs = sum_i k_i * p_i``; ``params = sum_i k_i * (p_i + c_i)``; ``nonzero_params`` counts
   ``p_i * (1 - a_i)`` weights and ``k_i * c_i`` biases; ``fp32_params = sum_i (p_i + c_i)``;
-  ``sparsity = sum_i a_i * p_i / P``; ``channels_removed = sum_i (1 - k_i) * c_i``. Byte counts,
-  parameter counts, MACs and channels are rounded to whole numbers, as a real trial reports them.
+  ``sparsity = sum_i a_i * p_i / P``, of which ``removed_fraction`` sums the structured layers
+  and ``zero_fraction`` the unstructured ones; ``channels_removed = sum_i (1 - k_i) * c_i``.
+  Byte counts, parameter counts, MACs and channels are rounded to whole numbers, as a real trial
+  reports them.
 - ``fp32_size_bytes = 1024 + sum_i [64 + 4 * (p_i + c_i)]`` (the float model's file);
   ``fp32_compressed_bytes = 0.9 * fp32_size_bytes``.
 
@@ -142,6 +144,7 @@ def _layer_terms(
         "params": keep * (p + c),
         "nonzero_params": p * (1.0 - amount) + channels,
         "pruned": amount * p,
+        "removed": amount * p if structured else 0.0,
         "channels_removed": c - channels,
     }
 
@@ -222,6 +225,8 @@ class SyntheticTask:
             "fp32_latency_ms": fp32_latency,
             "speedup": fp32_latency / latency,
             "sparsity": totals["pruned"] / p,
+            "zero_fraction": (totals["pruned"] - totals["removed"]) / p,
+            "removed_fraction": totals["removed"] / p,
             "params": totals["params"],
             "nonzero_params": totals["nonzero_params"],
             "fp32_params": p + c,
