@@ -64,8 +64,9 @@ def _cell(name: str, value: Any) -> str:
         return f"{int(value):,}"
     if name == "latency_ms":
         return f"{value:.3f}"
-    if name == "speedup":  # below 1: slower than the fp32 model, said in words
-        return f"{value:.2f}x" if value >= 1.0 else f"{value:.2f}x slower"
+    if name == "speedup":  # below 1 (as shown): slower than the fp32 model, said in words
+        shown = f"{value:.2f}x"
+        return shown if round(value, 2) >= 1.0 else f"{shown} slower"
     return str(value)
 
 
