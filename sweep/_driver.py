@@ -80,9 +80,24 @@ class Progress:
     pruned: int = 0
     best: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    # What happens before the first trial (the baseline being trained, ...); None once trials run.
+    phase: str | None = "starting"
 
 
 ProgressFn = Callable[[Progress], None]
+
+
+def _phase_reporter(
+    progress: Progress, on_progress: ProgressFn | None
+) -> Callable[[str | None], None]:
+    """Sets ``progress.phase`` and shows it (None: trials are about to run)."""
+
+    def on_phase(text: str | None) -> None:
+        progress.phase = text
+        if on_progress is not None:
+            on_progress(progress)
+
+    return on_phase
 
 
 def validate_before_ray(config: SweepConfig) -> None:
@@ -250,15 +265,32 @@ def _monitor() -> Any:
     return _MONITORS[key]
 
 
-def _describe(config: SweepConfig) -> tuple[Space, _remote.TaskInfo]:
-    """Check that the cluster can run a trial, then describe the task on a worker."""
+# How often the driver looks for what the describing worker reports (a baseline's epochs).
+PHASE_POLL_S = 0.5
+PhaseFn = Callable[[str], None]
+
+
+def _describe(
+    config: SweepConfig, on_phase: PhaseFn | None = None
+) -> tuple[Space, _remote.TaskInfo]:
+    """Check that the cluster can run a trial, then describe the task on a worker, passing
+    what it reports meanwhile (it may train the baseline for minutes) to ``on_phase``."""
     resources = config.resources
     _resources.require(_resources.demand(resources), resources.wait_for_nodes_s)
     describe = ray.remote(num_cpus=config.resources.cpus_per_trial)(_remote.describe_task)
+    monitor = _monitor() if on_phase is not None else None
+    pending = describe.remote(
+        config.task, config.task_settings, config.latency.runtime, monitor, config.name
+    )
     try:
-        info: _remote.TaskInfo = ray.get(
-            describe.remote(config.task, config.task_settings, config.latency.runtime)
-        )
+        while monitor is not None and on_phase is not None:
+            ready, _ = ray.wait([pending], timeout=PHASE_POLL_S)
+            text = ray.get(monitor.take_phase.remote(config.name))
+            if text is not None:
+                on_phase(text)
+            if ready:
+                break
+        info: _remote.TaskInfo = ray.get(pending)
     except ray.exceptions.RayTaskError as exc:
         # The user's task failed on the worker: one line, not the remote traceback.
         cause = exc.cause
@@ -669,10 +701,13 @@ def run_sweep(
     on_progress: ProgressFn | None = None,
 ) -> Progress:
     """Run ``config`` to its budget. The caller has connected Ray (:func:`connect_ray`)."""
-    _monitor()  # starts now, while the task is described
+    progress = Progress(total=config.budget.n_trials)
+    on_phase = _phase_reporter(progress, on_progress)
     _target.require_target(config)
-    space, info = _describe(config)
+    space, info = _describe(config, on_phase)
     space = _bounds.bounded_space(store, config, space)
+    if config.latency.target is not None:
+        on_phase(f"timing the fp32 reference on {config.latency.target}")
     target = _target.prepare_target(config, None)
     stored_config = {
         **config.model_dump(mode="json"),
@@ -699,9 +734,10 @@ def run_sweep(
         study,
         next_number=0,
         reruns=[],
-        progress=Progress(total=config.budget.n_trials),
+        progress=progress,
         target=target,
     )
+    on_phase(None)
     return driver.run(on_progress)
 
 
@@ -739,9 +775,10 @@ def resume_sweep(
         config = config.model_copy(
             update={"budget": config.budget.model_copy(update={"n_trials": n_trials})}
         )
-    _monitor()
+    progress = Progress(total=config.budget.n_trials)
+    on_phase = _phase_reporter(progress, on_progress)
     _target.require_target(config)
-    space, _ = _describe(config)
+    space, _ = _describe(config, on_phase)
     stored = store.get_sweep(name).config
     target = _target.prepare_target(config, stored.get("latency_baseline"))
     # The bounds the sweep was launched with, even if its scan has been replaced since.
@@ -755,7 +792,7 @@ def resume_sweep(
     study = _new_study(config, space)
     distributions = space.distributions()
     trials = store.trials(name)
-    progress = Progress(total=max(config.budget.n_trials, len(trials)))
+    progress.total = max(config.budget.n_trials, len(trials))
     hardware_classes = set(trials["measured_on"].dropna()) if len(trials) else set()
     reruns: list[tuple[int, dict[str, Any]]] = []
     for row in trials.to_dict(orient="records"):
@@ -807,4 +844,5 @@ def resume_sweep(
         target=target,
         hardware_classes=hardware_classes,
     )
+    on_phase(None)
     return driver.run(on_progress)

@@ -32,6 +32,8 @@ from trials import (
     measure_latencies,
     prunable_layers,
     reference_model,
+    report_phase,
+    reporting_phases,
     run_trial,
     runtime_version,
     structured_prunable,
@@ -67,12 +69,29 @@ class TaskInfo:
     dynamic_layers: bool = False
 
 
-def describe_task(spec: str, settings: dict[str, Any], runtime: str = "onnxruntime") -> TaskInfo:
+def describe_task(
+    spec: str,
+    settings: dict[str, Any],
+    runtime: str = "onnxruntime",
+    monitor: Any = None,  # ray.actor.ActorHandle of TrialMonitor, to report phases on
+    sweep: str = "",
+) -> TaskInfo:
     """Build (and cache on this node) the trained baseline; report its layers and fp32 metrics.
     A model that ``runtime`` cannot take (it cannot be exported) is a :class:`TaskError` here,
-    before any trial, rather than a failure of every trial."""
+    before any trial, rather than a failure of every trial. What the task reports meanwhile
+    (``trials.report_phase``: its baseline's training epochs) goes to ``monitor``."""
+    if monitor is None:
+        return _describe_task(spec, settings, runtime)
+    with reporting_phases(lambda text: monitor.phase.remote(sweep, text)):
+        return _describe_task(spec, settings, runtime)
+
+
+def _describe_task(spec: str, settings: dict[str, Any], runtime: str) -> TaskInfo:
+    report_phase("loading the task")
     task = _task(spec, settings)
+    report_phase("building the task's fp32 model")
     model = task.build_model()
+    report_phase("evaluating the fp32 baseline")
     layers = prunable_layers(model)
     if isinstance(task, AnalyticTask):
         metrics = task.analytic_metrics(Recipe())
@@ -80,6 +99,7 @@ def describe_task(spec: str, settings: dict[str, Any], runtime: str = "onnxrunti
     else:
         metrics = task.evaluate(model, torch.device("cpu"))
         prunable = structured_prunable(model, task.example_input())
+        report_phase(f"exporting the model for {runtime}")
         try:
             reference_model(model, task.example_input(), runtime)
         except TrialError as exc:
@@ -109,6 +129,7 @@ class TrialMonitor:
         self._reports: dict[str, list[tuple[int, int, float]]] = {}
         self._stop: set[tuple[str, int]] = set()
         self._decided: dict[tuple[str, int], int] = {}  # the last step the driver judged
+        self._phases: dict[str, str] = {}  # what a sweep's task does before its first trial
 
     def start(self, sweep: str, number: int) -> int:
         key = (sweep, number)
@@ -118,6 +139,13 @@ class TrialMonitor:
     def report(self, sweep: str, number: int, step: int, value: float) -> bool:
         self._reports.setdefault(sweep, []).append((number, step, value))
         return (sweep, number) in self._stop
+
+    def phase(self, sweep: str, text: str) -> None:
+        self._phases[sweep] = text
+
+    def take_phase(self, sweep: str) -> str | None:
+        """The latest phase reported for ``sweep`` since the last call, if any."""
+        return self._phases.pop(sweep, None)
 
     def drain(self, sweep: str) -> list[tuple[int, int, float]]:
         return self._reports.pop(sweep, [])
@@ -142,6 +170,7 @@ class TrialMonitor:
         self._stop = {k for k in self._stop if k[0] != sweep}
         self._decided = {k: v for k, v in self._decided.items() if k[0] != sweep}
         self._reports.pop(sweep, None)
+        self._phases.pop(sweep, None)
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,9 @@ def _run_with_progress(
         trials_started = started
 
         def show(p: _driver.Progress) -> None:
+            if p.phase is not None:  # before the first trial: what takes the time
+                bar.update(task_id, total=p.total, completed=p.done, detail=p.phase)
+                return
             # Counted from the first trial, as `sweep status` counts from the sweep's creation:
             # Ray's start-up is not trial time. A resumed sweep's old trials are not this rate.
             nonlocal done_before, trials_started

@@ -47,6 +47,8 @@ from trials._task import (
     Task,
     TaskError,
     load_task,
+    report_phase,
+    reporting_phases,
     resolve_task_factory,
     task_file,
 )
@@ -107,6 +109,8 @@ __all__ = [
     "prunable_layers",
     "read_int8",
     "reference_model",
+    "report_phase",
+    "reporting_phases",
     "resolve_task_factory",
     "run_trial",
     "runtime_version",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.abc
@@ -13,7 +14,7 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
@@ -97,6 +98,27 @@ class AnalyticTask(Protocol):
         ...
 
 
+PhaseFn = Callable[[str], None]
+_PHASE_LISTENERS: list[PhaseFn] = []
+
+
+@contextlib.contextmanager
+def reporting_phases(listener: PhaseFn) -> Iterator[None]:
+    """Within the block, :func:`report_phase` texts go to ``listener`` (a progress bar on the
+    driver): what a task does before its first trial, such as training its baseline."""
+    _PHASE_LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _PHASE_LISTENERS.remove(listener)
+
+
+def report_phase(text: str) -> None:
+    """Say what the task is doing now (one line); nothing happens when nobody listens."""
+    for listener in list(_PHASE_LISTENERS):
+        listener(text)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -123,6 +145,8 @@ def cached_state_dict(
     if path.exists():
         state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
         return state
+    task = key.get("task", "the task")
+    report_phase(f"training the fp32 baseline of {task} (once: cached for next time)")
     state = {k: v.detach().cpu() for k, v in train().state_dict().items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -140,3 +140,20 @@ def test_a_driver_with_long_trials_keeps_writing_its_sweep(
     # Created, RUNNING trial recorded, then heartbeats while the 3-s trial ran.
     assert len(seen) >= 4, seen
     assert store.get_sweep("beat").status == "FINISHED"
+
+
+def test_the_progress_says_what_happens_before_the_first_trial(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """A task that takes a while to build: its own report reaches the progress callback from
+    the worker, and the phase is cleared before the trials run."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    seen: list[tuple[str | None, int]] = []
+    config = _config("phases", task="tests.sweep.phase_task:make", n_trials=2)
+    run_sweep(config, store, on_progress=lambda p: seen.append((p.phase, p.done)))
+    phases = [phase for phase, _ in seen]
+    assert "warming up the user's model" in phases
+    first_trial = phases.index(None)
+    assert all(phase is not None for phase in phases[:first_trial])
+    assert all(phase is None and done >= 0 for phase, done in seen[first_trial:])
+    assert seen[-1] == (None, 2)

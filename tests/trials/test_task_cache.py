@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
+from trials import load_task, reporting_phases
 from trials._task import cached_state_dict
 
 
@@ -33,3 +34,21 @@ def test_a_cache_that_cannot_be_written_warns_and_trains_anyway(
     with pytest.warns(RuntimeWarning, match="could not cache the trained baseline"):
         state = cached_state_dict({"task": "t"}, lambda: nn.Linear(3, 2))
     assert set(state) == {"weight", "bias"}
+
+
+def test_training_a_baseline_reports_its_epochs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `sweep launch` shows while the baseline trains (minutes on a real model)."""
+    monkeypatch.setenv("SWEEP_CACHE_DIR", str(tmp_path))
+    task = load_task("examples/user_task.py:make_task", {"seed": 7})
+    phases: list[str] = []
+    with reporting_phases(phases.append):
+        task.build_model()
+        trained = len(phases)
+        load_task("examples/user_task.py:make_task", {"seed": 7}).build_model()  # cached now
+    assert phases[0] == "training the fp32 baseline of spirals (once: cached for next time)"
+    assert phases[1] == (
+        "training the fp32 baseline of spirals: epoch 1 of at most 80 (once: cached for next time)"
+    )
+    assert len(phases) == trained > 2  # the cached baseline reports nothing

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trials._task import Batch, cached_state_dict, seed_everything
+from trials._task import Batch, cached_state_dict, report_phase, seed_everything
 
 
 def _batches(
@@ -112,7 +112,11 @@ class ClassificationTask:
         schedule = self._baseline_schedule(optimizer)
         self._epoch = 0
         best_loss, best_state, waited = math.inf, copy.deepcopy(model.state_dict()), 0
-        for _ in range(self.baseline_max_epochs):
+        for epoch in range(self.baseline_max_epochs):
+            report_phase(
+                f"training the fp32 baseline of {self.name}: epoch {epoch + 1} of at most "
+                f"{self.baseline_max_epochs} (once: cached for next time)"
+            )
             model.train()
             for inputs, targets in self.train_batches():
                 optimizer.zero_grad(set_to_none=True)
