@@ -23,6 +23,8 @@ TRIAL_COLUMNS: Final[tuple[str, ...]] = (
     *METRIC_COLUMNS,
     "order",
     "granularity",
+    "queued_s",
+    "run_s",
     "duration_s",
     "worker",
     "attempt",
@@ -49,7 +51,7 @@ def _dtype(name: str) -> str | pd.DatetimeTZDtype:
         return "int64"
     if name in INTEGER_METRICS:
         return "Int64"  # nullable integer: byte sizes and counts stay exact
-    if name in METRIC_COLUMNS or name in ("duration_s", "amount", "value"):
+    if name in METRIC_COLUMNS or name in ("queued_s", "run_s", "duration_s", "amount", "value"):
         return "float64"
     if name in ("started_at", "finished_at"):
         return _TIMESTAMP_DTYPE

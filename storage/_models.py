@@ -155,6 +155,10 @@ class TrialModel(BaseModel):
     # pruning, weights zeroed), as fractions of the original model's prunable weights.
     zero_fraction: Mapped[float | None] = _metric(Float())
     removed_fraction: Mapped[float | None] = _metric(Float())
+    # Added by revision 0005: duration_s split into the time a trial waited (for a worker, a
+    # latency target) and the time it ran on workers.
+    queued_s: Mapped[float | None] = mapped_column(Float(), nullable=True)
+    run_s: Mapped[float | None] = mapped_column(Float(), nullable=True)
 
     @classmethod
     def find_by_numbers(

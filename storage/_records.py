@@ -48,6 +48,8 @@ class TrialRecord:
     latency_node: str | None = None
     error: str | None = None
     intermediate: dict[int, float] = field(default_factory=dict)
+    # Seconds the trial ran on workers; the rest of started_at..finished_at it waited (queued_s).
+    run_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,9 @@ def trial_rows(sweep: str, record: TrialRecord) -> TrialRows:
     metrics, metric_columns = _metrics(record.metrics, what)
     started_at = _datetime(record.started_at, f"{what}: started_at")
     finished_at = _datetime(record.finished_at, f"{what}: finished_at")
+    run_s = None if record.run_s is None else _number(record.run_s, f"{what}: run_s")
+    if run_s is not None and not (math.isfinite(run_s) and run_s >= 0):
+        raise StorageError(f"{what}: run_s must be a number of seconds >= 0, got {run_s!r}")
     duration = None
     if started_at is not None and finished_at is not None:
         duration = (finished_at - started_at).total_seconds()
@@ -254,6 +259,8 @@ def trial_rows(sweep: str, record: TrialRecord) -> TrialRows:
         "started_at": started_at,
         "finished_at": finished_at,
         "duration_s": duration,
+        "run_s": run_s,
+        "queued_s": None if duration is None or run_s is None else max(0.0, duration - run_s),
         "worker": _text(record.worker, f"{what}: worker", _limit(_TRIALS.worker)),
         "attempt": int(attempt),
         "measured_on": _text(

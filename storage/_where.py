@@ -30,6 +30,8 @@ WHERE_FIELDS: Final[tuple[str, ...]] = (
     "granularity",
     "state",
     "number",
+    "queued_s",
+    "run_s",
     "duration_s",
     "attempt",
     "worker",

@@ -465,6 +465,11 @@ class _Driver:
         else:
             result, attempt = outcome.result, outcome.attempt
             worker = f"{outcome.node[:12]}/{outcome.result.worker}"
+        # Seconds the trial ran on workers (training, then any timing on the target): the rest
+        # of its time since submission it waited (for a worker, a target, Ray).
+        run_s = None if outcome is None else outcome.run_s
+        if run_s is not None and measurement is not None:
+            run_s += measurement.run_s
         latency_node = None
         if measurement is not None and self.target is not None and result.state == "COMPLETE":
             baseline, new = self.target.baseline_for(measurement)
@@ -519,6 +524,7 @@ class _Driver:
                 intermediate=dict(result.intermediate),
                 measured_on=measured_on,
                 latency_node=latency_node if measured_on else None,
+                run_s=run_s,
             )
         )
 

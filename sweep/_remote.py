@@ -178,6 +178,7 @@ class TrialOutcome:
     result: TrialResult
     attempt: int
     node: str
+    run_s: float = 0.0  # wall time on the worker, from the task's start to its result
 
 
 def execute_trial(
@@ -196,6 +197,7 @@ def execute_trial(
     """Run one trial. Unless ``time_here``, the int8 model is timed elsewhere (on the latency
     target): it is returned beside the outcome, as the runtime's model file (bytes) in a second
     Ray object."""
+    started = time.monotonic()
     attempt = int(ray.get(monitor.start.remote(sweep, number)))
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
@@ -211,7 +213,9 @@ def execute_trial(
         latency=spec_ if time_here else None,
         keep_model=not time_here,
     )
-    outcome = TrialOutcome(replace(result, model=None), attempt, _node())
+    outcome = TrialOutcome(
+        replace(result, model=None), attempt, _node(), time.monotonic() - started
+    )
     if time_here:
         return outcome
     return outcome, to_portable(result.model) if result.model is not None else None
@@ -268,6 +272,7 @@ class Measurement:
     node: str
     batch: int
     reference: LatencyStats | None = None
+    run_s: float = 0.0  # wall time of the timing task on the target
 
 
 def _cores() -> int:
@@ -289,6 +294,7 @@ def measure(
     """Time ``model`` (``runtime``'s model file) on ``batch`` here, on a node carrying the latency
     target, threads pinned. When this node's hardware class is not in ``known``, the fp32
     reference (``reference[0]``, fetched only then) is timed too, interleaved with the model."""
+    started = time.monotonic()
     spec = replace(LatencySpec(**latency), batch_size=None)  # ``batch`` is already the size
     cores = _cores()
     if spec.threads > cores:
@@ -303,5 +309,10 @@ def measure(
         models.append(from_portable(ray.get(reference[0]), runtime))
     stats = measure_latencies(models, batch, spec)
     return Measurement(
-        stats[0], where, _node(), int(batch.shape[0]), stats[1] if timed_reference else None
+        stats[0],
+        where,
+        _node(),
+        int(batch.shape[0]),
+        stats[1] if timed_reference else None,
+        time.monotonic() - started,
     )

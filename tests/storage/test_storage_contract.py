@@ -27,6 +27,8 @@ TRIAL_COLUMNS = [
     *METRIC_COLUMNS,
     "order",
     "granularity",
+    "queued_s",
+    "run_s",
     "duration_s",
     "worker",
     "attempt",
@@ -195,6 +197,7 @@ def test_record_insert_then_update(store: Store, store_url: str) -> None:
             worker="node-1",
             attempt=2,
             intermediate={0: 0.5, 1: 0.75, 2: float("nan")},
+            run_s=12.5,
         ),
         make_record(1, "PRUNED", {"accuracy": 0.2}, intermediate={0: 0.2}),
         make_record(2, "FAIL", error="CUDA out of memory"),
@@ -214,6 +217,9 @@ def test_record_insert_then_update(store: Store, store_url: str) -> None:
     assert first["metrics"] == {"accuracy": 0.91, "size_bytes": 1234, "my_metric": 7.5}
     assert first["timings"] == {"prune": 1.5, "eval": 0.25}
     assert first["duration_s"] == pytest.approx(30.0)
+    # 12.5 s of work on a worker; the rest it waited.
+    assert (first["run_s"], first["queued_s"]) == pytest.approx((12.5, 17.5))
+    assert math.isnan(frame.iloc[1]["run_s"]) and math.isnan(frame.iloc[1]["queued_s"])
     assert first["started_at"] == pd.Timestamp(T0)
     assert frame.iloc[2]["error"] == "CUDA out of memory"
     assert math.isnan(frame.iloc[2]["accuracy"])

@@ -27,6 +27,9 @@ def test_sweep_records_every_trial_and_a_front(local_ray: None, tmp_path: Path) 
     assert list(trials["number"]) == list(range(6))
     assert set(trials["state"]) == {"COMPLETE"}
     assert trials["accuracy"].between(0, 1).all() and (trials["latency_ms"] > 0).all()
+    # The time on a worker and the time waiting, apart: they add up to the duration.
+    assert (trials["run_s"] > 0).all() and (trials["queued_s"] >= 0).all()
+    assert ((trials["run_s"] + trials["queued_s"] - trials["duration_s"]).abs() < 1e-6).all()
     layers = store.layers("drv")
     assert len(layers) == 6 * 4  # one row per trial and layer
     for _, row in trials.iterrows():
