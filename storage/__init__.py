@@ -20,10 +20,11 @@ from storage._errors import (
     WhereError,
 )
 from storage._models import METRIC_COLUMNS, TRIAL_STATES
-from storage._records import SweepInfo, TrialRecord
+from storage._records import FEASIBLE_KEY, SweepInfo, TrialRecord
 from storage._store import Store
 
 __all__ = [
+    "FEASIBLE_KEY",
     "METRIC_COLUMNS",
     "TRIAL_STATES",
     "DuplicateSweepError",

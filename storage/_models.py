@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -159,6 +160,12 @@ class TrialModel(BaseModel):
     # latency target) and the time it ran on workers.
     queued_s: Mapped[float | None] = mapped_column(Float(), nullable=True)
     run_s: Mapped[float | None] = mapped_column(Float(), nullable=True)
+    # Added by revision 0006: the speedup's 95% interval and the rounds it took, once the trial
+    # was timed again against the fp32 reference (the front at the end of a sweep, `sweep
+    # remeasure`); NULL for a trial timed only once.
+    speedup_low: Mapped[float | None] = _metric(Float())
+    speedup_high: Mapped[float | None] = _metric(Float())
+    latency_rounds: Mapped[int | None] = _metric(Integer())
 
     @classmethod
     def find_by_numbers(
@@ -221,6 +228,20 @@ class TrialValueModel(BaseModel):
     )
     step: Mapped[int] = mapped_column(Integer, nullable=False)
     value: Mapped[float | None] = mapped_column(Float(), nullable=True)
+
+
+class TrialArtifactModel(BaseModel):
+    """The deployable model file of a trial (an ``.onnx`` for onnxruntime), kept for the trials
+    on a sweep's front so that they can be timed again (`sweep remeasure`) without training
+    them again. One row per trial; added by revision 0006."""
+
+    __tablename__ = "trial_artifacts"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    runtime: Mapped[str] = mapped_column(String(64), nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary(), nullable=False)
 
 
 METRIC_COLUMNS: Final[tuple[str, ...]] = tuple(

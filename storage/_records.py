@@ -23,6 +23,10 @@ from storage._models import (
 )
 from storage._types import as_utc
 
+# Key of a sweep's config holding ``--where`` terms its trials must meet to be feasible (its
+# constraints); fronts and layer summaries keep only those trials unless asked for all.
+FEASIBLE_KEY = "feasible"
+
 
 @dataclass(frozen=True)
 class TrialRecord:

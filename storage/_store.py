@@ -9,11 +9,11 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import pandas as pd
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import _json
+from storage import _artifacts, _json
 from storage._engine import (
     WRITE_OPTIONS,
     build_engine,
@@ -41,10 +41,16 @@ from storage._models import (
 )
 from storage._pareto import validate_objectives
 from storage._queries import sweep_info, trial_counts, write_trials
-from storage._records import SweepInfo, TrialRecord, trial_rows
+from storage._records import FEASIBLE_KEY, SweepInfo, TrialRecord, trial_rows
 from storage._where import parse_where
 
 T = TypeVar("T")
+
+
+def _feasible(sweep_row: SweepModel, wanted: bool) -> list[ColumnElement[bool]]:
+    """The sweep's own feasibility terms (its config's :data:`FEASIBLE_KEY`), if wanted."""
+    terms = _json.loads(sweep_row.config).get(FEASIBLE_KEY) if wanted else None
+    return parse_where(terms) if terms else []
 
 
 def _now() -> datetime:
@@ -312,12 +318,14 @@ class Store:
         objectives: Mapping[str, str] | None = None,
         *,
         where: Sequence[str] | str | None = None,
+        feasible_only: bool = True,
     ) -> pd.DataFrame:
         """The non-dominated COMPLETE trials of ``sweep`` (same columns as :meth:`trials`).
 
         ``objectives`` (1-4 metric columns, each ``"max"`` or ``"min"``) default to the sweep's
         own. Trials missing any objective value are left out; equal points are all kept. Rows
-        are sorted by the first objective, best first.
+        are sorted by the first objective, best first. With ``feasible_only`` (the default),
+        only trials that meet the sweep's own constraints count (:data:`FEASIBLE_KEY`).
         """
         clauses = parse_where(where)
         requested = None if objectives is None else validate_objectives(objectives)
@@ -325,7 +333,8 @@ class Store:
         def work(session: Session) -> tuple[dict[str, str], list[Any]]:
             sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
             chosen = requested or validate_objectives(_json.loads(sweep_row.objectives))
-            return chosen, frame_rows(session, front_ids(session, sweep_row.id, chosen, clauses))
+            mine = [*clauses, *_feasible(sweep_row, feasible_only)]
+            return chosen, frame_rows(session, front_ids(session, sweep_row.id, chosen, mine))
 
         with collection_paused():
             chosen, rows = self._run(work)
@@ -367,11 +376,13 @@ class Store:
         *,
         where: Sequence[str] | str | None = None,
         front_only: bool = True,
+        feasible_only: bool = True,
     ) -> pd.DataFrame:
         """How much each layer tolerates: the pruning amounts of the layer over the Pareto
         front of ``sweep`` (or, with ``front_only=False``, over every COMPLETE trial).
 
-        ``objectives`` and ``where`` are as in :meth:`pareto_front`. One row per layer, in
+        ``objectives``, ``where`` and ``feasible_only`` are as in :meth:`pareto_front`. One
+        row per layer, in
         recipe order, with columns ``layer``, ``trials`` (trials that set the layer),
         ``amount_min``, ``amount_median``, ``amount_max`` and ``amount_at_best``: the amount in
         the most accurate of those trials (ties: the objectives in order, then the lowest
@@ -384,7 +395,8 @@ class Store:
         def work(session: Session) -> pd.DataFrame:
             sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
             chosen = requested or validate_objectives(_json.loads(sweep_row.objectives))
-            return layer_summary(session, sweep_row.id, chosen, clauses, front_only=front_only)
+            mine = [*clauses, *_feasible(sweep_row, feasible_only)]
+            return layer_summary(session, sweep_row.id, chosen, mine, front_only=front_only)
 
         with collection_paused():
             frame = self._run(work)
@@ -406,3 +418,43 @@ class Store:
             return list(session.execute(stmt).all())
 
         return value_frame(self._run(work))
+
+    # -- the front's model files, timed again ------------------------------------------------
+
+    def save_artifacts(self, sweep: str, runtime: str, files: Mapping[int, bytes]) -> None:
+        """Keep the model files (trial number -> ``runtime``'s file) of COMPLETE trials."""
+
+        def work(session: Session) -> None:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            _artifacts.save_artifacts(session, sweep_row, runtime, files)
+
+        self._run(work, write=True)
+
+    def artifacts(
+        self, sweep: str, numbers: Sequence[int] | None = None
+    ) -> dict[int, tuple[str, bytes]]:
+        """Trial number -> (runtime, model file) kept for ``sweep`` (of ``numbers``, else all)."""
+
+        def work(session: Session) -> dict[int, tuple[str, bytes]]:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            return _artifacts.load_artifacts(session, sweep_row, numbers)
+
+        return self._run(work)
+
+    def record_remeasured(
+        self,
+        sweep: str,
+        metrics: Mapping[int, Mapping[str, float]],
+        *,
+        measured_on: str | None = None,
+        latency_node: str | None = None,
+    ) -> None:
+        """Overwrite the latency figures of COMPLETE trials (number -> metrics) with those of
+        timing them again, and where that ran, in one transaction."""
+
+        def work(session: Session) -> None:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            _artifacts.record_remeasured(session, sweep_row, metrics, measured_on, latency_node)
+            sweep_row.updated_at = _now()
+
+        self._run(work, write=True)

@@ -24,8 +24,15 @@ from trials import (
     compress,
     load_task,
     prunable_layers,
+    reference_model,
+    remeasure,
     save_int8,
 )
+
+# How long `sweep apply` times its model again against the fp32 reference, at most, for its
+# speedup's 95% interval (see trials.remeasure), and the interval's half-width to stop at.
+APPLY_REMEASURE_S = 20.0
+APPLY_PRECISION = 0.1
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,7 @@ def apply_file(
     allow_missing: bool = False,
     device: str = "cpu",
     latency_repeats: int = 15,
+    remeasure_s: float = APPLY_REMEASURE_S,
 ) -> Applied:
     """Compress the task's trained model as the recipe says (prune, fine-tune on the task's
     training split, quantize), measure it as a trial would be, and save the int8 model.
@@ -154,5 +162,20 @@ def apply_file(
             f"cannot write temporary files while quantizing: the disk is full or a file reached "
             f"its size limit ({exc.strerror}); free disk space, or set TMPDIR to another disk"
         ) from None
-    _output.write_atomically(output, _save_model(done.model, recipe, done.metrics))
-    return Applied(str(spec), done.metrics, done.timings)
+    # Timed once, the speedup is as noisy as a trial's: timed again in rounds, it comes with
+    # its 95% interval, to set beside the stored trial's.
+    example = loaded.example_input().cpu()
+    fp32 = reference_model(loaded.build_model().cpu().eval(), example, recipe.runtime)
+    timed = remeasure(
+        fp32, done.model, example, latency, precision=APPLY_PRECISION, time_s=remeasure_s
+    )
+    metrics = {**done.metrics, **timed.metrics()}
+    _output.write_atomically(output, _save_model(done.model, recipe, metrics))
+    return Applied(str(spec), metrics, done.timings)
+
+
+def cell(name: str, like: str, metrics: Mapping[str, Any]) -> str:
+    """A metric of `sweep apply`'s table, formatted as ``like``; a speedup with its interval."""
+    if name == "speedup":
+        return _output._shown(name, {**metrics, name: metrics.get(name)})
+    return _output._cell(like, metrics.get(name))

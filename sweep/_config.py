@@ -94,6 +94,17 @@ class BoundsFrom(_Strict):
     enqueue_uniform: int = Field(3, ge=0, le=20)
 
 
+class SeedFrom(_Strict):
+    """First trials from a stored sensitivity scan at the constraints' lowest sparsity: each
+    layer's amount from its scanned accuracy drop (the one-shot allocation), per order and
+    granularity. Without it, a scan stored under the default name (``<name>-sensitivity``)
+    seeds the sweep where constraints ask for a sparsity."""
+
+    sensitivity: str = Field(..., min_length=1)  # the scan's sweep name in the same store
+    # Seeded trials (None: one per searched order and granularity, at most a sixth of the budget).
+    trials: int | None = Field(None, ge=1, le=50)
+
+
 class Constraints(_Strict):
     """Limits on a recipe, known before its trial runs (from each layer's weight count); the
     sampler learns to stay inside them and the front of a sweep keeps only trials that do."""
@@ -130,6 +141,7 @@ class SearchSpace(_Strict):
         default_factory=lambda: list(GRANULARITIES), min_length=1
     )
     bounds_from: BoundsFrom | None = None
+    seed_from: SeedFrom | None = None
     # Groups of layer globs whose layers share one amount (e.g. the branches of a residual add).
     tie: list[list[str]] = Field(default_factory=list)
     constraints: Constraints = Constraints()
@@ -189,10 +201,17 @@ class Latency(_Strict):
     batch_size: int | None = Field(None, ge=1)
     warmup: int = Field(3, ge=0)
     repeats: int = Field(15, ge=3)
+    # The front's trials are timed again at the end of a sweep, in rounds against the fp32
+    # reference, until the speedup's 95% interval is within ±remeasure_precision of it or
+    # remeasure_s seconds pass per trial (0: not timed again).
+    remeasure_s: float = Field(20.0, ge=0)
+    remeasure_precision: float = Field(0.1, gt=0, lt=1)
 
     def timing(self) -> dict[str, Any]:
         """The fields of :class:`trials.LatencySpec` (how to time), as sent to Ray workers."""
-        return self.model_dump(exclude={"target", "runtime", "backend"})
+        return self.model_dump(
+            exclude={"target", "runtime", "backend", "remeasure_s", "remeasure_precision"}
+        )
 
 
 class EarlyStopping(_Strict):
@@ -276,7 +295,9 @@ class SweepConfig(_Strict):
             )
         if mode is not None:
             return self
-        mode = "independent" if self.sampler == "layerwise" else "relative"
+        # Seeds from a scan give each layer its own amount: relative mode could not hold them.
+        own = self.sampler == "layerwise" or self.search_space.seed_from is not None
+        mode = "independent" if own else "relative"
         search = self.search_space.model_copy(update={"amount_mode": mode})
         return self.model_copy(update={"search_space": search})
 

@@ -24,12 +24,14 @@ import optuna
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from storage import METRIC_COLUMNS, StorageError, StorageFullError, Store, TrialRecord
+from storage import FEASIBLE_KEY, METRIC_COLUMNS, StorageError, StorageFullError, Store, TrialRecord
 from storage._engine import mask_url
-from sweep import _bounds, _remote, _resources, _shipping, _target
+from sweep import _bounds, _remeasure, _remote, _resources, _shipping, _target
 from sweep._config import ConfigError, SweepConfig, grid_neighbours, parse_config
+from sweep._feasible import check_feasible, feasible_where
 from sweep._samplers import (
     ask_recipe,
+    budget_note,
     enqueue_uniform,
     make_sampler,
     set_constraints,
@@ -39,7 +41,9 @@ from sweep._space import Space, objective_values, select_layers
 from sweep._status import HEARTBEAT_S
 from trials import (
     LatencySpec,
+    LatencyStats,
     Recipe,
+    Reference,
     TaskError,
     TrialResult,
     hardware_class,
@@ -53,14 +57,21 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 PREFETCH = 1
 # How often the driver looks at intermediate values and time limits while trials run.
 POLL_S = 0.25
+# Keys of a sweep's stored config: the fp32 model file's sizes, and the fp32 reference's
+# latency per hardware class (median, min, max ms), timed by the first trial on each class.
+FP32_SIZES_KEY = "fp32_sizes"
+FP32_LATENCY_KEY = "fp32_latency"
 # Keys the driver adds to the stored config beside the SweepConfig fields.
 _STORED_EXTRAS = (
     "layers",
     "fp32_metrics",
+    FP32_SIZES_KEY,
+    FP32_LATENCY_KEY,
     "latency_baseline",
     "kind",
     _bounds.KIND,
     _bounds.BOUNDS_KEY,
+    FEASIBLE_KEY,
 )
 _WRITE_RETRIES = 8
 SLOTS_REFRESH_S = 5.0
@@ -85,6 +96,25 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
+
+
+def stored_latencies(reference: Reference) -> dict[str, list[float]]:
+    return {
+        name: [stats.median_ms, stats.min_ms, stats.max_ms]
+        for name, stats in reference.latencies.items()
+    }
+
+
+def stored_reference(stored: Mapping[str, Any]) -> Reference:
+    """The fp32 baseline a stored sweep measured (a sweep stored before this kept only its
+    task metrics: its trials measure the rest again)."""
+    sizes = stored.get(FP32_SIZES_KEY)
+    latencies = stored.get(FP32_LATENCY_KEY) or {}
+    return Reference(
+        metrics=dict(stored.get("fp32_metrics") or {}),
+        sizes=(int(sizes[0]), int(sizes[1])) if sizes else None,
+        latencies={name: LatencyStats(*map(float, values)) for name, values in latencies.items()},
+    )
 
 
 def _phase_reporter(
@@ -337,6 +367,8 @@ class _InFlight:
     # Latency on a target: the int8 model waiting to be timed, then the training outcome.
     model: ray.ObjectRef | None = None
     trained: _remote.TrialOutcome | None = None
+    # The int8 model file, kept while the trial may end on the front (to be timed again).
+    artifact: ray.ObjectRef | None = None
 
 
 class _Driver:
@@ -352,9 +384,13 @@ class _Driver:
         progress: Progress,
         target: _target.Target | None = None,
         hardware_classes: set[str] | None = None,
+        reference: Reference = Reference(),
     ) -> None:
         self.config, self.store, self.space, self.study = config, store, space, study
         self.target = target
+        # The fp32 baseline, measured once: trials time its latency only on a new hardware class.
+        self.reference = reference
+        self.reference_changed = False  # the stored config must learn a class's fp32 timing
         # Where this sweep's latencies were measured so far (a resumed sweep's stored ones too).
         self.hardware_classes: set[str] = set(hardware_classes or ())
         if target is not None:
@@ -379,9 +415,8 @@ class _Driver:
             resources=dict(resources.custom),
             max_calls=0,  # reuse workers: a fresh process costs seconds of imports and CUDA init
             retry_exceptions=False,  # trial errors are results; Ray retries only lost workers
-        )(execute_trial)
-        if target is not None:
-            self.execute = self.execute.options(num_returns=2)
+        )(execute_trial).options(num_returns=2)  # the outcome, and the int8 model file
+        self.front_models = _remeasure.FrontModels(store, config.name)
         self.measure = _target.measure_task(target.resource) if target else None
         self.monitor = _monitor()
         self.slots = 1
@@ -415,11 +450,14 @@ class _Driver:
             self.target is None,
             self.config.resources.cpus_per_trial,
             self.config.resources.gpus_per_trial > 0,
+            self.reference,
         )
-        ref, model = refs if self.target else (refs, None)
+        ref, model = refs
         shadow = self.shadow.ask() if self.shadow is not None else None
         now = datetime.now(timezone.utc)
-        flight = _InFlight(number, trial, recipe, now, time.monotonic(), shadow, model)
+        flight = _InFlight(number, trial, recipe, now, time.monotonic(), shadow)
+        flight.model = model if self.target else None
+        flight.artifact = model
         self.in_flight[ref] = flight
         self.by_number[number] = flight
 
@@ -435,6 +473,11 @@ class _Driver:
                 parsed = Recipe.from_dict(recipe)
                 self.study.enqueue_trial(self.space.params_of(parsed))
                 trial = self.study.ask()
+                # Suggesting the enqueued values makes them the trial's parameters: a sampler
+                # that models finished trials reads them (the recipe run is the stored one). A
+                # sensitivity scan's recipes may lie outside the space: they keep none.
+                if self.space.holds(parsed):
+                    self.space.suggest(trial)
                 set_constraints(trial, self.space, parsed)
                 self._submit(number, trial, recipe)
                 continue
@@ -487,6 +530,7 @@ class _Driver:
             latency_node = outcome.node
         measured_on = hardware_class(result.environment) if result.environment else None
         self._note_hardware(flight.number, measured_on)
+        self._learn_reference(measured_on, result.reference_latency)
         objectives = self.config.objectives
         if result.state == "COMPLETE":
             values = objective_values(result.metrics, objectives)
@@ -496,6 +540,8 @@ class _Driver:
             else:
                 reason = f"an objective is not finite: {dict(zip(objectives, values, strict=True))}"
                 result = TrialResult("FAIL", result.metrics, result.timings, reason, result.worker)
+        if result.state == "COMPLETE":
+            self.front_models.add(flight.number, flight.artifact)
         if result.state == "FAIL":
             self.study.tell(flight.trial, state=optuna.trial.TrialState.FAIL)
             self.progress.failed += 1
@@ -527,6 +573,15 @@ class _Driver:
                 run_s=run_s,
             )
         )
+
+    def _learn_reference(self, measured_on: str | None, timed: LatencyStats | None) -> None:
+        """Keep the fp32 timing a trial took on a hardware class that had none: later trials
+        on that class time only their own model."""
+        if measured_on is None or timed is None or measured_on in self.reference.latencies:
+            return
+        latencies = {**self.reference.latencies, measured_on: timed}
+        self.reference = dataclasses.replace(self.reference, latencies=latencies)
+        self.reference_changed = True
 
     def _note_hardware(self, number: int, measured_on: str | None) -> None:
         """Say so when this sweep's latencies stop coming from one hardware class."""
@@ -612,7 +667,7 @@ class _Driver:
         unreachable for a while loses nothing. A write still failing after _WRITE_RETRIES
         pauses (about 90 s) stops the sweep with the store's error.
         """
-        while self.pending or self.baselines_changed:
+        while self.pending or self.baselines_changed or self.reference_changed:
             wait = self.retry_at - time.monotonic()
             if wait > 0:
                 if not final:
@@ -626,6 +681,10 @@ class _Driver:
                     update = {"latency_baseline": self.target.stored()}
                     self.store.update_sweep_config(self.config.name, update)
                     self.baselines_changed = False
+                if self.reference_changed:
+                    update = {FP32_LATENCY_KEY: stored_latencies(self.reference)}
+                    self.store.update_sweep_config(self.config.name, update)
+                    self.reference_changed = False
                 if self.pending:
                     self.store.record_trials(self.config.name, self.pending)
             except StorageFullError:
@@ -641,6 +700,7 @@ class _Driver:
                 self.pending = []
                 self.write_failures = 0
                 self.beat_at = time.monotonic()
+                self.front_models.stored()
 
     def _heartbeat(self) -> None:
         """Touch the sweep's row when nothing else wrote it for HEARTBEAT_S: `sweep status`
@@ -712,6 +772,10 @@ def run_sweep(
     _target.require_target(config)
     space, info = _describe(config, on_phase)
     space = _bounds.bounded_space(store, config, space)
+    check_feasible(space)
+    note = budget_note(config, space)
+    if note is not None:
+        log.warning(note)
     if config.latency.target is not None:
         on_phase(f"timing the fp32 reference on {config.latency.target}")
     target = _target.prepare_target(config, None)
@@ -721,12 +785,19 @@ def run_sweep(
         "storage": None if config.storage is None else mask_url(config.storage),
         "layers": list(space.layers),
         "fp32_metrics": info.fp32_metrics,
+        FP32_SIZES_KEY: list(info.fp32_sizes) if info.fp32_sizes else None,
         **({_bounds.BOUNDS_KEY: dict(space.upper)} if space.upper else {}),
+        **({FEASIBLE_KEY: feasible_where(space)} if feasible_where(space) else {}),
     }
     if target is not None:
         stored_config["latency_baseline"] = target.stored()
     store.create_sweep(config.name, stored_config, dict(config.objectives), replace=replace)
     study = _new_study(config, space)
+    seeds, seeding = _bounds.seed_params(store, config, space)
+    if seeding is not None:
+        (log.info if seeds else log.warning)(seeding)
+    for params in seeds:
+        study.enqueue_trial(params)
     bounds_from = config.search_space.bounds_from
     if bounds_from is not None and config.search_space.amount_mode == "independent":
         _bounds.enqueue_uniform(study, space, config)
@@ -742,9 +813,12 @@ def run_sweep(
         reruns=[],
         progress=progress,
         target=target,
+        reference=stored_reference(stored_config),
     )
     on_phase(None)
-    return driver.run(on_progress)
+    driver.run(on_progress)
+    _remeasure.after_sweep(config, store, driver.front_models, on_phase)
+    return driver.progress
 
 
 def stored_config(store: Store, name: str) -> SweepConfig:
@@ -849,6 +923,9 @@ def resume_sweep(
         progress=progress,
         target=target,
         hardware_classes=hardware_classes,
+        reference=stored_reference(stored),
     )
     on_phase(None)
-    return driver.run(on_progress)
+    driver.run(on_progress)
+    _remeasure.after_sweep(config, store, driver.front_models, on_phase)
+    return driver.progress

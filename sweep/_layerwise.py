@@ -42,6 +42,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from scipy.optimize import nnls
 
+from sweep._feasible import constrained_choice, feasible_levels, sparsity_interval
 from sweep._space import AMOUNT_PREFIX, METHOD_PARAM, METHOD_PREFIX, UNSTRUCTURED, Space
 
 STRUCTURED = "structured"
@@ -54,6 +55,7 @@ TRUST = 2  # grid steps a layer may go past its highest amount among the better 
 CONVEX_RIDGE = 1e-4  # convex models: on the objective less its best value
 PROPOSALS = 16  # weight draws tried before a recipe not asked before is found
 JITTER = 0.25  # chance that a proposal moves one or two layers by one or two grid steps
+EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move instead
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,17 @@ class _Fit:
         return total
 
 
+def spread_order(count: int) -> list[int]:
+    """The indices ``0 .. count - 1`` of ascending levels in an order that covers their range
+    from the first ones: the top, the bottom, then each time the one farthest from those taken
+    (ties: the higher). A budget cut short still saw the whole range, not its low end."""
+    order = [count - 1, 0][: max(0, min(count, 2))]
+    while len(order) < count:
+        left = [i for i in range(count) if i not in order]
+        order.append(max(left, key=lambda i: (min(abs(i - j) for j in order), i)))
+    return order
+
+
 class LayerwiseSampler(BaseSampler):
     """See the module docstring. Parameters are those of ``space`` in ``amount_mode:
     independent``; constraints (``search_space.constraints``) are respected where a feasible
@@ -114,7 +127,24 @@ class LayerwiseSampler(BaseSampler):
         low, high, step = space.base_grid()
         self._grid = np.round(low + step * np.arange(round((high - low) / step) + 1), 6)
         self._step = step
+        # Uniform levels: evenly spaced above the grid's minimum, or over the levels whose
+        # uniform recipe meets the constraints.
+        feasible = np.flatnonzero(np.isin(self._grid, feasible_levels(space)))
+        first = 1 if len(self._grid) > 1 and feasible.size and feasible[0] == 0 else 0
+        candidates = feasible[first:] if feasible.size > first else np.arange(len(self._grid))
+        picks = np.linspace(0, len(candidates) - 1, self._n_uniform).round().astype(int)
+        self._levels = self._grid[candidates[np.unique(picks)]]
+        self._spread = spread_order(len(self._levels))
         self._caps = np.array([space.cap(group) for group in self._groups])
+        self._interval = sparsity_interval(space)
+        weights = np.array(
+            [
+                sum(space.layer_params.get(n, 0) for n in space.layers if space.owners[n] == g)
+                for g in self._groups
+            ],
+            dtype=float,
+        )
+        self._shares = weights / max(1.0, float(sum(space.layer_params.values())))
         # Tied layers share an amount but each has its own method parameter: a group's layers
         # take one method, read from (and written to) every member that has the choice.
         self._members = {
@@ -165,6 +195,8 @@ class LayerwiseSampler(BaseSampler):
         """Finished trials as arrays; each trial's row is computed once and kept by its id."""
         rows = []
         for trial in trials:
+            if "order" not in trial.params:
+                continue  # a re-run recipe from outside the space (a scan's): nothing to model
             row = self._rows.get(trial._trial_id)
             if row is None:
                 row = self._rows[trial._trial_id] = self._row(trial.params)
@@ -219,10 +251,9 @@ class LayerwiseSampler(BaseSampler):
     # -- startup -------------------------------------------------------------------------------
     def _startup(self, number: int) -> dict[str, Any]:
         # Evenly spaced levels above the grid's minimum, each once, then again (a coarse grid
-        # has fewer levels than uniform recipes asked for).
-        picks = np.linspace(1, len(self._grid) - 1, self._n_uniform).round().astype(int)
-        levels = self._grid[np.unique(picks)] if len(self._grid) > 1 else self._grid
-        level = levels[number % len(levels)]
+        # has fewer levels than uniform recipes asked for), in an order that spans the range
+        # from the first trials: a budget cut short still sees it all.
+        level = self._levels[self._spread[number % len(self._spread)]]
         amounts = np.full(len(self._groups), level)
         # Half the uniform recipes remove channels (where layers can lose them): the model needs
         # both methods' effects, structured pruning's on latency above all.
@@ -285,8 +316,13 @@ class LayerwiseSampler(BaseSampler):
     ) -> dict[str, Any]:
         signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
         values = np.array([trial.values for trial in finished]) * signs
-        encoded = self._encode(finished)
         quality = [j for j, d in enumerate(study.directions) if d == StudyDirection.MAXIMIZE]
+        seen = {_key(params) for params in asked}
+        if self._interval is not None and quality and self._rng.random() < EXCHANGE:
+            exchanged = self._exchange(finished, values[:, quality[0]], seen)
+            if exchanged is not None:
+                return exchanged
+        encoded = self._encode(finished)
         kept = np.ones(len(finished), dtype=bool)
         for j in quality:
             kept &= values[:, j] <= np.quantile(values[:, j], FIT_FRACTION)
@@ -303,7 +339,6 @@ class LayerwiseSampler(BaseSampler):
         # A trust region: the model is fitted where the better trials are, so no layer goes
         # more than TRUST grid steps past the highest amount it had in one of them.
         reach = encoded.amounts[kept].max(axis=0) + TRUST * self._step
-        seen = {_key(params) for params in asked}
         # The model is fitted on the better part of the trials: a proposal it predicts to fall
         # outside that part (a model ruined for size) is an extrapolation, and useless anyway.
         limit = {j: high[j] - low[j] for j in quality}
@@ -330,31 +365,73 @@ class LayerwiseSampler(BaseSampler):
     def _allocate(
         self, fits: Sequence[_Fit], weights: np.ndarray, reach: np.ndarray
     ) -> dict[str, Any]:
-        """The recipe that minimizes sum_j weights_j * model_j, within ``reach``: layer by layer,
-        since the model is additive, and the (order, granularity) of the lowest bases."""
-        groups = range(len(self._groups))
-        # Each layer group's best (cost, amount, structured) under the weighted model.
-        choices = []
-        for group in groups:
-            allowed = self._grid <= min(self._caps[group], reach[group]) + 1e-9
-            options = []
-            for method in (False, True) if self._can_structure[group] else (False,):
-                cost = sum(
-                    w * fit.layer_cost(group, self._grid, method)
-                    for w, fit in zip(weights, fits, strict=True)
-                )
-                cost = np.where(allowed, cost, np.inf)
-                pick = int(np.argmin(cost))
-                options.append((float(cost[pick]), float(self._grid[pick]), method))
-            choices.append(min(options))
+        """The recipe that minimizes sum_j weights_j * model_j, within ``reach`` and the
+        constraints: layer by layer, since the model is additive (a Lagrange multiplier on the
+        sparsity keeps the constraints), and the (order, granularity) of the lowest bases."""
+        structured_too = bool(self._can_structure.any())
+        width = len(self._grid) * (2 if structured_too else 1)
+        grid = np.tile(self._grid, 2 if structured_too else 1)
+        is_structured = np.arange(width) >= len(self._grid)
+
+        def costs(limit: np.ndarray) -> np.ndarray:
+            # Per layer group, the weighted model's cost of every (amount, method) option.
+            table = np.full((len(self._groups), width), np.inf)
+            for group in range(len(self._groups)):
+                allowed = self._grid <= min(self._caps[group], limit[group]) + 1e-9
+                for method in (False, True) if self._can_structure[group] else (False,):
+                    cost = sum(
+                        w * fit.layer_cost(group, self._grid, method)
+                        for w, fit in zip(weights, fits, strict=True)
+                    )
+                    offset = len(self._grid) if method else 0
+                    table[group, offset : offset + len(self._grid)] = np.where(
+                        allowed, cost, np.inf
+                    )
+            return table
+
+        table = costs(reach)
+        amounts = np.tile(grid, (len(self._groups), 1))
+        if self._interval is not None:
+            reached = np.where(np.isfinite(table), amounts, -np.inf).max(axis=1)
+            if float(self._shares @ reached) < self._interval[0]:
+                table = costs(self._caps)  # the constraint asks for more than the trust region
+            chosen = constrained_choice(table, amounts, self._shares, self._interval)
+        else:
+            chosen = np.argmin(table, axis=1)
         # The layers' choices do not depend on (order, granularity): only the bases do.
         combo = min(
             range(self._n_combos),
             key=lambda c: sum(w * fit.base[c] for w, fit in zip(weights, fits, strict=True)),
         )
-        amounts = np.array([choice[1] for choice in choices])
-        structured = np.array([choice[2] for choice in choices])
-        return self._decode(amounts, structured, combo)
+        return self._decode(grid[chosen], is_structured[chosen], combo)
+
+    def _exchange(
+        self, finished: Sequence[FrozenTrial], loss: np.ndarray, seen: set[Any]
+    ) -> dict[str, Any] | None:
+        """The most accurate feasible trial with one layer group pruned more and another less,
+        its sparsity kept: a local step near the constraint, where the additive model (fitted
+        on the better half of the trials, most of them far from it) is least reliable."""
+        feasible = [
+            i for i, t in enumerate(finished) if "order" in t.params and self._feasible(t.params)
+        ]
+        if len(self._groups) < 2 or not feasible:
+            return None
+        best = min(feasible, key=lambda i: loss[i])
+        amounts, structured, combo = self._row(finished[best].params)
+        start = np.array(amounts)
+        for _ in range(PROPOSALS):
+            up, down = self._rng.choice(len(self._groups), size=2, replace=False)
+            moved = start.copy()
+            moved[up] = min(self._caps[up], moved[up] + self._step * self._rng.integers(1, 3))
+            gained = (moved[up] - start[up]) * self._shares[up]
+            if gained <= 0 or self._shares[down] <= 0:
+                continue
+            steps = np.floor(gained / (self._shares[down] * self._step) + 1e-9)
+            moved[down] = max(self._grid[0], moved[down] - steps * self._step)
+            params = self._decode(np.round(moved, 6), np.array(structured), combo)
+            if _key(params) not in seen and self._feasible(params):
+                return params
+        return None
 
     def _jitter(self, params: dict[str, Any]) -> dict[str, Any]:
         moved = dict(params)

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +205,17 @@ def table(frame: pd.DataFrame, title: str | None, columns: Sequence[str] | None)
         left = name in ("state", "order", "granularity", "layer", "name", "status", "best")
         table.add_column(Text(name), justify="left" if left else "right")
     for row in frame.to_dict(orient="records"):  # Text: "[...]" in names is not rich markup
-        table.add_row(*(Text(_cell(name, row[name])) for name in names))
+        table.add_row(*(Text(_shown(name, row)) for name in names))
     return table
+
+
+def _shown(name: str, row: Mapping[Any, Any]) -> str:
+    """A table cell; a speedup timed again shows its 95% interval: ``3.30x (3.10-3.50)``."""
+    cell = _cell(name, row[name])
+    low, high = _plain(row.get("speedup_low")), _plain(row.get("speedup_high"))
+    if name != "speedup" or low is None or high is None:
+        return cell
+    return f"{cell} ({low:.2f}-{high:.2f})"
 
 
 def _parquet(frame: pd.DataFrame, output: Path) -> None:

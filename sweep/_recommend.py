@@ -4,14 +4,14 @@ constraints that ``sweep recommend`` writes as a recipe file."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from storage import METRIC_COLUMNS, Store
+from storage import FEASIBLE_KEY, METRIC_COLUMNS, Store
 from sweep import _output
 from trials import SOURCE_FIELD, Recipe
 
@@ -29,6 +29,8 @@ SOURCE_METRICS = (
     "latency_ms",
     "fp32_latency_ms",
     "speedup",
+    "speedup_low",
+    "speedup_high",
     "sparsity",
     "zero_fraction",
     "removed_fraction",
@@ -66,14 +68,16 @@ def _sorted(frame: pd.DataFrame, metric: str, direction: str) -> pd.DataFrame:
 def best_per_objective(
     store: Store, sweep: str, objectives: Mapping[str, str] | None = None
 ) -> pd.DataFrame:
-    """For each objective (default: the sweep's), its best COMPLETE trial, in a column
+    """For each objective (default: the sweep's), its best COMPLETE trial that meets the
+    sweep's constraints, in a column
     ``best_for`` (``"latency_ms:min"``); one row per objective, in order."""
     chosen = dict(objectives or store.get_sweep(sweep).objectives)
     for metric, direction in chosen.items():
         _check_metric("--objective", metric)
         if direction not in ("max", "min"):
             raise RecommendError(f"--objective: {metric}:{direction} must end in :max or :min")
-    complete = store.trials(sweep, states=["COMPLETE"])
+    own = feasible_terms(store, sweep)
+    complete = store.trials(sweep, states=["COMPLETE"], where=own or None)
     rows = []
     for metric, direction in chosen.items():
         ranked = _sorted(complete, metric, direction)
@@ -107,30 +111,38 @@ class Goal:
         drop = [] if self.max_drop is None else [f"accuracy_drop <= {self.max_drop!r}"]
         return [*drop, *self.where]
 
-    def describe(self) -> str:
+    def describe(self, also: Sequence[str] = ()) -> str:
         wanted = f"{'smallest' if self.direction == 'min' else 'largest'} {self.metric}"
-        return f"{wanted} with {' and '.join(self.constraints()) or 'no constraint'}"
+        return f"{wanted} with {' and '.join([*self.constraints(), *also]) or 'no constraint'}"
 
 
-def recommend(store: Store, sweep: str, goal: Goal) -> pd.Series:
-    """The trial that meets ``goal``'s constraints and is best on its metric.
+def feasible_terms(store: Store, sweep: str, wanted: bool = True) -> list[str]:
+    """The sweep's own constraints (``search_space.constraints``) as ``--where`` terms."""
+    return list(store.get_sweep(sweep).config.get(FEASIBLE_KEY) or []) if wanted else []
+
+
+def recommend(store: Store, sweep: str, goal: Goal, *, feasible_only: bool = True) -> pd.Series:
+    """The trial that meets ``goal``'s constraints (and, with ``feasible_only``, the sweep's
+    own ``search_space.constraints``) and is best on its metric.
 
     Raises :class:`NoMatchError` when none does, with the :data:`CLOSEST` trials of smallest
     accuracy drop among those that pass the ``where`` expressions (or among every COMPLETE
     trial when none passes them): the accuracy-drop limit is the constraint they miss.
     """
-    matching = store.trials(sweep, states=["COMPLETE"], where=goal.constraints() or None)
+    own = feasible_terms(store, sweep, feasible_only)
+    wanted = [*goal.constraints(), *own]
+    matching = store.trials(sweep, states=["COMPLETE"], where=wanted or None)
     ranked = _sorted(matching, goal.metric, goal.direction)
     if len(ranked):
         return ranked.iloc[0]
-    nearby = store.trials(sweep, states=["COMPLETE"], where=list(goal.where) or None)
+    nearby = store.trials(sweep, states=["COMPLETE"], where=[*goal.where, *own] or None)
     scope = "meeting --where" if goal.where else "by accuracy drop"
     if nearby.empty:
         nearby, scope = store.trials(sweep, states=["COMPLETE"]), "of any kind"
     closest = nearby.sort_values(["accuracy_drop", "number"], kind="mergesort").head(CLOSEST)
     total = store.get_sweep(sweep).counts.get("COMPLETE", 0)
     raise NoMatchError(
-        f"no trial of {sweep} meets the constraints ({goal.describe()}) among its {total} "
+        f"no trial of {sweep} meets the constraints ({goal.describe(own)}) among its {total} "
         f"COMPLETE trials; the closest trials {scope} are listed; relax --max-drop or --where",
         closest,
     )

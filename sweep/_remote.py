@@ -18,11 +18,13 @@ from trials import (
     LatencySpec,
     LatencyStats,
     Recipe,
+    Reference,
     Task,
     TaskError,
     TrialError,
     TrialPruned,
     TrialResult,
+    artifact_sizes,
     environment,
     example_batch,
     from_portable,
@@ -67,6 +69,8 @@ class TaskInfo:
     layer_params: dict[str, int] = field(default_factory=dict)
     # Whether order prune_dynamic has layers to quantize (Linear, LSTM).
     dynamic_layers: bool = False
+    # The fp32 model's file in the runtime: (size_bytes, compressed_bytes); None for analytic tasks.
+    fp32_sizes: tuple[int, int] | None = None
 
 
 def describe_task(
@@ -93,6 +97,7 @@ def _describe_task(spec: str, settings: dict[str, Any], runtime: str) -> TaskInf
     model = task.build_model()
     report_phase("evaluating the fp32 baseline")
     layers = prunable_layers(model)
+    fp32_sizes = None
     if isinstance(task, AnalyticTask):
         metrics = task.analytic_metrics(Recipe())
         prunable: dict[str, str | None] = dict.fromkeys(layers)  # simulated: any method goes
@@ -101,9 +106,10 @@ def _describe_task(spec: str, settings: dict[str, Any], runtime: str) -> TaskInf
         prunable = structured_prunable(model, task.example_input())
         report_phase(f"exporting the model for {runtime}")
         try:
-            reference_model(model, task.example_input(), runtime)
+            fp32 = reference_model(model, task.example_input(), runtime)
         except TrialError as exc:
             raise TaskError(f"task: {task.name}: {exc}") from None
+        fp32_sizes = artifact_sizes(to_portable(fp32))
     return TaskInfo(
         name=task.name,
         layers=layers,
@@ -112,6 +118,7 @@ def _describe_task(spec: str, settings: dict[str, Any], runtime: str) -> TaskInf
         structured_prunable=prunable,
         layer_params={name: model.get_parameter(f"{name}.weight").numel() for name in layers},
         dynamic_layers=has_dynamic_layers(model),
+        fp32_sizes=fp32_sizes,
     )
 
 
@@ -193,10 +200,11 @@ def execute_trial(
     time_here: bool,
     cpus: float,
     use_gpu: bool,
-) -> TrialOutcome | tuple[TrialOutcome, bytes | None]:
-    """Run one trial. Unless ``time_here``, the int8 model is timed elsewhere (on the latency
-    target): it is returned beside the outcome, as the runtime's model file (bytes) in a second
-    Ray object."""
+    reference: Reference,
+) -> tuple[TrialOutcome, bytes | None]:
+    """Run one trial. Its int8 model is returned beside the outcome, as the runtime's model file
+    (bytes) in a second Ray object: unless ``time_here`` it is timed elsewhere (on the latency
+    target), and the front's files are timed again at the end of the sweep."""
     started = time.monotonic()
     attempt = int(ray.get(monitor.start.remote(sweep, number)))
     torch.set_num_threads(max(1, int(cpus)))
@@ -211,13 +219,12 @@ def execute_trial(
         device=device,
         report=report if report_intermediate else None,
         latency=spec_ if time_here else None,
-        keep_model=not time_here,
+        keep_model=True,
+        reference=reference,
     )
     outcome = TrialOutcome(
         replace(result, model=None), attempt, _node(), time.monotonic() - started
     )
-    if time_here:
-        return outcome
     return outcome, to_portable(result.model) if result.model is not None else None
 
 

@@ -11,13 +11,16 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial
 
 from sweep._config import ConfigError, SweepConfig
-from sweep._layerwise import LayerwiseSampler
-from sweep._space import Space
+from sweep._feasible import FeasibleSampler, amount_levels, feasible_levels, sparsity_interval
+from sweep._layerwise import LayerwiseSampler, spread_order
+from sweep._space import AMOUNT_PREFIX, LEVEL_PARAM, OFFSET_PREFIX, Space
 from trials import Recipe
 
 # Random trials (uniform startup trials included) before TPE/GP model the front; chosen with
 # uniform_startup 10 and amount.spread 0.2 from scripts/bench_search.py (README, Search quality).
 DEFAULT_STARTUP_TRIALS = 20
+# The warm-up (startup trials) takes at most 1/WARMUP_SHARE of the budget, unless configured.
+WARMUP_SHARE = 3
 
 
 class _Grid(optuna.samplers.GridSampler):
@@ -81,6 +84,11 @@ def grid_values(space: Space) -> dict[str, list[object]]:
             grid[name] = [round(float(v), 6) for v in values]
         else:  # every parameter of a Space is categorical or stepped; a new kind must be added
             raise TypeError(f"grid sampler: no grid for parameter {name!r} ({distribution})")
+    amounts = [name for name in grid if name == LEVEL_PARAM or name.startswith(AMOUNT_PREFIX)]
+    if len(amounts) == 1 and not any(name.startswith(OFFSET_PREFIX) for name in grid):
+        # One amount for every layer: its levels outside the constraints are no grid points.
+        allowed = feasible_levels(space)
+        grid[amounts[0]] = [value for value in grid[amounts[0]] if value in allowed]
     return grid
 
 
@@ -90,19 +98,27 @@ def grid_size(space: Space) -> int:
 
 def enqueue_uniform(study: optuna.Study, space: Space, count: int) -> None:
     """Queue ``count`` uniform recipes (offsets 0) at levels spread evenly up to the top of the
-    amount range; the sampler draws their order, granularity and methods."""
+    amount range, in :func:`spread_order`; the sampler draws their order, granularity and
+    methods."""
     distributions = space.distributions()
     level = distributions.get("level")
     if count <= 0 or not isinstance(level, FloatDistribution) or level.step is None:
         return
     offsets = {name: 0.0 for name in distributions if name.startswith("offset:")}
+    # Spread over the levels whose uniform recipe meets the constraints: from the last level
+    # below them (the grid's minimum without constraints, itself never asked) to the top.
+    allowed = feasible_levels(space)
+    if not allowed:
+        return
+    below = [g for g in amount_levels(space) if g < allowed[0]]
+    bottom = below[-1] if below else allowed[0]
     levels: list[float] = []
-    for value in np.linspace(level.low, level.high, count + 1)[1:]:
+    for value in np.linspace(bottom, allowed[-1], count + 1)[1:]:
         snapped = round(float(level.low + round((value - level.low) / level.step) * level.step), 6)
-        if snapped not in levels:  # a coarse grid has fewer levels than asked for
+        if snapped not in levels and snapped in allowed:  # a coarse grid has fewer levels
             levels.append(snapped)
-    for snapped in levels:
-        study.enqueue_trial({"level": snapped, **offsets})
+    for index in spread_order(len(levels)):
+        study.enqueue_trial({"level": levels[index], **offsets})
 
 
 def set_constraints(trial: optuna.trial.Trial, space: Space, recipe: Recipe) -> None:
@@ -121,7 +137,20 @@ def ask_recipe(study: optuna.Study, space: Space) -> tuple[optuna.trial.Trial, R
 
 def startup_trials(config: SweepConfig, space: Space) -> tuple[int, int]:
     """(uniform recipes first, trials before the sampler models the front): the config's, else
-    the defaults. The layerwise model has a term per layer group: bigger models get more."""
+    defaults that fit the budget (:func:`wanted_startup`, cut to a third of the budget)."""
+    settings = config.sampler_settings
+    uniform, startup = wanted_startup(config, space)
+    cap = max(1, config.budget.n_trials // WARMUP_SHARE)
+    if settings.n_startup_trials is None:
+        startup = min(startup, cap)
+    if settings.uniform_startup is None:
+        uniform = min(uniform, startup)
+    return uniform, startup
+
+
+def wanted_startup(config: SweepConfig, space: Space) -> tuple[int, int]:
+    """The warm-up the sampler would like, whatever the budget: the config's, else the
+    defaults. The layerwise model has a term per layer group: bigger models want more."""
     settings = config.sampler_settings
     uniform, startup = settings.uniform_startup, settings.n_startup_trials
     if config.sampler == "layerwise":
@@ -133,10 +162,34 @@ def startup_trials(config: SweepConfig, space: Space) -> tuple[int, int]:
     return uniform, startup
 
 
+def budget_note(config: SweepConfig, space: Space) -> str | None:
+    """One line when the budget is too small for the warm-up the model wants (it then gets a
+    third of the budget): what it gets, what it wanted, and the budget that would do."""
+    if config.sampler in ("random", "grid", "nsga2"):
+        return None
+    wanted = wanted_startup(config, space)[1]
+    taken = startup_trials(config, space)[1]
+    if taken >= wanted:
+        return None
+    groups = len(set(space.owners.values()))
+    return (
+        f"budget.n_trials: {config.budget.n_trials} trials leave the warm-up {taken} (a third), "
+        f"where {config.sampler} wants {wanted} for {groups} layer groups; its model starts "
+        f"thin. For the full warm-up give budget.n_trials {wanted * WARMUP_SHARE}, or tie layers "
+        "(search_space.tie)"
+    )
+
+
 def make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampler:
-    """Constraints (``search_space.constraints``) reach every sampler through the values the
-    driver sets on each trial (``Trial.set_constraint``): TPE, NSGA-II and GP prefer feasible
-    trials, layerwise asks a feasible recipe where it finds one; random and grid ignore them."""
+    """The configured sampler; with ``search_space.constraints``, wrapped so that every recipe
+    it asks meets them (:class:`FeasibleSampler`). The driver also sets each trial's constraint
+    values (``Trial.set_constraint``), which TPE, NSGA-II and GP read; layerwise allocates
+    within the constraints itself."""
+    sampler = _make_sampler(config, space)
+    return sampler if sparsity_interval(space) is None else FeasibleSampler(sampler, space)
+
+
+def _make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampler:
     seed = config.seed
     uniform, startup = startup_trials(config, space)
     if config.sampler == "layerwise":

@@ -244,6 +244,10 @@ class Space:
         mean = sum(owned.values()) / len(owned)
         return min(fits, key=lambda g: abs(g - mean))
 
+    def holds(self, recipe: Recipe) -> bool:
+        """Whether ``recipe``'s order and granularity are among the searched ones."""
+        return recipe.order in self.orders and recipe.granularity in self.search.granularities
+
     def suggest(self, trial: optuna.trial.BaseTrial) -> Recipe:
         order = trial.suggest_categorical("order", list(self.orders))
         granularity = trial.suggest_categorical("granularity", list(self.search.granularities))
@@ -316,25 +320,35 @@ class Space:
                     params[METHOD_PREFIX + name] = spec.method
         return params
 
-    def constraint_values(self, recipe: Recipe) -> dict[str, float]:
-        """Optuna constraint values of ``recipe`` (feasible when <= 0), one per configured limit.
+    def estimated_pruned(self, recipe: Recipe) -> int:
+        """The weights ``recipe``'s amounts prune, layer by layer as the pruner rounds them."""
+        return sum(
+            round(recipe.layer(name).amount * self.layer_params.get(name, 0))
+            for name in self.layers
+        )
 
-        Sparsity is the fraction of the searched layers' weights that the amounts prune; the
-        parameter count is the model's minus those pruned weights (an estimate for structured
-        pruning, which also removes biases, BatchNorm channels and the next layer's inputs).
-        """
+    def estimated_sparsity(self, recipe: Recipe) -> float:
+        """What a trial's ``sparsity`` will be, known before it runs: the share of every prunable
+        layer's weights (searched or not) that ``recipe``'s amounts prune. Exact for
+        unstructured pruning; structured pruning also removes the next layers' inputs, and
+        rounds channels (``round_to``)."""
+        return self.estimated_pruned(recipe) / max(1, sum(self.layer_params.values()))
+
+    def constraint_values(self, recipe: Recipe) -> dict[str, float]:
+        """Optuna constraint values of ``recipe`` (feasible when <= 0), one per configured limit:
+        from its estimated sparsity, and its parameter count as the model's less the pruned
+        weights (structured pruning also removes biases, BatchNorm channels, next inputs)."""
         limits = self.search.constraints
         if limits == type(limits)():
             return {}
-        weights = {name: self.layer_params.get(name, 0) for name in self.layers}
-        pruned = sum(recipe.layer(name).amount * count for name, count in weights.items())
-        sparsity = pruned / max(1, sum(weights.values()))
+        sparsity = self.estimated_sparsity(recipe)
         values: dict[str, float] = {}
         if limits.max_sparsity is not None:
             values["max_sparsity"] = sparsity - limits.max_sparsity
         if limits.min_sparsity is not None:
             values["min_sparsity"] = limits.min_sparsity - sparsity
         if limits.max_params is not None:
+            pruned = self.estimated_pruned(recipe)
             values["max_params"] = (self.model_params - pruned - limits.max_params) / max(
                 1, self.model_params
             )

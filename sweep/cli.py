@@ -30,6 +30,7 @@ from sweep import (
     _output,
     _plot,
     _recommend,
+    _remeasure,
     _sensitivity,
     _status,
 )
@@ -98,6 +99,13 @@ ObjectiveOption = Annotated[
     list[str] | None,
     typer.Option(
         "--objective", help="METRIC:max|min, repeatable (default: the sweep's objectives)."
+    ),
+]
+InfeasibleOption = Annotated[
+    bool,
+    typer.Option(
+        "--infeasible",
+        help="Also trials outside the sweep's search_space.constraints (left out by default).",
     ),
 ]
 
@@ -308,6 +316,43 @@ def resume(
 
 
 @app.command()
+def remeasure(
+    name: Annotated[str, typer.Argument(help="Sweep name.")],
+    storage: StorageOption = None,
+    time_s: Annotated[
+        float | None,
+        typer.Option("--time-s", help="Seconds per trial at most (default: latency.remeasure_s)."),
+    ] = None,
+    precision: Annotated[
+        float | None,
+        typer.Option(help="Interval half-width to reach, relative (default 0.1: ±10%)."),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address; none uses the sweep's, else a local Ray.")
+    ] = None,
+    fmt: ShortFormatOption = "table",
+) -> None:
+    """Time the front's trials again against the fp32 reference until each speedup's 95%
+    interval is within ±precision (or the time bound passes); store and print the front."""
+    _short_format(fmt)
+    store = _store(storage)
+    config = _driver.stored_config(store, name)
+    if time_s is not None and not time_s > 0:
+        raise UserError(f"--time-s: must be > 0, got {time_s:g}")
+    if time_s is None and config.latency.remeasure_s == 0:
+        raise UserError(f"--time-s: {name} does not time its front again (latency.remeasure_s 0)")
+    if precision is not None and not 0 < precision < 1:
+        raise UserError(f"--precision: must be between 0 and 1, got {precision:g}")
+    models = _remeasure.stored_models(store, name)
+    _task_importable(config.task)
+    err.print(f"timing {len(models)} trials of {name} again, store {store.url_display}")
+    _driver.connect_ray(address or config.ray_address, config.task)
+    _remeasure.remeasure_front(config, store, models, precision=precision, time_s=time_s)
+    front = store.pareto_front(name)
+    _output.render(front, fmt, out, title=f"Pareto front of {name} ({len(front)} trials)")
+
+
+@app.command()
 def trials(
     name: Annotated[str, typer.Argument(help="Sweep name.")],
     where: WhereOption = None,
@@ -382,10 +427,13 @@ def pareto(
     storage: StorageOption = None,
     fmt: FormatOption = None,
     output: OutputOption = None,
+    infeasible: InfeasibleOption = False,
 ) -> None:
-    """List the non-dominated COMPLETE trials of a sweep."""
+    """List the non-dominated COMPLETE trials of a sweep (those that meet its constraints)."""
     fmt = _output.resolve_format(fmt, output)
-    front = _store(storage).pareto_front(name, _objectives(objective or []), where=where or None)
+    front = _store(storage).pareto_front(
+        name, _objectives(objective or []), where=where or None, feasible_only=not infeasible
+    )
     title = f"Pareto front of {name} ({len(front)} trials)"
     _output.render(front, fmt, out, title=title, output=output)
     _wrote(front, output)
@@ -421,6 +469,7 @@ def layers(
     storage: StorageOption = None,
     fmt: FormatOption = None,
     output: OutputOption = None,
+    infeasible: InfeasibleOption = False,
 ) -> None:
     """How much each layer tolerates: min, median and max pruning amount over the front, and
     the amount in its most accurate trial."""
@@ -429,10 +478,16 @@ def layers(
         raise UserError(f"--compare: {compare!r} is the sweep itself; name another sweep")
     store = _store(storage)
     objectives = _objectives(objective or [])
-    summary = store.layer_summary(name, objectives, where=where or None, front_only=front)
+
+    def summary_of(sweep: str) -> pd.DataFrame:
+        return store.layer_summary(
+            sweep, objectives, where=where or None, front_only=front, feasible_only=not infeasible
+        )
+
+    summary = summary_of(name)
     title = _layers_title(name, summary)
     if compare is not None:
-        other = store.layer_summary(compare, objectives, where=where or None, front_only=front)
+        other = summary_of(compare)
         joined = _output.side_by_side(summary, name, other, compare)
         if joined.empty:
             mine = ", ".join(summary["layer"][:5]) or "none"
@@ -569,9 +624,10 @@ def recommend(
     ] = None,
     storage: StorageOption = None,
     fmt: ShortFormatOption = "table",
+    infeasible: InfeasibleOption = False,
 ) -> None:
-    """The trial that meets the constraints and is best on one metric; -o writes its recipe.
-    Exits 1, writing nothing, when no trial meets the constraints."""
+    """The trial that meets the constraints (and the sweep's own) and is best on one metric;
+    -o writes its recipe. Exits 1, writing nothing, when no trial meets the constraints."""
     _short_format(fmt)
     if (minimize is None) == (maximize is None):
         raise UserError("give exactly one of --minimize METRIC or --maximize METRIC")
@@ -582,7 +638,7 @@ def recommend(
     goal = _recommend.Goal(str(metric), direction, max_drop, tuple(where or ()))
     store = _store(storage)
     try:
-        trial = _recommend.recommend(store, name, goal)
+        trial = _recommend.recommend(store, name, goal, feasible_only=not infeasible)
     except _recommend.NoMatchError as exc:
         err.print(f"no match: {exc}", highlight=False, markup=False, soft_wrap=True)
         _output.render(exc.closest, "table", err, title=f"Closest trials of {name}")
@@ -674,10 +730,12 @@ def apply_command(
         if stored:
             table.add_column(f"stored ({label})", justify="right")
         for name in shown:
+            if name in ("speedup_low", "speedup_high"):
+                continue  # shown with the speedup: "3.30x (3.10-3.50)"
             like = name.removeprefix("fp32_")  # formatted as the int8 metric it matches
-            cells = [_output._cell(like, applied.metrics[name])]
+            cells = [_apply.cell(name, like, applied.metrics)]
             if stored:
-                cells.append(_output._cell(like, stored.get(name)))
+                cells.append(_apply.cell(name, like, stored))
             table.add_row(name, *cells)
         out.print(table)
     runtime = recipe_file.recipe.runtime

@@ -101,7 +101,7 @@ def test_the_examples_are_marked() -> None:
     assert {block.language for block in tiny} == {"text", "python"}
     assert sum(len(shown_commands(b.code)) for b in tiny if b.language == "text") >= 4
     assert [block.language for block in marked_blocks("recipe")] == ["python"]
-    assert [block.language for block in marked_blocks("config")] == ["yaml", "yaml"]
+    assert [block.language for block in marked_blocks("config")] == ["yaml", "yaml", "yaml"]
     every = list(MARK.finditer(README))
     assert README.count("<!-- readme-test") == len(every)  # every mark is followed by a block
     # Every Python and YAML block is marked, and every text block that shows `$ sweep ...`.

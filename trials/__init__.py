@@ -6,11 +6,13 @@ Public API::
     from trials import structured_prunable, structured_groups  # which layers can lose channels
     from trials import compress, save_int8, load_int8  # one recipe, its int8 model to a file
     from trials import to_portable, from_portable  # the runtime's model file, as bytes
+    from trials import remeasure, Speedup  # a speedup with its 95% interval
 """
 
 from trials._measure import (
     LatencySpec,
     LatencyStats,
+    artifact_sizes,
     environment,
     example_batch,
     hardware_class,
@@ -29,6 +31,14 @@ from trials._recipe import (
     Recipe,
     RecipeError,
 )
+from trials._reference import (
+    Reference,
+    latency_metrics,
+    measure_latencies,
+    measure_latency,
+    reference_model,
+)
+from trials._remeasure import Speedup, remeasure
 from trials._runtime import (
     STANDALONE_LOAD,
     from_portable,
@@ -60,10 +70,6 @@ from trials._trial import (
     apply_recipe,
     compress,
     finalize,
-    latency_metrics,
-    measure_latencies,
-    measure_latency,
-    reference_model,
     run_trial,
 )
 
@@ -86,12 +92,15 @@ __all__ = [
     "LayerSpec",
     "Recipe",
     "RecipeError",
+    "Reference",
+    "Speedup",
     "Task",
     "TaskError",
     "TrialError",
     "TrialPruned",
     "TrialResult",
     "apply_recipe",
+    "artifact_sizes",
     "compress",
     "enforce_masks",
     "environment",
@@ -109,6 +118,7 @@ __all__ = [
     "prunable_layers",
     "read_int8",
     "reference_model",
+    "remeasure",
     "report_phase",
     "reporting_phases",
     "resolve_task_factory",

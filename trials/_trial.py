@@ -7,17 +7,24 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from trials import _measure, _runtime
-from trials._measure import LatencySpec
+from trials._fold import recalibrate_batchnorm
+from trials._measure import LatencySpec, LatencyStats
 from trials._pruning import enforce_masks, prunable_layers, prune_model
 from trials._recipe import Recipe, RecipeError
+from trials._reference import (
+    Reference,
+    channels_removed,
+    compare_latency,
+    measurements,
+    reference_model,
+)
 from trials._structured import prune_structured
 from trials._task import AnalyticTask, Batch, Task
 from trials._train import TrialError, train
@@ -44,6 +51,8 @@ class TrialResult:
     environment: dict[str, str] = field(default_factory=dict)
     # The int8 model, when run_trial was asked to keep it (to measure it elsewhere).
     model: nn.Module | None = None
+    # The fp32 reference's timing, when this trial took it (its hardware class had none).
+    reference_latency: LatencyStats | None = None
 
 
 def apply_recipe(model: nn.Module, recipe: Recipe, example_input: torch.Tensor) -> nn.Module:
@@ -141,28 +150,39 @@ def run_trial(
     report: ReportFn | None = None,
     latency: LatencySpec | None = LatencySpec(),
     keep_model: bool = False,
+    reference: Reference = Reference(),
 ) -> TrialResult:
     """Prune, fine-tune, quantize and measure one recipe. Never raises for a bad trial: it returns
     a FAIL (or PRUNED) result whose ``error`` says why.
 
     ``latency`` None skips the latency measurement (the caller measures the model elsewhere, on
     its target hardware: pass ``keep_model=True`` to get the int8 model in ``result.model``).
+    ``reference``: what is known of the fp32 baseline (a sweep measures it once); the trial
+    measures the rest, and returns the fp32 timing it took in ``result.reference_latency``.
     """
     timer = _Timer()
     intermediate: dict[int, float] = {}
-    kept: list[nn.Module] = []
     environment: dict[str, str] = {}
+    ran: _Ran | None = None
     try:
         if isinstance(task, AnalyticTask):
             metrics = _simulate(task, recipe, timer)
         else:
-            metrics = _run(
-                task, recipe, torch.device(device), report, timer, intermediate, latency, kept
-            )
             if latency is not None:
                 environment = _measure.environment(
                     recipe.backend, latency.threads, _runtime.runtime_version(recipe.runtime)
                 )
+            ran = _run(
+                task,
+                recipe,
+                torch.device(device),
+                report,
+                timer,
+                intermediate,
+                None if latency is None else _Timing(latency, environment, reference),
+                reference,
+            )
+            metrics = ran.metrics
     except TrialPruned as exc:
         return TrialResult(
             "PRUNED", {}, timer.timings, str(exc) or "pruned", worker_name(), intermediate
@@ -175,9 +195,18 @@ def run_trial(
             f"{type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}:{where.lineno})"
         )
         return TrialResult("FAIL", {}, timer.timings, reason, worker_name(), intermediate)
-    model = kept[0] if keep_model and kept else None
+    model = ran.model if keep_model and ran is not None else None
+    timed = ran.reference_latency if ran is not None else None
     return TrialResult(
-        "COMPLETE", metrics, timer.timings, None, worker_name(), intermediate, environment, model
+        "COMPLETE",
+        metrics,
+        timer.timings,
+        None,
+        worker_name(),
+        intermediate,
+        environment,
+        model,
+        timed,
     )
 
 
@@ -189,6 +218,25 @@ def _simulate(task: AnalyticTask, recipe: Recipe, timer: _Timer) -> dict[str, fl
     return {k: float(v) for k, v in task.analytic_metrics(recipe).items()}
 
 
+@dataclass(frozen=True)
+class _Timing:
+    """How to time a trial's model here: the spec, where it runs, what is known already."""
+
+    spec: LatencySpec
+    environment: dict[str, str]
+    reference: Reference
+
+    def known(self) -> LatencyStats | None:
+        return self.reference.latencies.get(_measure.hardware_class(self.environment))
+
+
+@dataclass(frozen=True)
+class _Ran:
+    metrics: dict[str, float]
+    model: nn.Module
+    reference_latency: LatencyStats | None
+
+
 def _run(
     task: Task,
     recipe: Recipe,
@@ -196,9 +244,9 @@ def _run(
     report: ReportFn | None,
     timer: _Timer,
     intermediate: dict[int, float],
-    latency: LatencySpec | None,
-    kept: list[nn.Module],
-) -> dict[str, float]:
+    timing: _Timing | None,
+    reference: Reference,
+) -> _Ran:
     with timer.phase("build_s"):
         baseline = task.build_model().cpu().eval()
         layers = prunable_layers(baseline)
@@ -230,6 +278,9 @@ def _run(
         )
     if recipe.order == "prune_qat":
         with timer.phase("qat_s"):
+            calibration = task.calibration_batches()
+            batches = itertools.islice(calibration, recipe.calibration_batches)
+            recalibrate_batchnorm(model, (inputs for inputs, _ in batches))
             trainable = _runtime.prepare_qat(model, recipe, layers)
             train(
                 trainable,
@@ -244,21 +295,30 @@ def _run(
     float_model = model  # pruned and fine-tuned, before quantization
     with timer.phase("quantize_s"):
         int8 = finalize(trainable, recipe, task.calibration_batches(), example_input=example)
-    kept.append(int8)
     cpu = torch.device("cpu")
     with timer.phase("evaluate_s"):
         int8_metrics = task.evaluate(int8, cpu)
-        fp32_metrics = task.evaluate(baseline, cpu)
+        fp32_metrics = dict(reference.metrics) or task.evaluate(baseline, cpu)
     with timer.phase("measure_s"):
-        reference = reference_model(baseline, example, recipe.runtime)
-        metrics = _measurements(baseline, float_model.cpu(), int8, reference, layers, example)
-        if latency is not None:
-            metrics.update(_latencies(reference, int8, example, latency))
-    metrics["channels_removed"] = float(_channels_removed(baseline, float_model, layers))
+        fp32_model: list[nn.Module] = []  # the runtime's fp32 model, built only if needed
+
+        def fp32() -> nn.Module:
+            if not fp32_model:
+                fp32_model.append(reference_model(baseline, example, recipe.runtime))
+            return fp32_model[0]
+
+        fp32_sizes = reference.sizes or _measure.artifact_sizes(_runtime.to_portable(fp32()))
+        metrics = measurements(baseline, float_model.cpu(), int8, fp32_sizes, layers, example)
+        timed = None
+        if timing is not None:
+            known = timing.known()
+            latencies, timed = compare_latency(int8, known or fp32, example, timing.spec)
+            metrics.update(latencies)
+    metrics["channels_removed"] = float(channels_removed(baseline, float_model, layers))
     metrics.update({k: float(v) for k, v in int8_metrics.items()})
     metrics.update({f"fp32_{k}": float(v) for k, v in fp32_metrics.items()})
     metrics["accuracy_drop"] = metrics["fp32_accuracy"] - metrics["accuracy"]
-    return metrics
+    return _Ran(metrics, int8, timed)
 
 
 @dataclass(frozen=True)
@@ -282,103 +342,10 @@ def compress(
     if isinstance(task, AnalyticTask):
         raise RecipeError("task: an analytic task has no model to compress; use a real task")
     timer = _Timer()
-    kept: list[nn.Module] = []
-    metrics = _run(task, recipe, torch.device(device), None, timer, {}, latency, kept)
-    return Compressed(kept[0], metrics, timer.timings)
-
-
-def _channels_removed(baseline: nn.Module, pruned: nn.Module, layers: list[str]) -> int:
-    """Output channels that structured pruning removed, summed over the Conv/Linear layers."""
-    before, after = dict(baseline.named_modules()), dict(pruned.named_modules())
-    return sum(
-        int(before[name].weight.shape[0]) - int(after[name].weight.shape[0]) for name in layers
-    )
-
-
-def _measurements(
-    baseline: nn.Module,
-    pruned: nn.Module,
-    int8: nn.Module,
-    reference: nn.Module,
-    layers: list[str],
-    example: torch.Tensor,
-) -> dict[str, float]:
-    """Sizes (of the files the runtime loads), parameter counts and MACs: the same wherever
-    they are measured."""
-    size, compressed = _measure.artifact_sizes(_runtime.to_portable(int8))
-    fp32_size, fp32_compressed = _measure.artifact_sizes(_runtime.to_portable(reference))
-    params, nonzero = _measure.count_params(pruned)
-    fp32_params, _ = _measure.count_params(baseline)
-    removed, zeroed = _measure.pruned_fractions(baseline, pruned, layers)
-    metrics: dict[str, Any] = {
-        "size_bytes": size,
-        "compressed_bytes": compressed,
-        "fp32_size_bytes": fp32_size,
-        "fp32_compressed_bytes": fp32_compressed,
-        "sparsity": removed + zeroed,
-        "zero_fraction": zeroed,
-        "removed_fraction": removed,
-        "params": params,
-        "nonzero_params": nonzero,
-        "fp32_params": fp32_params,
-        "macs": _measure.count_macs(pruned, example),
-    }
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def reference_model(
-    baseline: nn.Module, example: torch.Tensor, runtime: str = "onnxruntime"
-) -> nn.Module:
-    """The fp32 model that int8 latency and size are compared with: ``baseline`` in the same
-    runtime as the int8 model, with BatchNorm folded and the runtime's graph optimizations on
-    (as a deployed fp32 model would run)."""
-    return _runtime.reference(baseline, example, runtime)
-
-
-def measure_latency(
-    model: nn.Module, example: torch.Tensor, spec: LatencySpec
-) -> _measure.LatencyStats:
-    """Time one model as a latency target does: threads pinned, warm-up, then the median (and
-    spread) of ``spec.repeats`` timed passes."""
-    [stats] = measure_latencies([model], example, spec)
-    return stats
-
-
-def measure_latencies(
-    models: Sequence[nn.Module], example: torch.Tensor, spec: LatencySpec
-) -> list[_measure.LatencyStats]:
-    """:func:`measure_latency` for several models, timed interleaved (so that each sees the
-    same load): one :class:`LatencyStats` per model, in order."""
-    batch = _measure.example_batch(example, spec.batch_size)
-    return _measure.latencies(
-        list(models), batch, num_threads=spec.threads, warmup=spec.warmup, repeats=spec.repeats
-    )
-
-
-def _latencies(
-    reference: nn.Module, int8: nn.Module, example: torch.Tensor, spec: LatencySpec
-) -> dict[str, float]:
-    """int8 and fp32 latency, timed interleaved on this machine in one runtime, and their ratio."""
-    fp32, measured = measure_latencies([reference, int8], example, spec)
-    batch = _measure.example_batch(example, spec.batch_size)
-    return {
-        **latency_metrics(measured, fp32, spec, batch.shape[0]),
-        "fp32_bn_folded": 1.0,
-    }
-
-
-def latency_metrics(
-    int8: _measure.LatencyStats, fp32: _measure.LatencyStats, spec: LatencySpec, batch: int
-) -> dict[str, float]:
-    """The latency metrics of a trial, from its int8 and its fp32 reference's timings."""
-    return {
-        "latency_ms": int8.median_ms,
-        "latency_min_ms": int8.min_ms,
-        "latency_max_ms": int8.max_ms,
-        "fp32_latency_ms": fp32.median_ms,
-        "fp32_latency_min_ms": fp32.min_ms,
-        "fp32_latency_max_ms": fp32.max_ms,
-        "speedup": fp32.median_ms / int8.median_ms,
-        "latency_threads": float(spec.threads),
-        "latency_batch": float(batch),
-    }
+    timing = None
+    if latency is not None:
+        version = _runtime.runtime_version(recipe.runtime)
+        environment = _measure.environment(recipe.backend, latency.threads, version)
+        timing = _Timing(latency, environment, Reference())
+    ran = _run(task, recipe, torch.device(device), None, timer, {}, timing, Reference())
+    return Compressed(ran.model, ran.metrics, timer.timings)

@@ -74,6 +74,13 @@ def main() -> None:
                 "measured_on": list(trials["measured_on"]),
                 "latency_ms": list(trials["latency_ms"]),
                 "speedup": list(trials["speedup"]),
+                "speedup_low": [None if v != v else v for v in trials["speedup_low"]],
+                "speedup_high": [None if v != v else v for v in trials["speedup_high"]],
+                # The first timing of a trial the sweep timed again at its end.
+                "once": [
+                    (m.get("latency_ms_once", m["latency_ms"]), m.get("speedup_once", m["speedup"]))
+                    for m in trials["metrics"]
+                ],
                 "baseline": store.get_sweep("timed").config["latency_baseline"],
                 "trainer": trainer.node_id,
                 "target": target.node_id,

@@ -25,7 +25,14 @@ BACKENDS = ("sqlite", "postgresql")
 POSTGRES_URL = os.environ.get(
     "SWEEP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-TABLES = ("trial_values", "trial_layers", "trial_details", "trials", "sweeps")
+TABLES = (
+    "trial_artifacts",
+    "trial_values",
+    "trial_layers",
+    "trial_details",
+    "trials",
+    "sweeps",
+)
 
 
 def _create_schema(engine: Engine) -> str:

@@ -46,8 +46,9 @@ TRIAL_COLUMNS = [
 def test_public_constants() -> None:
     assert TRIAL_STATES == ("RUNNING", "COMPLETE", "PRUNED", "FAIL")
     assert METRIC_COLUMNS[:3] == ("accuracy", "fp32_accuracy", "accuracy_drop")
-    assert len(METRIC_COLUMNS) == len(set(METRIC_COLUMNS)) == 17
-    assert METRIC_COLUMNS[-2:] == ("zero_fraction", "removed_fraction")
+    assert len(METRIC_COLUMNS) == len(set(METRIC_COLUMNS)) == 20
+    assert METRIC_COLUMNS[-5:-3] == ("zero_fraction", "removed_fraction")
+    assert METRIC_COLUMNS[-3:] == ("speedup_low", "speedup_high", "latency_rounds")
 
 
 def test_create_and_get_sweep(store: Store) -> None:

@@ -19,7 +19,7 @@ from storage import StorageError, Store
 from storage._migrate import alembic_config, head_revision
 from storage._models import METRIC_COLUMNS, BaseModel
 
-TABLES = {"sweeps", "trials", "trial_details", "trial_layers", "trial_values"}
+TABLES = {"sweeps", "trials", "trial_details", "trial_layers", "trial_values", "trial_artifacts"}
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_fresh_database_is_at_head_and_matches_models(
     assert not [record for record in caplog.records if record.name.startswith("alembic")]
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert context.get_current_revision() == head_revision() == "0005"
+        assert context.get_current_revision() == head_revision() == "0006"
         assert compare_metadata(context, BaseModel.metadata) == []
         inspector = sa.inspect(connection)
         assert set(inspector.get_table_names()) == TABLES | {"alembic_version"}
@@ -154,7 +154,7 @@ def test_upgrade_from_a_0001_database_keeps_every_row(fresh_url: str, engine: sa
         assert len(store.trials("old")) == 3
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert context.get_current_revision() == "0005"
+        assert context.get_current_revision() == "0006"
         assert compare_metadata(context, BaseModel.metadata) == []
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
         # The CHECK constraint on trial states survived the rebuild of ``trials``.
@@ -221,3 +221,71 @@ def test_upgrade_to_0004_gives_sparsity_its_new_meaning(fresh_url: str, engine: 
         command.downgrade(alembic_config(connection), "0003")
         restored = connection.execute(sa.text("SELECT sparsity FROM trials ORDER BY id"))
         assert [row[0] for row in restored] == [0.5, 0.04, 0.6]
+
+
+def test_upgrade_from_a_0005_database_keeps_rows_and_times_the_front_again(
+    fresh_url: str, engine: sa.Engine
+) -> None:
+    """Revision 0006 adds the speedup's interval (NULL for trials timed once) and the table of
+    model files; a store written before it reads as it did, and takes both."""
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0005")
+    # Rows written through the tables as 0005 has them, not through today's models.
+    with engine.begin() as connection:
+        created = datetime(2026, 1, 2, tzinfo=timezone.utc)
+        _insert(
+            connection,
+            "sweeps",
+            [
+                {
+                    "id": 1,
+                    "name": "old",
+                    "config": "{}",
+                    "objectives": '{"accuracy": "max", "latency_ms": "min"}',
+                    "status": "FINISHED",
+                    "created_at": created,
+                    "updated_at": created,
+                }
+            ],
+        )
+        _insert(
+            connection,
+            "trials",
+            [
+                {
+                    "id": 7,
+                    "sweep_id": 1,
+                    "number": 0,
+                    "state": "COMPLETE",
+                    "accuracy": 0.9,
+                    "latency_ms": 2.0,
+                    "speedup": 3.3,
+                    "attempt": 1,
+                    "run_s": 4.0,
+                }
+            ],
+        )
+        _insert(
+            connection,
+            "trial_details",
+            [{"trial_id": 7, "recipe": "{}", "metrics": '{"speedup": 3.3}', "timings": "{}"}],
+        )
+    with Store(fresh_url) as store:
+        row = store.trials("old").iloc[0]
+        assert (row["speedup"], row["run_s"]) == (3.3, 4.0)
+        assert row[["speedup_low", "speedup_high", "latency_rounds"]].isna().all()
+        assert store.artifacts("old") == {}
+        store.save_artifacts("old", "onnxruntime", {0: b"onnx bytes"})
+        assert store.artifacts("old") == {0: ("onnxruntime", b"onnx bytes")}
+        figures = {"speedup": 2.5, "speedup_low": 2.4, "speedup_high": 2.6, "latency_rounds": 7}
+        store.record_remeasured("old", {0: figures}, measured_on="here")
+        row = store.trials("old").iloc[0]
+        assert (row["speedup"], row["speedup_low"], row["latency_rounds"]) == (2.5, 2.4, 7)
+        assert row["measured_on"] == "here"
+        assert row["metrics"]["speedup_high"] == 2.6
+        with pytest.raises(StorageError, match="no COMPLETE trial"):
+            store.save_artifacts("old", "onnxruntime", {5: b"x"})
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert context.get_current_revision() == head_revision()
+        assert compare_metadata(context, BaseModel.metadata) == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from storage_helpers import brute_force_front, make_recipe, make_record
 
-from storage import METRIC_COLUMNS, StorageError, Store, TrialRecord
+from storage import FEASIBLE_KEY, METRIC_COLUMNS, StorageError, Store, TrialRecord
 from storage._pareto import non_dominated, to_minimization
 
 
@@ -172,3 +172,22 @@ def test_pareto_front_bad_objectives(store: Store, objectives: dict[str, str], m
         store.pareto_front("s", objectives)
     if "unknown objective" in match:
         assert "size_bytes" in str(excinfo.value)  # lists the valid names
+
+
+def test_a_sweeps_own_constraints_keep_infeasible_trials_off_its_front(store: Store) -> None:
+    store.create_sweep(
+        "c", {FEASIBLE_KEY: ["sparsity >= 0.5"]}, {"accuracy": "max", "size_bytes": "min"}
+    )
+    store.record_trials(
+        "c",
+        [
+            make_record(0, metrics={"accuracy": 0.9, "size_bytes": 100, "sparsity": 0.2}),
+            make_record(1, metrics={"accuracy": 0.8, "size_bytes": 50, "sparsity": 0.6}),
+            make_record(2, metrics={"accuracy": 0.7, "size_bytes": 60, "sparsity": 0.7}),
+        ],
+    )
+    assert store.pareto_front("c")["number"].tolist() == [1]  # 0 is infeasible, 2 dominated
+    assert store.pareto_front("c", feasible_only=False)["number"].tolist() == [0, 1]
+    assert store.layer_summary("c").attrs["trials"] == 1
+    assert store.layer_summary("c", feasible_only=False).attrs["trials"] == 2
+    assert store.trials("c")["number"].tolist() == [0, 1, 2]  # listings show every trial

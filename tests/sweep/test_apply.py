@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,14 @@ SOURCE = {
     "trial": 7,
     "task": "digits",
     "task_settings": {},
-    "metrics": {"accuracy": 0.97, "compressed_bytes": 20000.0, "latency_ms": 1.0},
+    "metrics": {
+        "accuracy": 0.97,
+        "compressed_bytes": 20000.0,
+        "latency_ms": 1.0,
+        "speedup": 3.3,
+        "speedup_low": 3.1,
+        "speedup_high": 3.5,
+    },
 }
 
 
@@ -63,6 +71,10 @@ def test_apply_saves_an_int8_model_that_reloads_and_scores_as_reported(
     assert code == 0, err
     assert "stored (trial 7 of demo)" in out and "97.00%" in out  # the stored trial beside
     assert "onnxruntime.InferenceSession" in err and "trials.load_int8" in err
+    # The speedup timed again in rounds, with its 95% interval, beside the stored one's.
+    [speedup_row] = [line for line in out.splitlines() if "│ speedup" in line]
+    assert re.search(r"\d+\.\d\dx (slower )?\(\d+\.\d\d-\d+\.\d\d\)", speedup_row)
+    assert "3.30x (3.10-3.50)" in speedup_row
 
     saved = trials.read_int8(model_path)  # the recipe and metrics ride inside the .onnx
     assert saved["recipe"]["layers"]["conv1.0"]["method"] == "structured"
@@ -84,6 +96,9 @@ def test_apply_saves_an_int8_model_that_reloads_and_scores_as_reported(
     rows = {row["metric"]: row for row in json.loads(out)}
     assert rows["accuracy"]["stored"] == 0.97 and 0 < rows["accuracy"]["applied"] <= 1
     assert rows["fp32_size_bytes"]["applied"] > rows["size_bytes"]["applied"]
+    low, speedup, high = (rows[n]["applied"] for n in ("speedup_low", "speedup", "speedup_high"))
+    assert low <= speedup <= high
+    assert (rows["speedup_low"]["stored"], rows["speedup_high"]["stored"]) == (3.1, 3.5)
 
 
 # Scores a model file on saved validation batches with onnxruntime and numpy only.

@@ -38,6 +38,18 @@ def test_sweep_records_every_trial_and_a_front(local_ray: None, tmp_path: Path) 
     front = store.pareto_front("drv")
     assert 1 <= len(front) <= 6
     assert store.get_sweep("drv").status == "FINISHED"
+    # The fp32 baseline was measured once: its metrics and file sizes when the task was
+    # described, its latency by the first trials on this machine, which later trials reuse.
+    stored = store.get_sweep("drv").config
+    assert set(trials["fp32_accuracy"]) == {stored["fp32_metrics"]["accuracy"]}
+    assert set(trials["fp32_size_bytes"]) == {stored["fp32_sizes"][0]}
+    [(measured_on, (median, _, _))] = stored["fp32_latency"].items()
+    assert set(trials["measured_on"]) == {measured_on}
+    # The figures of that single timing: the front was timed again when the sweep ended.
+    timed_once = trials["metrics"].map(
+        lambda m: m.get("fp32_latency_ms_once", m["fp32_latency_ms"])
+    )
+    assert (timed_once == median).sum() >= 3  # the trials asked after it
 
 
 def test_a_raising_trial_is_stored_as_fail_and_the_sweep_goes_on(

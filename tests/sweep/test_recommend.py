@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Store, TrialRecord
+from storage import FEASIBLE_KEY, Store, TrialRecord
 from sweep._output import DiskFullError, OutputError
 from sweep._recommend import Goal, NoMatchError, best_per_objective, recommend, write_recipe
 from tests.sweep.cli_runner import run_cli
@@ -193,3 +193,31 @@ def test_write_recipe_to_a_bad_path_is_one_line(tmp_path: Path, where: str, mess
     with pytest.raises(OutputError, match=message):
         write_recipe({"schema_version": 1}, tmp_path / where)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweeps_constraints_decide_what_recommend_and_pareto_offer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'feasible.db'}"
+    with Store(url) as store:
+        # Trial n prunes 0.1 * n of every layer: only 3 and 4 meet min_sparsity 0.3.
+        config = {"name": "cons", "task": "digits", FEASIBLE_KEY: ["sparsity >= 0.3"]}
+        store.create_sweep("cons", config, {"accuracy": "max", "compressed_bytes": "min"})
+        records = [_record(n, *point) for n, point in POINTS.items()]
+        for record in records:
+            record.metrics["sparsity"] = round(0.1 * record.number, 2)
+        store.record_trials("cons", records)
+        fastest = Goal("latency_ms", "min", max_drop=0.01)
+        assert recommend(store, "cons", fastest)["number"] == 4
+        assert recommend(store, "cons", fastest, feasible_only=False)["number"] == 1
+        with pytest.raises(NoMatchError, match=r"latency_ms < 2\.0 and sparsity >= 0\.3"):
+            recommend(store, "cons", Goal("latency_ms", "min", 0.01, ("latency_ms < 2.0",)))
+        assert set(best_per_objective(store, "cons")["number"]) == {3, 4}
+    code, shown, _ = run_cli(
+        monkeypatch, capsys, "pareto", "cons", "--storage", url, "--format", "json"
+    )
+    assert code == 0
+    assert sorted(row["number"] for row in json.loads(shown)) == [3, 4]
+    args = ("pareto", "cons", "--storage", url, "--format", "json", "--infeasible")
+    code, every, _ = run_cli(monkeypatch, capsys, *args)
+    assert sorted(row["number"] for row in json.loads(every)) == [0, 1, 2, 3, 4]

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import optuna
-import pytest
 
-from sweep._samplers import ask_recipe, enqueue_uniform, grid_size
+from sweep import parse_config
+from sweep._samplers import (
+    ask_recipe,
+    budget_note,
+    enqueue_uniform,
+    grid_size,
+    startup_trials,
+)
 from sweep._space import Space
 from tests.sweep.synthetic_study import synthetic_study
 from trials.tasks.synthetic import SyntheticTask
@@ -26,22 +32,6 @@ def _run(study: optuna.Study, space: Space, n: int) -> list[optuna.trial.FrozenT
     return study.trials
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
-def test_constraints_reach_the_sampler(sampler: str) -> None:
-    limits = {"constraints": {"max_sparsity": 0.3}}
-    study, space = _setup(sampler=sampler, search_space=limits)
-    trials = _run(study, space, 60)
-    for trial in trials:
-        assert set(trial.constraints) == {"max_sparsity"}
-    feasible = [all(v <= 0 for v in t.constraints.values()) for t in trials]
-    assert not all(feasible[:10])  # random startup draws infeasible trials, flagged as such
-    # Constrained samplers prefer feasible trials; the same seed without the limit does not.
-    baseline = _run(*_setup(sampler=sampler), 60)
-    sparsities = [TASK.analytic_metrics(space.suggest(optuna.trial.FixedTrial(t.params)))
-                  ["sparsity"] for t in baseline]  # fmt: skip
-    assert sum(feasible[30:]) > sum(s <= 0.3 for s in sparsities[30:])
-
-
 def test_uniform_startup_queues_uniform_recipes_first() -> None:
     study, space = _setup(sampler="tpe", sampler_settings={"uniform_startup": 3})
     enqueue_uniform(study, space, 3)
@@ -51,7 +41,7 @@ def test_uniform_startup_queues_uniform_recipes_first() -> None:
         recipe = space.suggest(optuna.trial.FixedTrial(trial.params))
         assert len({spec.amount for spec in recipe.layers.values()}) == 1
         levels.append(recipe.layer(LAYERS[0]).amount)
-    assert levels == [0.3, 0.6, 0.9]
+    assert levels == [0.9, 0.3, 0.6]  # the whole range from the first trials
 
 
 def test_grid_sampler_walks_a_tied_space() -> None:
@@ -89,3 +79,25 @@ def test_the_default_tpe_asks_what_optunas_own_tpe_asks() -> None:
             study.tell(trial, values)
             plain.tell(plain_trial, values)
     assert [t.params for t in study.trials] == [t.params for t in plain.trials]
+
+
+def test_the_warm_up_takes_at_most_a_third_of_the_budget_and_says_so() -> None:
+    """26 layer groups want 18 uniform + 10 moved warm-up trials: a 12-trial sweep gets 4 and
+    is told the budget that would do; a large budget gets the full warm-up and no note."""
+    task = SyntheticTask(n_layers=26, seed=1)
+    small = parse_config({"name": "x", "task": "synthetic", "budget": {"n_trials": 12}})
+    _, space = synthetic_study(task, budget={"n_trials": 12})
+    assert startup_trials(small, space) == (4, 4)
+    assert budget_note(small, space) == (
+        "budget.n_trials: 12 trials leave the warm-up 4 (a third), where layerwise wants 28 for "
+        "26 layer groups; its model starts thin. For the full warm-up give budget.n_trials 84, "
+        "or tie layers (search_space.tie)"
+    )
+    large = parse_config({"name": "x", "task": "synthetic", "budget": {"n_trials": 84}})
+    assert startup_trials(large, space) == (18, 28)
+    assert budget_note(large, space) is None
+    fixed = {"n_trials": 12}, {"n_startup_trials": 8, "uniform_startup": 6}  # as configured
+    config = parse_config(
+        {"name": "x", "task": "synthetic", "budget": fixed[0], "sampler_settings": fixed[1]}
+    )
+    assert startup_trials(config, space) == (6, 8) and budget_note(config, space) is None

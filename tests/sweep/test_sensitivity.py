@@ -15,6 +15,7 @@ from sweep import _bounds, _sensitivity, cli
 from sweep._config import ConfigError, parse_config
 from sweep._driver import run_sweep
 from sweep._space import AMOUNT_PREFIX, Space
+from trials import LayerSpec, Recipe
 from trials.tasks.synthetic import SyntheticTask
 
 N_LAYERS = 4
@@ -174,3 +175,50 @@ def test_bounds_from_a_missing_or_non_scan_sweep_is_a_one_line_error(scanned: st
             run_sweep(_config("x2", bounds_from={"sensitivity": "plain"}), store)  # type: ignore[arg-type]
         names = {s.name for s in store.list_sweeps()}
     assert not names & {"x1", "x2"}  # nothing stored for a sweep that could not start
+
+
+def test_a_sweep_at_a_sparsity_constraint_starts_from_the_one_shot_allocation(
+    scanned: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = {"min_sparsity": 0.5}
+    config = _config("seeded", constraints=limits, seed_from={"sensitivity": "syn-sensitivity"})
+    with Store(scanned) as store:
+        run_sweep(config, store)  # type: ignore[arg-type]
+        trials = store.trials("seeded")
+        results = _bounds.scan_results(store, "syn-sensitivity")
+        stored = store.get_sweep("seeded").config
+        # Without seed_from and without a scan under the default name: one line says so.
+        with caplog.at_level("WARNING"):
+            run_sweep(_config("unseeded", constraints=limits), store)  # type: ignore[arg-type]
+    assert "no sensitivity scan 'unseeded-sensitivity' to seed the search" in caplog.text
+    assert stored["feasible"] == ["sparsity >= 0.5"]
+    task = SyntheticTask(n_layers=N_LAYERS, seed=3)
+    sizes = {name: int(w) for name, w in zip(task.layer_names, task.weights, strict=True)}
+    space = Space(
+        tuple(task.layer_names), config.search_space, config.trial, {},  # type: ignore[attr-defined]
+        layer_params=sizes, model_params=sum(sizes.values()),
+    )  # fmt: skip
+    one_shot = _bounds.one_shot_amounts(results, space, 0.5)
+    least = _bounds.marginal_amounts(results, space, 0.5)
+    first = trials.iloc[0]["recipe"]["layers"]
+    assert {name: spec["amount"] for name, spec in first.items()} == pytest.approx(least)
+    # One threshold for every layer: the more tolerant a layer, the more it is pruned.
+    ranked = sorted(zip(task.tolerances, task.layer_names, strict=True))
+    amounts = [one_shot[name] for _, name in ranked]
+    assert amounts == sorted(amounts) and amounts[0] < amounts[-1]
+    # The least-drop allocation loses no more than the one-shot one, in the task's closed form.
+    for allocation in (least, one_shot):
+        assert space.estimated_sparsity(_uniform_recipe(allocation)) >= 0.5 - 1e-9
+
+    def drop(allocation: dict[str, float]) -> float:
+        return float(task.analytic_metrics(_uniform_recipe(allocation))["accuracy_drop"])
+
+    assert drop(least) <= drop(one_shot) + 1e-9
+    for recipe in trials["recipe"]:
+        pruned = sum(spec["amount"] * sizes[name] for name, spec in recipe["layers"].items())
+        assert pruned / sum(sizes.values()) >= 0.5 - 1e-3
+    assert (trials["sparsity"] >= 0.5 - 1e-3).all()
+
+
+def _uniform_recipe(amounts: dict[str, float]) -> Recipe:
+    return Recipe(layers={name: LayerSpec(a) for name, a in amounts.items()})

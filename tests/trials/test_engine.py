@@ -436,3 +436,48 @@ def test_a_float_recipe_is_the_pruned_fp32_model_in_the_runtime(digits: Task) ->
     assert metrics["size_bytes"] < 0.4 * metrics["fp32_size_bytes"]  # float32 weights, fewer
     assert metrics["size_bytes"] > 3 * metrics["params"]
     assert metrics["speedup"] > 1.0
+
+
+class _CountingTask:
+    """The digits task, counting the models it evaluates."""
+
+    def __init__(self, inner: Task) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.evaluated = 0
+
+    def __getattr__(self, attr: str):  # delegate everything else
+        return getattr(self._inner, attr)
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        self.evaluated += 1
+        return self._inner.evaluate(model, device)
+
+
+def test_a_trial_given_the_reference_measures_only_its_own_model(digits: Task) -> None:
+    """The fp32 baseline is measured once per sweep (and its latency once per hardware class):
+    a trial that is given it neither evaluates, exports nor times the baseline again."""
+    spec = LatencySpec(repeats=3)
+    recipe = Recipe(finetune_epochs=0)
+    task = _CountingTask(digits)
+    first = run_trial(task, recipe, latency=spec)  # type: ignore[arg-type]
+    assert first.state == "COMPLETE" and task.evaluated == 2  # the int8 model and the baseline
+    assert first.reference_latency is not None  # it timed the fp32 model
+    measured_on = trials.hardware_class(first.environment)
+    sizes = (int(first.metrics["fp32_size_bytes"]), int(first.metrics["fp32_compressed_bytes"]))
+    known = trials.LatencyStats(9.0, 8.0, 10.0)
+    reference = trials.Reference(
+        metrics={"accuracy": 0.5}, sizes=sizes, latencies={measured_on: known}
+    )
+    task.evaluated = 0
+    again = run_trial(task, recipe, latency=spec, reference=reference)  # type: ignore[arg-type]
+    assert again.state == "COMPLETE" and task.evaluated == 1  # its own model only
+    assert again.reference_latency is None
+    metrics = again.metrics
+    assert metrics["fp32_accuracy"] == 0.5
+    assert metrics["accuracy_drop"] == pytest.approx(0.5 - metrics["accuracy"])
+    assert (metrics["fp32_size_bytes"], metrics["fp32_compressed_bytes"]) == sizes
+    assert metrics["fp32_latency_ms"] == 9.0
+    assert metrics["speedup"] == pytest.approx(9.0 / metrics["latency_ms"])
+    other = trials.Reference(latencies={"another machine": known})  # not this class: timed here
+    assert run_trial(digits, recipe, latency=spec, reference=other).reference_latency is not None
