@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from storage._engine import mask_url
 from sweep import _driver
 from sweep._bounds import KIND, curves, safe_amount
 from sweep._config import ConfigError, SweepConfig
+from sweep._feasible import sparsity_interval
 from sweep._space import Space
 from trials import LayerSpec, Recipe
 
@@ -217,3 +219,46 @@ def check_granularities(config: SweepConfig, chosen: Sequence[str]) -> tuple[str
                 f"--granularities: {value!r} is not one of {', '.join(GRANULARITIES)}"
             )
     return tuple(dict.fromkeys(chosen)) or (config.search_space.granularities[0],)
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """The scan a launch runs first, within its budget, to seed a sweep at a sparsity."""
+
+    name: str
+    amounts: tuple[float, ...]
+    layers: int
+    target: float
+
+    @property
+    def trials(self) -> int:
+        return 1 + self.layers * len(self.amounts)
+
+
+def planned_scan(config: SweepConfig, store: Store) -> ScanPlan | None:
+    """The scan ``sweep launch`` runs before a sweep whose constraints ask for a sparsity and
+    that has no scan to seed from (``search_space.seed_from``, or one stored under the default
+    name): each searched layer alone, without fine-tuning, at five amounts around the target
+    (three if five would take more than half the budget; none if three would). Ray is
+    connected."""
+    limits = config.search_space.constraints
+    name = scan_name(config)
+    asks = limits.min_sparsity is not None or limits.max_params is not None
+    if config.search_space.seed_from is not None or not asks:
+        return None
+    if any(info.name == name for info in store.list_sweeps()):
+        return None
+    space, _ = _driver._describe(config)
+    interval = sparsity_interval(space)
+    if interval is None or interval[0] <= 0:
+        return None
+    target = interval[0]
+    low, top, step = space.base_grid()
+    for wanted in ((target - 0.3, target - 0.15, target, (target + top) / 2, top),
+                   (target - 0.2, target, top)):  # fmt: skip
+        snapped = {round(low + round((a - low) / step) * step, 6) for a in wanted}
+        amounts = tuple(sorted(a for a in snapped if max(0.0, low) < a <= top + 1e-9))
+        plan = ScanPlan(name, amounts, len(space.layers), target)
+        if plan.trials <= config.budget.n_trials // 2:
+            return plan
+    return None

@@ -34,7 +34,14 @@ from sweep import (
     _sensitivity,
     _status,
 )
-from sweep._config import DEFAULT_STORAGE, ConfigError, check_name, load_config, parse_config
+from sweep._config import (
+    DEFAULT_STORAGE,
+    ConfigError,
+    SweepConfig,
+    check_name,
+    load_config,
+    parse_config,
+)
 from trials import BUILTIN_TASKS, STANDALONE_LOAD, RecipeError, TaskError, task_file
 
 app = typer.Typer(
@@ -194,6 +201,7 @@ def launch(
         f"{config.task!r}, store {store.url_display}"
     )
     _driver.connect_ray(config.ray_address, config.task)
+    config = _scan_first(config, store)
     _run_with_progress(
         config.name,
         store,
@@ -744,6 +752,37 @@ def apply_command(
         f"(nothing of sweep needed), or trials.load_int8({str(output)!r})",
         highlight=False,
     )
+
+
+def _scan_first(config: SweepConfig, store: Store) -> SweepConfig:
+    """Run the sensitivity scan a sweep at a sparsity constraint seeds from, if it has none
+    (:func:`_sensitivity.planned_scan`); the scan's trials come out of the sweep's budget."""
+    plan = _sensitivity.planned_scan(config, store)
+    if plan is None:
+        return config
+    left = config.budget.n_trials - plan.trials
+    err.print(
+        f"no sensitivity scan to seed a search at {plan.target:.0%} sparsity: scanning "
+        f"{plan.layers} layers alone at {', '.join(f'{a:g}' for a in plan.amounts)} first as "
+        f"[bold]{plan.name}[/] ({plan.trials} trials without fine-tuning, within the budget: "
+        f"the search gets {left})"
+    )
+    _run_with_progress(
+        plan.name,
+        store,
+        0,
+        lambda show_progress: _sensitivity.run_scan(
+            config,
+            store,
+            name=plan.name,
+            amounts=plan.amounts,
+            granularities=(config.search_space.granularities[0],),
+            finetune_epochs=0,
+            on_progress=show_progress,
+        ),
+        show_front=False,
+    )
+    return config.model_copy(update={"budget": config.budget.model_copy(update={"n_trials": left})})
 
 
 @app.command()

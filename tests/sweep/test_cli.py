@@ -120,3 +120,37 @@ def test_usage_errors_are_one_line_and_help_still_works(tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
     shown = _run("launch", "--help", cwd=tmp_path)
     assert shown.returncode == 0 and "Usage:" in shown.stdout and "--n-trials" in shown.stdout
+
+
+@pytest.mark.slow
+def test_a_launch_at_a_sparsity_constraint_scans_first_within_its_budget(tmp_path: Path) -> None:
+    config = tmp_path / "dense.yaml"
+    config.write_text(
+        "name: dense\ntask: synthetic\ntask_settings: {n_layers: 4, seed: 3}\n"
+        "objectives: {accuracy: max, compressed_bytes: min}\nbudget: {n_trials: 40}\n"
+        "search_space: {constraints: {min_sparsity: 0.6}, amount: {max: 0.9, step: 0.1}}\n"
+    )
+    launched = _run("launch", str(config), "--storage", "sqlite:///d.db", cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    # Five amounts per layer would take 21 of 40 trials, over half: three (13 trials) it is.
+    assert (
+        "no sensitivity scan to seed a search at 60% sparsity: scanning 4 layers alone at "
+        "0.4, 0.6, 0.9 first as dense-sensitivity (13 trials without fine-tuning, within the "
+        "budget: the search gets 27)"
+    ) in " ".join(launched.stderr.split())
+
+    def listed(name: str) -> list[dict[str, object]]:
+        shown = _run(
+            "trials", name, "--storage", "sqlite:///d.db", "--format", "json", cwd=tmp_path
+        )
+        assert shown.returncode == 0, shown.stderr
+        return list(json.loads(shown.stdout))
+
+    assert len(listed("dense-sensitivity")) == 13
+    trials = listed("dense")
+    assert len(trials) == 27
+    assert all(float(t["sparsity"]) >= 0.6 - 1e-9 for t in trials)  # type: ignore[arg-type]
+    again = _run("launch", str(config), "--storage", "sqlite:///d.db", "--replace", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "no sensitivity scan" not in again.stderr  # the stored scan seeds it now
+    assert len(listed("dense")) == 40
