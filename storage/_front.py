@@ -66,13 +66,55 @@ def front_ids(
     Only the id and the objective columns are read (``trials`` rows are narrow; the recipes live
     in ``trial_details``); trials missing an objective value are left out.
     """
+    ids, points = _objective_points(session, sweep_id, objectives, clauses)
+    return ids[non_dominated(points)] if len(ids) else ids
+
+
+def near_front_numbers(
+    session: Session,
+    sweep_id: int,
+    objectives: Mapping[str, str],
+    clauses: Sequence[ColumnElement[bool]],
+    slack: Mapping[str, float],
+) -> list[int]:
+    """Numbers of the COMPLETE trials (satisfying ``clauses``) that no front trial dominates
+    once the front's values of the ``slack`` objectives are made worse by that fraction: the
+    trials that may join the front if those figures move by as much. A trial dominated that way
+    by anyone is dominated that way by a front trial (dominance survives the same worsening), so
+    the front is all it is compared with."""
+    ids, points = _objective_points(session, sweep_id, objectives, clauses)
+    if not len(ids):
+        return []
+    front = points[non_dominated(points)]
+    # Minimized form: worse means larger; a value v made worse by s is v + s * |v|.
+    margin = np.array([slack.get(name, 0.0) for name in objectives])
+    worse = front + margin * np.abs(front)
+    kept = np.ones(len(points), dtype=bool)
+    for start in range(0, len(points), 4096):  # rows x front x objectives at a time
+        block = points[start : start + 4096, None, :]
+        dominated = np.all(worse[None] <= block, axis=2) & np.any(worse[None] < block, axis=2)
+        kept[start : start + 4096] = ~dominated.any(axis=1)
+    numbers: list[int] = []
+    for chunk in chunks(ids[kept].tolist()):
+        stmt = select(_TRIALS.c.number).where(_TRIALS.c.id.in_(chunk))
+        numbers.extend(int(number) for number in session.scalars(stmt))
+    return sorted(numbers)
+
+
+def _objective_points(
+    session: Session,
+    sweep_id: int,
+    objectives: Mapping[str, str],
+    clauses: Sequence[ColumnElement[bool]],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """(ids, points in minimized form) of the COMPLETE trials with every objective value."""
     columns = [_TRIALS.c[name] for name in objectives]
     stmt = select(_TRIALS.c.id, *columns).where(
         *_complete(sweep_id, clauses), *(column.is_not(None) for column in columns)
     )
     rows = session.execute(stmt).all()
     if not rows:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros((0, len(columns)))
     width = 1 + len(columns)
     flat = np.fromiter(
         itertools.chain.from_iterable(rows), dtype=np.float64, count=len(rows) * width
@@ -80,8 +122,7 @@ def front_ids(
     ids = flat[:, 0].astype(np.int64)  # ids are far below 2**53, exact as floats
     points = to_minimization(flat[:, 1:], list(objectives.values()))
     usable = ~np.isnan(points).any(axis=1)  # NaN stored by other writers: not comparable
-    ids, points = ids[usable], points[usable]
-    return ids[non_dominated(points)]
+    return ids[usable], points[usable]
 
 
 def frame_rows(session: Session, ids: npt.NDArray[np.int64]) -> list[Row[Any]]:

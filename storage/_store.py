@@ -27,7 +27,13 @@ from storage._engine import (
 )
 from storage._errors import DuplicateSweepError, StorageError, StorageFullError
 from storage._frames import layer_frame, trial_frame, trial_select, value_frame
-from storage._front import collection_paused, frame_rows, front_ids, layer_summary
+from storage._front import (
+    collection_paused,
+    frame_rows,
+    front_ids,
+    layer_summary,
+    near_front_numbers,
+)
 from storage._models import (
     MAX_SWEEP_NAME_LENGTH,
     SWEEP_STATUSES,
@@ -344,6 +350,20 @@ class Store:
             [first, "number"], ascending=[direction == "min", True], kind="mergesort"
         )
         return frame.reset_index(drop=True)
+
+    def near_front(self, sweep: str, slack: Mapping[str, float]) -> list[int]:
+        """Numbers of the sweep's feasible COMPLETE trials that could join its front (its own
+        objectives) if the ``slack`` metrics moved by that fraction (``{"latency_ms": 0.5}``):
+        what a driver keeps the model files of, to time them again."""
+
+        def work(session: Session) -> list[int]:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            chosen = validate_objectives(_json.loads(sweep_row.objectives))
+            clauses = _feasible(sweep_row, True)
+            return near_front_numbers(session, sweep_row.id, chosen, clauses, slack)
+
+        with collection_paused():
+            return self._run(work)
 
     def layers(self, sweep: str) -> pd.DataFrame:
         """Per-layer recipe of every trial: number, layer, amount, method, granularity.

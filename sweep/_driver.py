@@ -416,7 +416,7 @@ class _Driver:
             max_calls=0,  # reuse workers: a fresh process costs seconds of imports and CUDA init
             retry_exceptions=False,  # trial errors are results; Ray retries only lost workers
         )(execute_trial).options(num_returns=2)  # the outcome, and the int8 model file
-        self.front_models = _remeasure.FrontModels(store, config.name)
+        self.front_models = _remeasure.FrontModels(store, config.name, config.objectives)
         self.measure = _target.measure_task(target.resource) if target else None
         self.monitor = _monitor()
         self.slots = 1

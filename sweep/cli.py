@@ -353,9 +353,9 @@ def remeasure(
         raise UserError(f"--precision: must be between 0 and 1, got {precision:g}")
     models = _remeasure.stored_models(store, name)
     _task_importable(config.task)
-    err.print(f"timing {len(models)} trials of {name} again, store {store.url_display}")
+    err.print(f"timing the front of {name} again, store {store.url_display}")
     _driver.connect_ray(address or config.ray_address, config.task)
-    _remeasure.remeasure_front(config, store, models, precision=precision, time_s=time_s)
+    _remeasure.remeasure_stored(config, store, models, precision=precision, time_s=time_s)
     front = store.pareto_front(name)
     _output.render(front, fmt, out, title=f"Pareto front of {name} ({len(front)} trials)")
 

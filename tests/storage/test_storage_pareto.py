@@ -191,3 +191,30 @@ def test_a_sweeps_own_constraints_keep_infeasible_trials_off_its_front(store: St
     assert store.layer_summary("c").attrs["trials"] == 1
     assert store.layer_summary("c", feasible_only=False).attrs["trials"] == 2
     assert store.trials("c")["number"].tolist() == [0, 1, 2]  # listings show every trial
+
+
+def test_near_front_keeps_what_no_trial_beats_by_more_than_the_slack(store: Store) -> None:
+    rng = np.random.default_rng(11)
+    objectives = {"accuracy": "max", "latency_ms": "min"}
+    store.create_sweep("n", {}, objectives)
+    records = [
+        make_record(n, metrics={"accuracy": float(a), "latency_ms": float(ms)})
+        for n, (a, ms) in enumerate(zip(rng.random(300), 1 + rng.random(300), strict=True))
+    ]
+    store.record_trials("n", records)
+    slack = 0.2
+    points = np.array([[-r.metrics["accuracy"], r.metrics["latency_ms"]] for r in records])
+    worse = points * np.array([1.0, 1.0 + slack])  # every trial's latency 20% worse
+    expected = {
+        i
+        for i in range(len(points))
+        if not any(
+            np.all(worse[j] <= points[i]) and np.any(worse[j] < points[i])
+            for j in range(len(points))
+        )
+    }
+    near = store.near_front("n", {"latency_ms": slack})
+    assert set(near) == expected
+    front = set(store.pareto_front("n")["number"])
+    assert front < set(near)  # the front, and some that may join it
+    assert set(store.near_front("n", {})) == front
