@@ -28,8 +28,10 @@ from trials._recipe import Recipe
 Batch = tuple[torch.Tensor, torch.Tensor]
 BUILTIN_TASKS: dict[str, str] = {
     "digits": "trials.tasks.digits:DigitsTask",
+    "lstm": "trials.tasks.sequences:LstmTask",
     "shapes": "trials.tasks.shapes:ShapesTask",
     "synthetic": "trials.tasks.synthetic:SyntheticTask",
+    "transformer": "trials.tasks.sequences:TransformerTask",
 }
 
 
