@@ -29,6 +29,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 BUILTIN_TASKS: dict[str, str] = {
     "digits": "trials.tasks.digits:DigitsTask",
     "lstm": "trials.tasks.sequences:LstmTask",
+    "resnet": "trials.tasks.resnet:ResnetTask",
     "shapes": "trials.tasks.shapes:ShapesTask",
     "synthetic": "trials.tasks.synthetic:SyntheticTask",
     "transformer": "trials.tasks.sequences:TransformerTask",
