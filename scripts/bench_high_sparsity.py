@@ -47,11 +47,15 @@ AMOUNT = {"max": 0.98, "step": 0.02}
 SCAN_AMOUNTS = (0.3, 0.5, 0.7, 0.8, 0.86, 0.9, 0.94, 0.98)
 
 
+TASK_SETTINGS: dict[str, dict[str, Any]] = {}  # --task-settings: per task
+
+
 def _config(task: str, name: str, sampler: str, seed: int, n_trials: int, **space: Any) -> Any:
     return parse_config(
         {
             "name": name,
             "task": task,
+            "task_settings": TASK_SETTINGS.get(task, {}),
             "sampler": sampler,
             "seed": seed,
             "budget": {"n_trials": n_trials},
@@ -190,7 +194,7 @@ def bench_real(
         scan_s = time.monotonic() - started
         base, _ = _describe(_config(task_name, "base", "tpe", 0, n_trials, **limits))
         allocation = _bounds.one_shot_amounts(_bounds.scan_results(store, scan), base, sparsity)
-        task = load_task(task_name)
+        task = load_task(task_name, TASK_SETTINGS.get(task_name))
 
         def accuracy(recipes: Sequence[Recipe]) -> float:
             results = [run_trial(task, r, latency=None) for r in recipes]
@@ -237,7 +241,12 @@ def main() -> None:
     # The analytic accuracy falls to 0 long before 88% over 30 layers (tolerances 0.35-0.95).
     parser.add_argument("--synthetic-sparsity", type=float, default=0.6)
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_high_sparsity.json")
+    parser.add_argument(
+        "--task-settings", type=json.loads, default={},
+        help='per task, e.g. {"resnet": {"width": 16, "blocks": [1, 1, 1, 1]}}',
+    )  # fmt: skip
     args = parser.parse_args()
+    TASK_SETTINGS.update(args.task_settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     samplers, seeds = args.samplers.split(","), list(range(args.seeds))
     results: dict[str, Any] = {"min_sparsity": args.min_sparsity, "seeds": args.seeds}
@@ -250,7 +259,7 @@ def main() -> None:
             results[task].update(trials=args.synthetic_trials, min_sparsity=args.synthetic_sparsity)
         else:
             results[task] = bench_real(task, samplers, seeds, args.trials, args.min_sparsity)
-            results[task]["trials"] = args.trials
+            results[task].update(trials=args.trials, task_settings=TASK_SETTINGS.get(task, {}))
     text = json.dumps(results, indent=2)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

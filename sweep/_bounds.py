@@ -282,13 +282,16 @@ def scan_seeds(
 ) -> list[dict[str, Any]]:
     """Optuna params of ``count`` trials at sparsity ``target`` from a scan: the allocation of
     least summed drop (:func:`marginal_amounts`) and the one-shot threshold allocation
-    (:func:`one_shot_amounts`), in each searched (order, granularity) in turn."""
+    (:func:`one_shot_amounts`), in each searched (order, granularity) in turn, orders first."""
     allocations = [
         marginal_amounts(results, space, target),
         one_shot_amounts(results, space, target),
     ]
-    combos = [(o, g) for o in space.orders for g in space.search.granularities]
-    pairs = [(amounts, combo) for combo in combos for amounts in allocations]
+    # Every order before a second granularity, and every (order, granularity) with the
+    # least-drop allocation before the one-shot one: a few seeds already span the orders, and
+    # which order recovers best at a high sparsity differs between models.
+    combos = [(o, g) for g in space.search.granularities for o in space.orders]
+    pairs = [(amounts, combo) for amounts in allocations for combo in combos]
     seeded = []
     for amounts, combo in (pairs * count)[:count]:
         params = seed_params_of(space, _recipe(space, amounts, combo))
