@@ -96,9 +96,10 @@ class BoundsFrom(_Strict):
 
 class SeedFrom(_Strict):
     """First trials from a stored sensitivity scan at the constraints' lowest sparsity: each
-    layer's amount from its scanned accuracy drop (the one-shot allocation), per order and
-    granularity. Without it, a scan stored under the default name (``<name>-sensitivity``)
-    seeds the sweep where constraints ask for a sparsity."""
+    layer's amount from its scanned accuracy drop (the least-drop, then the one-shot
+    allocation), across the searched orders and granularities. Without it, a scan stored under
+    the default name (``<name>-sensitivity``) seeds the sweep where constraints ask for a
+    sparsity, and ``sweep launch`` runs one first when there is none."""
 
     sensitivity: str = Field(..., min_length=1)  # the scan's sweep name in the same store
     # Seeded trials (None: one per searched order and granularity, at most a sixth of the budget).
