@@ -159,10 +159,6 @@ class FeasibleSampler(BaseSampler):
         self._space = space
         self._distributions = space.distributions()
 
-    @property
-    def inner(self) -> BaseSampler:
-        return self._inner
-
     def reseed_rng(self) -> None:
         self._inner.reseed_rng()
 

@@ -42,7 +42,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from scipy.optimize import nnls
 
-from sweep._feasible import constrained_choice, feasible_levels, sparsity_interval
+from sweep._feasible import constrained_choice, feasible_levels, is_feasible, sparsity_interval
 from sweep._space import AMOUNT_PREFIX, METHOD_PARAM, METHOD_PREFIX, UNSTRUCTURED, Space
 
 STRUCTURED = "structured"
@@ -444,8 +444,7 @@ class LayerwiseSampler(BaseSampler):
         return moved
 
     def _feasible(self, params: dict[str, Any]) -> bool:
-        recipe = self._space.suggest(optuna.trial.FixedTrial(params))
-        return all(value <= 0 for value in self._space.constraint_values(recipe).values())
+        return is_feasible(self._space, self._space.suggest(optuna.trial.FixedTrial(params)))
 
 
 def _key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
