@@ -19,6 +19,9 @@ Terms used below:
   ``structured``. Members that ask for ``unstructured`` (or are absent from the recipe) lose the
   same channels, because the graph leaves no other choice, and then get their own unstructured
   amount on the weights that remain.
+- an **attention group** (the q, k and v projections of a multi-head attention module) loses whole
+  heads, never single channels, and the module's head count drops with them: see
+  :mod:`trials._heads` for how heads are found and chosen.
 - **kept channels** of a group with ``n`` channels, amount ``a`` and ``round_to`` ``r``:
   ``n - round(a * n)`` rounded to the nearest multiple of ``r`` (halves up), at least ``r`` and at
   most ``n``. A layer never loses all its channels.
@@ -45,6 +48,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from trials._heads import Heads, find_heads, head_channels, kept_heads, set_head_count
 from trials._pruning import PRUNABLE_TYPES, prunable_layers
 from trials._recipe import Recipe, RecipeError
 
@@ -68,6 +72,7 @@ class _Analysis:
     modules: dict[str, nn.Module]
     reasons: dict[str, str | None] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    heads: dict[tuple[str, ...], Heads] = field(default_factory=dict)  # attention q/k/v groups
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 
@@ -173,6 +178,11 @@ def _analyse(model: nn.Module, example_input: torch.Tensor) -> _Analysis:
             key=layers.index,
         )
         why_not = _group_reason(graph, group, members, output_nodes, output_layers, names)
+        heads = find_heads(modules, members, _weight(modules[name]).shape[0])
+        if isinstance(heads, str):
+            why_not = why_not or heads
+        elif heads is not None:
+            analysis.heads[tuple(members)] = heads
         for member in members:
             analysis.reasons[member] = _member_reason(modules[member], member, output_layers)
             analysis.reasons[member] = analysis.reasons[member] or why_not
@@ -243,19 +253,27 @@ def _output_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[int, .
 
 
 def _try_remove_one(
-    model: nn.Module, example: torch.Tensor, roots: list[str], expected: list[tuple[int, ...]]
+    model: nn.Module,
+    example: torch.Tensor,
+    roots: list[tuple[str, Heads | None]],
+    expected: list[tuple[int, ...]],
 ) -> str | None:
-    """Remove one channel of each group rooted at ``roots`` in a copy; ``None`` if that works."""
+    """Remove one channel (an attention group: one head) of each group rooted at ``roots`` in a
+    copy; ``None`` if that works."""
     trial = copy.deepcopy(model)
     try:
         with _traceable(trial):
             graph, _ = _build_graph(trial, example)
             modules = dict(trial.named_modules())
-            for root in roots:
+            for root, heads in roots:
                 module = modules[root]
                 pruner = graph.get_pruner_of_module(module)
-                last = pruner.get_out_channels(module) - 1
-                graph.get_pruning_group(module, pruner.prune_out_channels, [last]).prune()
+                channels = pruner.get_out_channels(module)
+                width = heads.width if heads else 1
+                last = list(range(channels - width, channels))
+                graph.get_pruning_group(module, pruner.prune_out_channels, last).prune()
+                if heads:
+                    set_head_count(modules, heads, heads.count - 1)
         shapes = _output_shapes(trial, example)
     except Exception as exc:  # noqa: BLE001 - a failed trial removal is the reason reported
         return f"torch-pruning cannot remove its channels ({_one_line(exc)})"
@@ -268,9 +286,9 @@ def _dry_run(model: nn.Module, example: torch.Tensor, analysis: _Analysis) -> No
     """Remove one channel from every prunable group in a copy and check the model still runs with
     the same output shape; on failure, find the groups at fault one by one and report them."""
     roots = [
-        group[0]
+        (group[0], analysis.heads.get(group))
         for name, group in analysis.groups.items()
-        if group[0] == name and analysis.reasons[name] is None and _channels(analysis, name) > 1
+        if group[0] == name and analysis.reasons[name] is None and _removable(analysis, group)
     ]
     if not roots:
         return
@@ -280,7 +298,7 @@ def _dry_run(model: nn.Module, example: torch.Tensor, analysis: _Analysis) -> No
     for root in roots:
         reason = _try_remove_one(model, example, [root], expected)
         if reason is not None:
-            for member in analysis.groups[root]:
+            for member in analysis.groups[root[0]]:
                 analysis.reasons[member] = reason
 
 
@@ -293,6 +311,12 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 def _channels(analysis: _Analysis, name: str) -> int:
     return int(_weight(analysis.modules[name]).shape[0])
+
+
+def _removable(analysis: _Analysis, group: tuple[str, ...]) -> bool:
+    """Whether the group has more than one channel (an attention group: head) to lose."""
+    heads = analysis.heads.get(group)
+    return heads.count > 1 if heads else _channels(analysis, group[0]) > 1
 
 
 def structured_prunable(model: nn.Module, example_input: torch.Tensor) -> dict[str, str | None]:
@@ -368,11 +392,18 @@ def prune_structured(
         for group, amount in group_amounts(recipe, groups).items():
             root = analysis.modules[group[0]]
             channels = before[group[0]]
-            remove = channels - kept_channels(channels, amount, recipe.round_to)
+            heads = analysis.heads.get(group)
+            if heads:
+                remove = heads.count - kept_heads(heads, amount)
+            else:
+                remove = channels - kept_channels(channels, amount, recipe.round_to)
             if remove <= 0:
                 continue
             importance = _importance(graph, _full_group(graph, root), channels)
-            idxs = sorted(torch.argsort(importance, stable=True)[:remove].tolist())
+            if heads:
+                idxs = head_channels(heads, importance, remove)
+            else:
+                idxs = sorted(torch.argsort(importance, stable=True)[:remove].tolist())
             pruner = graph.get_pruner_of_module(root)
             pruning = graph.get_pruning_group(root, pruner.prune_out_channels, idxs)
             if not graph.check_pruning_group(pruning):
@@ -380,6 +411,8 @@ def prune_structured(
                     f"layers.{group[0]}: structured pruning would remove a whole layer"
                 )
             pruning.prune()
+            if heads:
+                set_head_count(analysis.modules, heads, heads.count - remove)
     shapes = _output_shapes(model, example)
     if shapes != expected:  # the dry run in _analyse should have reported this layer
         raise RuntimeError(f"structured pruning changed the output shape ({expected} -> {shapes})")
