@@ -27,7 +27,8 @@ import ray
 
 from storage import Store
 from sweep import _bounds, _sensitivity
-from sweep._config import SweepConfig, parse_config
+from sweep._config import SweepConfig
+from sweep._config_read import parse_config
 from sweep._driver import connect_ray, run_sweep
 
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from sweep import _output
+from sweep._yaml import YamlLimitError, read_yaml
 from trials import (
     RUNTIME_SUFFIXES,
     SOURCE_FIELD,
@@ -64,7 +65,11 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise TaskError(f"--task-setting: {pair!r} must look like NAME=VALUE")
-        settings[key.strip()] = yaml.safe_load(value)
+        try:
+            settings[key.strip()] = read_yaml(value)
+        except (YamlLimitError, yaml.YAMLError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise TaskError(f"--task-setting: {key.strip()}: {problem}") from None
     return settings
 
 

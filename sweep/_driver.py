@@ -27,7 +27,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from storage import FEASIBLE_KEY, METRIC_COLUMNS, StorageError, StorageFullError, Store, TrialRecord
 from storage._engine import mask_url
 from sweep import _bounds, _remeasure, _remote, _resources, _shipping, _target
-from sweep._config import ConfigError, SweepConfig, grid_neighbours, parse_config
+from sweep._config import ConfigError, SweepConfig, grid_neighbours
+from sweep._config_read import parse_config
 from sweep._feasible import check_feasible, feasible_where
 from sweep._samplers import (
     ask_recipe,

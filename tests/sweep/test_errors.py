@@ -323,6 +323,85 @@ CASES: dict[str, Case] = {
         subprocess=True,
         env=(("RAY_ADDRESS", "127.0.0.1:{port}"),),
     ),
+    # The YAML reader's limits: refused before anything is dumped, imported or started.
+    "yaml_billion_laughs_in_task_settings": Case(
+        (*LAUNCH, "--name", "other"),
+        2,
+        "over the limit of 100,000; write the values out",
+        "name: new\ntask: digits\ntask_settings:\n  a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"  {b}: &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}]\n"
+            for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+        ),
+    ),
+    "yaml_nested_50000_deep": Case(
+        LAUNCH,
+        2,
+        "sweep.yaml: line 3: nested more than 64 levels deep",
+        "name: new\ntask: digits\ntask_settings: {a: " + "[" * 50_000 + "]" * 50_000 + "}\n",
+    ),
+    "yaml_nested_deep_through_aliases": Case(
+        LAUNCH,
+        2,
+        "nests more than 64 levels deep through its aliases",
+        "name: new\ntask: digits\ntask_settings:\n  a0: &a0 "
+        + "[" * 40
+        + "1"
+        + "]" * 40
+        + "\n"
+        + "".join(f"  a{i}: &a{i} " + "[" * 40 + f"*a{i - 1}" + "]" * 40 + "\n" for i in (1, 2)),
+    ),
+    "yaml_duplicate_key": Case(
+        LAUNCH,
+        2,
+        "sweep.yaml: line 4: duplicate key 'budget' (first on line 3); keep one",
+        "name: new\ntask: digits\nbudget: {n_trials: 3}\nbudget: {n_trials: 300}\n",
+    ),
+    "yaml_duplicate_key_nested": Case(
+        LAUNCH,
+        2,
+        "line 3: duplicate key 'n_trials' (first on line 3)",
+        "name: new\ntask: digits\nbudget: {n_trials: 3, n_trials: 4}\n",
+    ),
+    "boolean_for_a_count": Case(
+        LAUNCH,
+        2,
+        "budget.n_trials: expected a number, not true/false",
+        "name: new\ntask: digits\nbudget: {n_trials: true}\n",
+    ),
+    "boolean_for_an_amount": Case(
+        LAUNCH,
+        2,
+        "search_space.amount.max: expected a number, not true/false",
+        "name: new\ntask: digits\nsearch_space: {amount: {max: false}}\n",
+    ),
+    "nan_amount": Case(
+        LAUNCH,
+        2,
+        "search_space.amount.min: Input should be a finite number",
+        "name: new\ntask: digits\nsearch_space: {amount: {min: .nan}}\n",
+    ),
+    "infinite_constraint": Case(
+        LAUNCH,
+        2,
+        "search_space.constraints.min_sparsity: Input should be a finite number",
+        "name: new\ntask: digits\nsearch_space: {constraints: {min_sparsity: .inf}}\n",
+    ),
+    "apply_task_setting_nested_too_deep": Case(
+        (
+            "apply",
+            "{dir}/recipe.json",
+            "--task",
+            "digits",
+            "-o",
+            "{dir}/m.onnx",
+            "--task-setting",
+            "width=" + "[" * 100 + "]" * 100,
+        ),
+        2,
+        "--task-setting: width: line 1: nested more than 64 levels deep",
+        files=(("recipe.json", OTHER_MODEL_RECIPE),),
+    ),
     "task_setting_the_task_does_not_take": Case(
         LAUNCH,
         2,

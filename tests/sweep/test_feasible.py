@@ -5,7 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sweep._config import ConfigError, parse_config
+from sweep._config import ConfigError
+from sweep._config_read import parse_config
 from sweep._feasible import check_feasible, feasible_levels, feasible_where
 from sweep._samplers import ask_recipe, enqueue_uniform, grid_size, startup_trials
 from sweep._space import Space

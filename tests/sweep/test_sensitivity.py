@@ -12,7 +12,8 @@ import pytest
 
 from storage import StorageError, Store
 from sweep import _bounds, _sensitivity, cli
-from sweep._config import ConfigError, parse_config
+from sweep._config import ConfigError
+from sweep._config_read import parse_config
 from sweep._driver import run_sweep
 from sweep._space import AMOUNT_PREFIX, Space
 from trials import LayerSpec, Recipe
