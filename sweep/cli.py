@@ -34,14 +34,8 @@ from sweep import (
     _sensitivity,
     _status,
 )
-from sweep._config import (
-    DEFAULT_STORAGE,
-    ConfigError,
-    SweepConfig,
-    check_name,
-    load_config,
-    parse_config,
-)
+from sweep._config import DEFAULT_STORAGE, ConfigError, SweepConfig
+from sweep._config_read import check_name, load_config, parse_config
 from trials import BUILTIN_TASKS, STANDALONE_LOAD, RecipeError, TaskError, task_file
 
 app = typer.Typer(
@@ -310,9 +304,20 @@ def resume(
     """Finish a stopped sweep: re-run the trials in flight, then the rest of the budget."""
     store = _store(storage)
     config = _driver.stored_config(store, name)
+    info = store.get_sweep(name)
+    done = sum(count for state, count in info.counts.items() if state != "RUNNING")
+    if n_trials is not None and n_trials < done:
+        raise ConfigError(
+            f"--n-trials: {n_trials} is below the {done} trials sweep {name} has done; "
+            f"give at least {done}"
+        )
+    total = n_trials or config.budget.n_trials
+    if info.status == "FINISHED" and not info.counts.get("RUNNING") and done >= total:
+        # Nothing to run: no Ray, and not a byte written (timestamps and budget stay as stored).
+        err.print(f"nothing to resume: {done}/{total} trials done")
+        return
     _task_importable(config.task)
     _driver.validate_before_ray(config)
-    total = n_trials or config.budget.n_trials
     err.print(f"resuming sweep [bold]{name}[/] to {total} trials, store {store.url_display}")
     _driver.connect_ray(address or config.ray_address, config.task)
     _run_with_progress(

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from storage import Store
-from sweep import parse_config, run_sweep
+from sweep import _driver, parse_config, run_sweep
 from sweep._driver import resume_sweep
-from tests.sweep.cli_runner import interruptible
+from tests.sweep.cli_runner import interruptible, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -200,3 +200,46 @@ def test_resume_with_a_new_budget_stores_it(local_ray: None, tmp_path: Path) -> 
     resume_sweep("grow", store, n_trials=4)
     assert store.get_sweep("grow").config["budget"]["n_trials"] == 4
     assert list(store.trials("grow")["number"]) == [0, 1, 2, 3]
+
+
+def test_resuming_a_finished_sweep_runs_and_writes_nothing(
+    local_ray: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "s.db"
+    store = Store(f"sqlite:///{db}")
+    settings = {"n_layers": 2, "trial_seconds": 0.0}
+    config = {"name": "done", "task": "synthetic", "task_settings": settings}
+    run_sweep(parse_config({**config, "budget": {"n_trials": 3}}), store)
+    store.close()
+    before = db.read_bytes()
+
+    def no_ray(*_: object, **__: object) -> None:
+        raise AssertionError("Ray was started for a sweep with nothing to run")
+
+    monkeypatch.setattr(_driver, "connect_ray", no_ray)
+    url = f"sqlite:///{db}"
+    for extra in ([], ["--n-trials", "3"]):
+        code, out, err = run_cli(monkeypatch, capsys, "resume", "done", "--storage", url, *extra)
+        assert (code, out, err.strip()) == (0, "", "nothing to resume: 3/3 trials done")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "resume", "done", "--storage", url, "--n-trials", "2"
+    )
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "error: --n-trials: 2 is below the 3 trials sweep done has done; give at least 3"
+    )
+    assert db.read_bytes() == before  # timestamps, budget and status as they were
+    monkeypatch.undo()
+    code, _, err = run_cli(
+        monkeypatch, capsys, "resume", "done", "--storage", url, "--n-trials", "5"
+    )
+    assert code == 0, err
+    with Store(url) as grown:
+        info = grown.get_sweep("done")
+    assert (info.status, info.counts["COMPLETE"], info.config["budget"]["n_trials"]) == (
+        "FINISHED",
+        5,
+        5,
+    )
