@@ -26,6 +26,7 @@ from storage._engine import (
     with_retry,
 )
 from storage._errors import DuplicateSweepError, StorageError, StorageFullError
+from storage._foreign import check_server, check_sqlite
 from storage._frames import layer_frame, trial_frame, trial_select, value_frame
 from storage._front import (
     collection_paused,
@@ -96,15 +97,21 @@ class Store:
     url_display: str
     """The database URL with any password masked; safe to print."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """``create=False``: refuse a path or database that holds no store yet (read-only
+        commands). Either way, a database that holds something else is refused untouched."""
         self._url = parse_url(url)
         self.url_display = mask_url(self._url)
+        if self._url.get_backend_name() == "sqlite":
+            check_sqlite(self._url.database, create=create)
         self._engine = build_engine(self._url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(
             self._engine.execution_options(**WRITE_OPTIONS), expire_on_commit=False
         )
         try:
+            if self._url.get_backend_name() != "sqlite":
+                check_server(self._engine, self.url_display, create=create)
             with_retry(lambda: migrate(self._engine, self.url_display))
         except DBAPIError as exc:
             self._engine.dispose()

@@ -9,6 +9,10 @@ Grammar (keywords case-insensitive)::
 
 The result is a list of SQLAlchemy column expressions with bound parameters, never SQL text.
 ``!=`` also matches NULL (a missing value is "not equal" to anything).
+
+Limits: at most :data:`MAX_WHERE_TERMS` comparisons and :data:`MAX_WHERE_CHARS` characters over
+all expressions of one query. Databases refuse deep expression trees (SQLite's is 1,000 deep) with
+errors that name no option; no useful filter of a sweep's trials comes near these bounds.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ WHERE_FIELDS: Final[tuple[str, ...]] = (
 )
 """Names a ``--where`` clause may use: ``trials`` columns, compared as their SQL type says."""
 
+MAX_WHERE_TERMS: Final = 100
+MAX_WHERE_CHARS: Final = 10_000
+
 _OPERATORS: Final[dict[str, Callable[[Any, Any], Any]]] = {
     "==": operator.eq,
     "!=": operator.ne,
@@ -67,11 +74,19 @@ class _Token:
     position: int
 
 
-def _fail(expression: str, problem: str) -> WhereError:
-    return WhereError(
-        f"invalid --where expression {expression!r}: {problem}; expected NAME OP VALUE joined "
-        f"with 'and', OP one of {' '.join(_OPERATORS)}, NAME one of {', '.join(WHERE_FIELDS)}"
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fail(expression: str, problem: str, *, names: bool = False) -> WhereError:
+    """One line: the expression (shortened), the problem, and the names (when a name is wrong)
+    or the grammar (otherwise)."""
+    hint = (
+        f"names: {', '.join(WHERE_FIELDS)}"
+        if names
+        else f"expected NAME OP VALUE joined with 'and', OP one of {' '.join(_OPERATORS)}"
     )
+    return WhereError(f"invalid --where expression {_short(expression, 80)!r}: {problem}; {hint}")
 
 
 def _tokenize(expression: str) -> Iterator[_Token]:
@@ -96,7 +111,7 @@ def _next(expression: str, tokens: Iterator[_Token], wanted: str, *seen: _Token)
     token = next(tokens, None)
     if token is None:
         got = " ".join(token.text for token in seen)
-        raise _fail(expression, f"incomplete comparison {got!r}, expected {wanted} next")
+        raise _fail(expression, f"incomplete comparison {_short(got)!r}, expected {wanted} next")
     return token
 
 
@@ -110,31 +125,40 @@ def _literal(token: _Token) -> int | float | str:
 
 def _clause(expression: str, name: _Token, tokens: Iterator[_Token]) -> ColumnElement[bool]:
     if name.kind != "name":
-        raise _fail(expression, f"expected a column name, got {name.text!r}")
+        raise _fail(expression, f"expected a column name, got {_short(name.text)!r}", names=True)
     if name.text not in WHERE_FIELDS:
-        raise _fail(expression, f"unknown name {name.text!r}")
+        raise _fail(expression, f"unknown name {_short(name.text)!r}", names=True)
     op = _next(expression, tokens, "an operator", name)
     if op.kind != "op":
-        raise _fail(expression, f"expected an operator after {name.text!r}, got {op.text!r}")
+        raise _fail(
+            expression,
+            f"expected an operator after {name.text!r}, got {op.text!r}",
+        )
     value = _next(expression, tokens, "a value", name, op)
     if value.kind not in ("number", "string"):
-        raise _fail(expression, f"expected a number or quoted string, got {value.text!r}")
+        raise _fail(expression, f"expected a number or quoted string, got {_short(value.text)!r}")
     literal = _literal(value)
     column = TrialModel.__table__.c[name.text]
     if isinstance(column.type, (Integer, Float)):
         if isinstance(literal, str):
             raise _fail(
-                expression, f"{name.text!r} is numeric, cannot compare it with {value.text}"
+                expression,
+                f"{name.text!r} is numeric, cannot compare it with {value.text}",
             )
     else:
         if not isinstance(literal, str):
-            raise _fail(expression, f"{name.text!r} holds text, quote the value: {value.text!r}")
+            raise _fail(
+                expression,
+                f"{name.text!r} holds text, quote the value: {_short(value.text)!r}",
+            )
         if op.text not in ("==", "!="):
             raise _fail(expression, f"{name.text!r} holds text, only == and != apply")
         if name.text == "state":
             if literal not in TRIAL_STATES:
                 states = ", ".join(TRIAL_STATES)
-                raise _fail(expression, f"unknown state {literal!r} (states: {states})")
+                raise _fail(
+                    expression, f"unknown state {_short(str(literal))!r} (states: {states})"
+                )
             return _OPERATORS[op.text](column, TrialState[literal])
     condition = _OPERATORS[op.text](column, literal)
     if op.text == "!=" and column.nullable:
@@ -168,9 +192,19 @@ def parse_where(where: Sequence[str] | str | None) -> list[ColumnElement[bool]]:
     """Parse one expression or a list of them (all AND-ed); raises WhereError."""
     if where is None:
         return []
-    if isinstance(where, str):
-        return _parse_one(where)
+    expressions = [where] if isinstance(where, str) else list(where)
+    length = sum(len(e) for e in expressions if isinstance(e, str))
+    if length > MAX_WHERE_CHARS:
+        raise WhereError(
+            f"--where: {length:,} characters, over the limit of {MAX_WHERE_CHARS:,}; "
+            "filter with fewer, shorter comparisons"
+        )
     clauses: list[ColumnElement[bool]] = []
-    for expression in where:
+    for expression in expressions:
         clauses.extend(_parse_one(expression))
+        if len(clauses) > MAX_WHERE_TERMS:
+            raise WhereError(
+                f"--where: more than {MAX_WHERE_TERMS} comparisons, over the limit; "
+                "filter with fewer (a range needs two: x >= a and x <= b)"
+            )
     return clauses

@@ -149,8 +149,9 @@ def _task_importable(spec: object) -> None:
 FRONT_REFRESH_S = 3.0
 
 
-def _store(url: str | None) -> Store:
-    return Store(url or DEFAULT_STORAGE)
+def _store(url: str | None, *, create: bool = False) -> Store:
+    """The store at ``url``; only commands that start sweeps create one (``create``)."""
+    return Store(url or DEFAULT_STORAGE, create=create)
 
 
 @app.command()
@@ -184,7 +185,7 @@ def launch(
     if updates:
         config = parse_config({**config.model_dump(), **updates}, str(config_path))
     _driver.validate_before_ray(config)
-    store = _store(storage or config.storage)
+    store = _store(storage or config.storage, create=True)
     if not replace and any(s.name == config.name for s in store.list_sweeps()):
         raise UserError(
             f"name: a sweep {config.name!r} already exists in {store.url_display}; "
@@ -836,7 +837,7 @@ def sensitivity(
     config = load_config(config_path)
     _task_importable(config.task)
     scan = check_name(name or _sensitivity.scan_name(config))
-    store = _store(storage or config.storage)
+    store = _store(storage or config.storage, create=True)
     if not show:
         chosen = _sensitivity.check_granularities(config, granularities or [])
         grid = (

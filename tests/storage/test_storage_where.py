@@ -125,7 +125,11 @@ def test_bad_where_without_database(where: str, fragment: str) -> None:
     message = str(excinfo.value)
     assert fragment in message
     assert "\n" not in message
-    assert "accuracy" in message and "granularity" in message  # lists the valid names
+    # A wrong name gets the valid names; any other mistake the grammar.
+    wrong_name = "unknown name" in message or "expected a column name" in message
+    assert ("names: accuracy," in message) == wrong_name, message
+    assert ("OP one of == != >= <= > <" in message) != wrong_name, message
+    assert len(message) < 600, message
 
 
 def test_bad_where_on_database(filled: Store) -> None:

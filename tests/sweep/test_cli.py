@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from storage import Store
 from trials import ORDERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,9 +103,13 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path, text: str, expected: s
 def test_unreadable_config_and_unknown_sweep(tmp_path: Path) -> None:
     missing = _run("launch", str(tmp_path / "nope.yaml"), cwd=tmp_path)
     assert missing.returncode == 2 and "cannot read the config file" in missing.stderr
+    Store(f"sqlite:///{tmp_path / 'empty.db'}").close()  # a store with no sweeps
     unknown = _run("pareto", "ghost", "--storage", "sqlite:///empty.db", cwd=tmp_path)
     assert unknown.returncode == 2 and "ghost" in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1
+    nowhere = _run("pareto", "ghost", "--storage", "sqlite:///nowhere.db", cwd=tmp_path)
+    assert nowhere.returncode == 2 and "no sweep store at nowhere.db" in nowhere.stderr
+    assert not (tmp_path / "nowhere.db").exists()  # only launch creates a store
 
 
 def test_usage_errors_are_one_line_and_help_still_works(tmp_path: Path) -> None:

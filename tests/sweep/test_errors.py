@@ -8,11 +8,13 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -49,6 +51,7 @@ class Case:
     subprocess: bool = False
     # Environment variables of that process (``{port}`` filled in), e.g. RAY_ADDRESS.
     env: tuple[tuple[str, str], ...] = ()
+    foreign: str = ""  # a kind of FOREIGN written to {dir}/other.db first
 
 
 LAUNCH = ("launch", "{dir}/sweep.yaml", "--storage", "{db}")
@@ -489,6 +492,78 @@ CASES: dict[str, Case] = {
         subprocess=True,
     ),
 }
+
+CASES.update(
+    {
+        "where_too_many_comparisons": Case(
+            ("trials", "keep", "--where", " and ".join(["number >= 0"] * 101), "--storage", "{db}"),
+            2,
+            "--where: more than 100 comparisons, over the limit",
+        ),
+        "where_too_many_comparisons_over_several_options": Case(
+            (
+                "pareto",
+                "keep",
+                *(["--where", " and ".join(["accuracy > 0"] * 40)] * 3),
+                "--storage",
+                "{db}",
+            ),
+            2,
+            "--where: more than 100 comparisons, over the limit",
+        ),
+        "where_3000_comparisons": Case(
+            (
+                "trials",
+                "keep",
+                "--where",
+                " and ".join(["number >= 0"] * 3000),
+                "--storage",
+                "{db}",
+            ),
+            2,
+            "--where: 47,995 characters, over the limit of 10,000",
+        ),
+        "where_long_bad_expression_shown_short": Case(
+            ("trials", "keep", "--where", "accuracy >= 0.5 and " + "x" * 5000, "--storage", "{db}"),
+            2,
+            "...': unknown name 'xxxx",
+        ),
+    }
+)
+
+# A store that is not ours, under every command that reads one: `{dir}/other.db` holds it.
+FOREIGN = {
+    "optuna": "other.db is an Optuna storage, not a sweep store",
+    "sqlite": "other.db is a database of something else (tables notes), not a sweep store",
+    "text": "other.db is not a SQLite database (not a sweep store)",
+    "empty": "other.db is an empty file, not a sweep store yet; `sweep launch` creates a store",
+    "missing": "no sweep store at",
+}
+OTHER = "sqlite:///{dir}/other.db"
+READERS: dict[str, tuple[str, ...]] = {
+    "status": ("status", "--storage", OTHER),
+    "pareto": ("pareto", "keep", "--storage", OTHER),
+    "trials": ("trials", "keep", "--storage", OTHER),
+    "layers": ("layers", "keep", "--storage", OTHER),
+    "best": ("best", "keep", "--storage", OTHER),
+    "recommend": ("recommend", "keep", "--minimize", "latency_ms", "--storage", OTHER),
+    "export": ("export", "keep", "--optuna-storage", "sqlite:///{dir}/o.db", "--storage", OTHER),
+    "plot": ("plot", "keep", "-o", "{dir}", "--storage", OTHER),
+    "resume": ("resume", "keep", "--storage", OTHER),
+    "remeasure": ("remeasure", "keep", "--storage", OTHER),
+}
+for _kind, _expected in FOREIGN.items():
+    for _command, _argv in READERS.items():
+        CASES[f"foreign_store_{_kind}_{_command}"] = Case(_argv, 2, _expected, foreign=_kind)
+    if _kind not in ("empty", "missing"):  # a launch creates a store there
+        CASES[f"foreign_store_{_kind}_launch"] = Case(
+            ("launch", "{dir}/sweep.yaml", "--storage", OTHER),
+            2,
+            _expected,
+            "name: new\ntask: digits\n",
+            foreign=_kind,
+        )
+
 SLOW = {"no_prunable_layers", "recipe_for_another_model"}  # train digits
 # Cases whose bad input is only bad on a machine without a CUDA device.
 CPU_ONLY = {"apply_device_cuda_without_gpu"}
@@ -584,6 +659,31 @@ def _files(folder: Path) -> set[Path]:
     }
 
 
+def _contents(folder: Path) -> dict[Path, bytes]:
+    """The bytes of every file in ``folder`` but the sweep store's."""
+    return {
+        path: path.read_bytes()
+        for path in map(folder.joinpath, _files(folder))
+        if path.is_file() and path.name != "store.db"
+    }
+
+
+def _write_foreign(path: Path, kind: str) -> None:
+    """A file that is not a sweep store at ``path`` (``missing``: none)."""
+    if kind == "optuna":
+        study = optuna.create_study(storage=f"sqlite:///{path}", study_name="keep")
+        study.optimize(lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=2)
+    elif kind == "sqlite":
+        with sqlite3.connect(path) as connection:
+            connection.execute("CREATE TABLE notes (body TEXT)")
+            connection.execute("INSERT INTO notes VALUES ('keep this')")
+        connection.close()
+    elif kind == "text":
+        path.write_text("name,accuracy\nkeep,0.9\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+
+
 @pytest.mark.parametrize("case_id", [pytest.param(c, marks=_marks(c)) for c in CASES])
 def test_bad_input(
     case_id: str,
@@ -599,9 +699,12 @@ def test_bad_input(
         (tmp_path / "sweep.yaml").write_text(case.config)
     for name, text in case.files:
         (tmp_path / name).write_text(text)
+    if case.foreign:
+        _write_foreign(tmp_path / "other.db", case.foreign)
     fill = {"db": db, "dir": str(tmp_path), "port": str(_closed_port())}
     argv = [arg.format(**fill) for arg in case.argv]
     files_before = _files(tmp_path)
+    bytes_before = _contents(tmp_path)
     if case.subprocess:
         env = {name: value.format(**fill) for name, value in case.env}
         result = run_sweep_cli(argv, tmp_path, file_size_limit=case.file_size_limit, env=env)
@@ -612,6 +715,7 @@ def test_bad_input(
     assert len(line) < 600, line  # one readable line, not a dump
     pd.testing.assert_frame_equal(_snapshot(db), before)
     assert _files(tmp_path) == files_before  # no partial output file, no temporary one left
+    assert _contents(tmp_path) == bytes_before  # not a byte of the user's files changed
 
 
 @pytest.mark.slow
