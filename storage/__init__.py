@@ -8,18 +8,22 @@ SQLite (default) or PostgreSQL through SQLAlchemy, with the schema managed by Al
     front = store.pareto_front("resnet18", where=["accuracy >= 0.98", "latency_ms < 5"])
     tolerance = store.layer_summary("resnet18")  # per layer: pruning amounts over the front
 
-Several drivers may write one database at once (each its own sweep); transient errors (a
-locked SQLite file, a dropped connection) are retried with backoff.
+Several drivers may write one database at once, each its own sweep: a sweep has one driver
+(``Store.claim_sweep``; a driver whose sweep was taken over cannot write to it). Transient
+errors (a locked SQLite file, a dropped connection) are retried with backoff.
 """
 
 from storage._errors import (
+    DriverAliveError,
     DuplicateSweepError,
+    FencedError,
     StorageError,
     StorageFullError,
     SweepNotFoundError,
     WhereError,
 )
 from storage._models import METRIC_COLUMNS, TRIAL_STATES
+from storage._ownership import Driver
 from storage._records import FEASIBLE_KEY, SweepInfo, TrialRecord
 from storage._store import Store
 
@@ -27,7 +31,10 @@ __all__ = [
     "FEASIBLE_KEY",
     "METRIC_COLUMNS",
     "TRIAL_STATES",
+    "Driver",
+    "DriverAliveError",
     "DuplicateSweepError",
+    "FencedError",
     "StorageError",
     "StorageFullError",
     "Store",

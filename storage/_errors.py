@@ -44,3 +44,12 @@ class StorageFullError(StorageError):
     Not the user's mistake: the command line exits 1. The failed transaction is rolled back, so
     everything written before stays intact.
     """
+
+
+class DriverAliveError(StorageError):
+    """Raised when a sweep to replace or resume still has a live driver (a fresh heartbeat)."""
+
+
+class FencedError(StorageError):
+    """Raised on a write of a driver whose sweep was taken over (resumed or replaced by another
+    driver): the write is not made, and the driver must stop. Not a user's mistake: exit 1."""

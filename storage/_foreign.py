@@ -20,7 +20,6 @@ from sqlalchemy import Engine, inspect
 
 from storage._errors import StorageError
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 # Tables every revision of our schema has (0001_initial onwards).
 OUR_TABLES = frozenset({"sweeps", "trials", "alembic_version"})
 OPTUNA_TABLES = frozenset({"studies", "version_info"})
@@ -51,19 +50,15 @@ def check_sqlite(database: str | None, *, create: bool) -> None:
         raise StorageError(f"no sweep store at {path}: the file does not exist; {_CREATE_HINT}")
     if path.is_dir():
         raise StorageError(f"{path} is a folder, not a sweep store; give a file path")
-    try:
-        with path.open("rb") as file:
-            header = file.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StorageError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
-    if not header:
+    # The file is read through SQLite only, never opened by Python: closing any descriptor of a
+    # file drops every POSIX lock this process holds on it, those of a Store's open connections
+    # included, and another process could then checkpoint the database under them (SQLite's
+    # "how to corrupt your database", 2.2). SQLite itself shares its descriptors between
+    # connections of one process and so keeps their locks.
+    if path.stat().st_size == 0:
         if create:
             return
         raise StorageError(f"{path} is an empty file, not a sweep store yet; {_CREATE_HINT}")
-    if header != SQLITE_HEADER:
-        raise StorageError(
-            f"{path} is not a SQLite database (not a sweep store); give the path of the store"
-        )
     try:
         connection = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
         try:
@@ -72,6 +67,10 @@ def check_sqlite(database: str | None, *, create: bool) -> None:
         finally:
             connection.close()
     except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise StorageError(
+                f"{path} is not a SQLite database (not a sweep store); give the path of the store"
+            ) from None
         raise StorageError(f"{path} cannot be read as a SQLite database ({exc})") from None
     _refuse(tables, str(path), create=create)
 

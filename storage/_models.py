@@ -95,11 +95,21 @@ class SweepModel(BaseModel):
         _enum_type(SweepStatus, "sweep_status"), nullable=False
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # The driver's heartbeat: every driver write sets it.
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # The driver that owns the sweep (a random run id) and where it runs; see Store.claim_sweep.
+    driver_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    driver_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    driver_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     @classmethod
-    def find_by_name(cls, session: Session, name: str) -> SweepModel | None:
-        return session.scalars(select(cls).where(cls.name == name)).one_or_none()
+    def find_by_name(
+        cls, session: Session, name: str, *, for_update: bool = False
+    ) -> SweepModel | None:
+        """``for_update``: lock the row until the transaction ends (PostgreSQL; SQLite's write
+        transactions hold the whole database already)."""
+        stmt = select(cls).where(cls.name == name)
+        return session.scalars(stmt.with_for_update() if for_update else stmt).one_or_none()
 
     @classmethod
     def find_or_raise_by_name(cls, session: Session, name: str, url: str) -> SweepModel:

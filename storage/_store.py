@@ -25,7 +25,12 @@ from storage._engine import (
     scrub,
     with_retry,
 )
-from storage._errors import DuplicateSweepError, StorageError, StorageFullError
+from storage._errors import (
+    DuplicateSweepError,
+    StorageError,
+    StorageFullError,
+    SweepNotFoundError,
+)
 from storage._foreign import check_server, check_sqlite
 from storage._frames import layer_frame, trial_frame, trial_select, value_frame
 from storage._front import (
@@ -46,6 +51,7 @@ from storage._models import (
     TrialState,
     TrialValueModel,
 )
+from storage._ownership import Driver, check_owner, refuse_if_alive, take
 from storage._pareto import validate_objectives
 from storage._queries import sweep_info, trial_counts, write_trials
 from storage._records import FEASIBLE_KEY, SweepInfo, TrialRecord, trial_rows
@@ -102,6 +108,7 @@ class Store:
         commands). Either way, a database that holds something else is refused untouched."""
         self._url = parse_url(url)
         self.url_display = mask_url(self._url)
+        self._drivers: dict[str, Driver] = {}  # sweeps this store writes for their driver
         if self._url.get_backend_name() == "sqlite":
             check_sqlite(self._url.database, create=create)
         self._engine = build_engine(self._url)
@@ -187,11 +194,16 @@ class Store:
         objectives: dict[str, str],
         *,
         replace: bool = False,
+        driver: Driver | None = None,
+        stale_after_s: float = 0.0,
     ) -> None:
         """Create sweep ``name`` with status RUNNING.
 
         Raises :class:`DuplicateSweepError` when it exists, unless ``replace`` is true: then the
-        old sweep and all its trials are deleted first, in the same transaction.
+        old sweep and all its trials are deleted first, in the same transaction, unless its
+        driver is alive (written within ``stale_after_s``: :class:`DriverAliveError`). With a
+        ``driver``, the sweep is that driver's, and this store's writes to it are fenced (see
+        :mod:`storage._ownership`).
         """
         name = _check_name(name)
         if not isinstance(config, Mapping):
@@ -200,28 +212,68 @@ class Store:
         objectives_json = _json.dumps(validate_objectives(objectives), "objectives")
 
         def work(session: Session) -> None:
-            existing = SweepModel.find_by_name(session, name)
+            existing = SweepModel.find_by_name(session, name, for_update=True)
+            now = _now()
             if existing is not None:
                 if not replace:
                     raise DuplicateSweepError(name, self.url_display)
+                refuse_if_alive(existing, stale_after_s, now, "replace")
                 session.execute(delete(SweepModel).where(SweepModel.id == existing.id))
-            now = _now()
-            session.add(
-                SweepModel(
-                    name=name,
-                    config=config_json,
-                    objectives=objectives_json,
-                    status=SweepStatus.RUNNING,
-                    created_at=now,
-                    updated_at=now,
-                )
+            row = SweepModel(
+                name=name,
+                config=config_json,
+                objectives=objectives_json,
+                status=SweepStatus.RUNNING,
+                created_at=now,
+                updated_at=now,
             )
+            if driver is not None:
+                take(row, driver)
+            session.add(row)
             try:
                 session.flush()
             except IntegrityError as exc:
                 raise DuplicateSweepError(name, self.url_display) from exc
 
         self._run(work, write=True)
+        if driver is not None:
+            self._drivers[name] = driver
+
+    def claim_sweep(self, name: str, driver: Driver, *, stale_after_s: float) -> None:
+        """Make ``driver`` the owner of sweep ``name`` and set it RUNNING, unless its driver is
+        alive (:class:`DriverAliveError`); the previous owner is fenced from then on."""
+
+        def work(session: Session) -> None:
+            row = SweepModel.find_by_name(session, name, for_update=True)
+            if row is None:
+                raise SweepNotFoundError(name, self.url_display)
+            now = _now()
+            refuse_if_alive(row, stale_after_s, now, "resume")
+            take(row, driver)
+            row.status = SweepStatus.RUNNING
+            row.updated_at = now
+
+        self._run(work, write=True)
+        self._drivers[name] = driver
+
+    def check_driver(self, name: str, *, stale_after_s: float, action: str) -> None:
+        """Raise :class:`DriverAliveError` when sweep ``name`` exists and its driver is alive: a
+        cheap early check before starting anything (``claim_sweep`` checks again, atomically)."""
+
+        def work(session: Session) -> None:
+            row = SweepModel.find_by_name(session, name)
+            if row is not None:
+                refuse_if_alive(row, stale_after_s, _now(), action)
+
+        self._run(work)
+
+    def _writable(self, session: Session, name: str) -> SweepModel:
+        """Sweep ``name``'s row for a write: locked, and still this store's driver's if it has
+        one (:class:`FencedError` otherwise, and nothing is written)."""
+        driver = self._drivers.get(name)
+        if driver is None:
+            return SweepModel.find_or_raise_by_name(session, name, self.url_display)
+        return check_owner(SweepModel.find_by_name(session, name, for_update=True), name, driver)
 
     def get_sweep(self, name: str) -> SweepInfo:
         """Return sweep ``name``; raises :class:`SweepNotFoundError` when it does not exist."""
@@ -251,7 +303,7 @@ class Store:
             raise StorageError(f"config updates must be a dict, got {type(updates).__name__}")
 
         def work(session: Session) -> None:
-            sweep = SweepModel.find_or_raise_by_name(session, name, self.url_display)
+            sweep = self._writable(session, name)
             merged = {**_json.loads(sweep.config), **updates}
             sweep.config = _json.dumps(merged, f"config of sweep {name!r}")
             sweep.updated_at = _now()
@@ -266,7 +318,7 @@ class Store:
             )
 
         def work(session: Session) -> None:
-            sweep = SweepModel.find_or_raise_by_name(session, name, self.url_display)
+            sweep = self._writable(session, name)
             sweep.status = SweepStatus[status]
             sweep.updated_at = _now()
 
@@ -291,7 +343,7 @@ class Store:
             )
 
         def work(session: Session) -> None:
-            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            sweep_row = self._writable(session, sweep)
             if converted:
                 write_trials(session, sweep_row, converted)
                 sweep_row.updated_at = _now()
@@ -452,7 +504,7 @@ class Store:
         """Keep the model files (trial number -> ``runtime``'s file) of COMPLETE trials."""
 
         def work(session: Session) -> None:
-            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            sweep_row = self._writable(session, sweep)
             _artifacts.save_artifacts(session, sweep_row, runtime, files)
 
         self._run(work, write=True)
@@ -480,7 +532,7 @@ class Store:
         timing them again, and where that ran, in one transaction."""
 
         def work(session: Session) -> None:
-            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            sweep_row = self._writable(session, sweep)
             _artifacts.record_remeasured(session, sweep_row, metrics, measured_on, latency_node)
             sweep_row.updated_at = _now()
 

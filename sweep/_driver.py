@@ -24,7 +24,16 @@ import optuna
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from storage import FEASIBLE_KEY, METRIC_COLUMNS, StorageError, StorageFullError, Store, TrialRecord
+from storage import (
+    FEASIBLE_KEY,
+    METRIC_COLUMNS,
+    Driver,
+    FencedError,
+    StorageError,
+    StorageFullError,
+    Store,
+    TrialRecord,
+)
 from storage._engine import mask_url
 from sweep import _bounds, _remeasure, _remote, _resources, _shipping, _target
 from sweep._config import ConfigError, SweepConfig, grid_neighbours
@@ -39,7 +48,7 @@ from sweep._samplers import (
     startup_trials,
 )
 from sweep._space import Space, objective_values, select_layers
-from sweep._status import HEARTBEAT_S
+from sweep._status import heartbeat_s, stale_after_s
 from trials import (
     LatencySpec,
     LatencyStats,
@@ -688,8 +697,10 @@ class _Driver:
                     self.reference_changed = False
                 if self.pending:
                     self.store.record_trials(self.config.name, self.pending)
-            except StorageFullError:
-                raise  # waiting does not free disk space; trials left RUNNING are resumable
+            except (StorageFullError, FencedError):
+                # Waiting does not free disk space (trials left RUNNING are resumable), nor
+                # give back a sweep another driver took over.
+                raise
             except StorageError as exc:
                 self.write_failures += 1
                 if self.write_failures > _WRITE_RETRIES:
@@ -706,11 +717,13 @@ class _Driver:
     def _heartbeat(self) -> None:
         """Touch the sweep's row when nothing else wrote it for HEARTBEAT_S: `sweep status`
         tells a sweep whose driver died (STALE) from one whose trials are just long."""
-        if time.monotonic() - self.beat_at < HEARTBEAT_S or self.pending:
+        if time.monotonic() - self.beat_at < heartbeat_s() or self.pending:
             return  # pending records are retried by _flush, which reports the store's errors
         self.beat_at = time.monotonic()
         try:
             self.store.set_sweep_status(self.config.name, "RUNNING")
+        except FencedError:
+            raise
         except StorageError as exc:
             log.warning("store heartbeat failed (%s); the next write tries again", exc)
 
@@ -731,7 +744,8 @@ class _Driver:
                 if on_progress:
                     on_progress(self.progress)
                 refs = list(self.in_flight)
-                ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S if polling else HEARTBEAT_S)
+                timeout = POLL_S if polling else heartbeat_s()
+                ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
                 if ready:
                     rest = [r for r in refs if r not in ready]
                     ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
@@ -741,6 +755,10 @@ class _Driver:
                 self._enforce_time_limit()
                 if on_progress and ready:
                     on_progress(self.progress)
+        except FencedError:
+            # Another driver owns the sweep now: not one more write (each would be refused).
+            status = ""
+            raise
         except KeyboardInterrupt:
             # Trials still running stay RUNNING in the store: `sweep resume` re-runs them. Their
             # tasks end with the driver's Ray job; cancelling them here raced Ray's bookkeeping
@@ -752,10 +770,11 @@ class _Driver:
             raise
         finally:
             self.monitor.forget.remote(self.config.name)
-            try:
-                self._flush(final=True)
-            finally:
-                self.store.set_sweep_status(self.config.name, status)
+            if status:
+                try:
+                    self._flush(final=True)
+                finally:
+                    self.store.set_sweep_status(self.config.name, status)
         self.progress.running = 0
         return self.progress
 
@@ -792,7 +811,14 @@ def run_sweep(
     }
     if target is not None:
         stored_config["latency_baseline"] = target.stored()
-    store.create_sweep(config.name, stored_config, dict(config.objectives), replace=replace)
+    store.create_sweep(
+        config.name,
+        stored_config,
+        dict(config.objectives),
+        replace=replace,
+        driver=Driver(),
+        stale_after_s=stale_after_s(),
+    )
     study = _new_study(config, space)
     seeds, seeding = _bounds.seed_params(store, config, space)
     if seeding is not None:
@@ -872,6 +898,8 @@ def resume_sweep(
         )
     study = _new_study(config, space)
     distributions = space.distributions()
+    # Owned before its trials are read: no other driver can add one after this point.
+    store.claim_sweep(name, Driver(), stale_after_s=stale_after_s())
     trials = store.trials(name)
     progress.total = max(config.budget.n_trials, len(trials))
     hardware_classes = set(trials["measured_on"].dropna()) if len(trials) else set()
@@ -912,7 +940,6 @@ def resume_sweep(
         progress.pruned += state == "PRUNED"
     if n_trials is not None:  # `sweep status` reads the budget from the store
         store.update_sweep_config(name, {"budget": config.budget.model_dump(mode="json")})
-    store.set_sweep_status(name, "RUNNING")
     next_number = int(trials["number"].max()) + 1 if len(trials) else 0
     driver = _Driver(
         config,

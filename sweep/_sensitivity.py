@@ -18,13 +18,14 @@ from typing import Any
 
 import pandas as pd
 
-from storage import Store, TrialRecord
+from storage import Driver, Store, TrialRecord
 from storage._engine import mask_url
 from sweep import _driver
 from sweep._bounds import KIND, curves, safe_amount
 from sweep._config import ConfigError, SweepConfig
 from sweep._feasible import sparsity_interval
 from sweep._space import Space
+from sweep._status import stale_after_s
 from trials import LayerSpec, Recipe
 
 
@@ -127,7 +128,14 @@ def run_scan(
             "finetune_epochs": finetune_epochs,
         },
     }
-    store.create_sweep(name, stored, dict(config.objectives), replace=replace)
+    store.create_sweep(
+        name,
+        stored,
+        dict(config.objectives),
+        replace=replace,
+        driver=Driver(),
+        stale_after_s=stale_after_s(),
+    )
     now = datetime.now(timezone.utc)
     documents = [recipe.to_dict() for recipe in recipes]
     store.record_trials(

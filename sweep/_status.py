@@ -4,6 +4,7 @@ lists, whether the counts come from the running driver or from the store."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,13 +13,36 @@ from typing import Any
 import pandas as pd
 
 from storage import Store, SweepInfo
+from sweep._config import ConfigError
 
-# A running driver writes its sweep's row at least this often (results, else a heartbeat).
+# A running driver writes its sweep's row at least this often (results, else a heartbeat);
+# SWEEP_HEARTBEAT_S overrides it (every driver and reader of one store must agree).
 HEARTBEAT_S = 10.0
-# A RUNNING sweep not written for this long has lost its driver (killed, or its machine gone):
-# shown as STALE, with `sweep resume` to finish it.
-STALE_AFTER_S = 6 * HEARTBEAT_S
+# A RUNNING sweep not written for this many heartbeats has lost its driver (killed, stopped, or
+# its machine gone): shown as STALE, and `sweep resume` or `launch --replace` may take it over.
+STALE_HEARTBEATS = 6
+STALE_AFTER_S = STALE_HEARTBEATS * HEARTBEAT_S
 STALE = "STALE"
+
+
+def heartbeat_s() -> float:
+    """The heartbeat: ``SWEEP_HEARTBEAT_S`` if set, else :data:`HEARTBEAT_S`."""
+    raw = os.environ.get("SWEEP_HEARTBEAT_S")
+    if raw is None:
+        return HEARTBEAT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"SWEEP_HEARTBEAT_S: {raw!r} is not a number of seconds above 0")
+    return value
+
+
+def stale_after_s() -> float:
+    """How long a RUNNING sweep's row may go unwritten before it is STALE."""
+    return STALE_HEARTBEATS * heartbeat_s()
+
 
 # Columns of `sweep status --format table`; csv and json hold every field.
 TABLE_COLUMNS = (
@@ -111,7 +135,7 @@ def from_store(store: Store, info: SweepInfo, now: datetime | None = None) -> Sw
     counts = info.counts
     now = now or datetime.now(timezone.utc)
     status = info.status
-    if status == "RUNNING" and (now - _utc(info.updated_at)).total_seconds() > STALE_AFTER_S:
+    if status == "RUNNING" and (now - _utc(info.updated_at)).total_seconds() > stale_after_s():
         status = STALE
     end = now if status == "RUNNING" else info.updated_at
     budget = info.config.get("budget", {}).get("n_trials", 0)

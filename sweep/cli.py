@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from storage import StorageError, StorageFullError, Store
+from storage import FencedError, StorageError, StorageFullError, Store
 from sweep import (
     _apply,
     _bounds,
@@ -59,7 +59,7 @@ USER_ERRORS = (
     _apply.DeviceError,
 )
 # Failures outside the user's control that still deserve one line (exit 1, no traceback).
-FAILURES = (StorageFullError, _output.DiskFullError, _driver.RayStartError)
+FAILURES = (StorageFullError, FencedError, _output.DiskFullError, _driver.RayStartError)
 # click's own errors (usage errors exit 2). typer >= 0.20 raises those of the click it vendors,
 # older typer those of click itself: the public typer.BadParameter leads to their base class.
 _CLICK_ERRORS: tuple[type[Exception], ...] = tuple(
@@ -191,6 +191,8 @@ def launch(
             f"name: a sweep {config.name!r} already exists in {store.url_display}; "
             "choose another --name, or pass --replace to overwrite it"
         )
+    if replace:  # refused before Ray starts; create_sweep checks again, atomically
+        store.check_driver(config.name, stale_after_s=_status.stale_after_s(), action="replace")
     err.print(
         f"sweep [bold]{config.name}[/]: {config.budget.n_trials} trials of task "
         f"{config.task!r}, store {store.url_display}"
@@ -313,6 +315,7 @@ def resume(
             f"give at least {done}"
         )
     total = n_trials or config.budget.n_trials
+    store.check_driver(name, stale_after_s=_status.stale_after_s(), action="resume")
     if info.status == "FINISHED" and not info.counts.get("RUNNING") and done >= total:
         # Nothing to run: no Ray, and not a byte written (timestamps and budget stay as stored).
         err.print(f"nothing to resume: {done}/{total} trials done")

@@ -52,7 +52,7 @@ def test_unwritable_sqlite_path(tmp_path: Path) -> None:
         Store(url)
     not_a_db = tmp_path / "text.db"
     not_a_db.write_text("this is not a database " * 100)
-    with pytest.raises(StorageError, match="text.db is not a SQLite database"):
+    with pytest.raises(StorageError, match=r"text\.db is not a SQLite database"):
         Store(f"sqlite:///{not_a_db}")
 
 

@@ -37,7 +37,7 @@ def test_fresh_database_is_at_head_and_matches_models(
     assert not [record for record in caplog.records if record.name.startswith("alembic")]
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert context.get_current_revision() == head_revision() == "0006"
+        assert context.get_current_revision() == head_revision() == "0007"
         assert compare_metadata(context, BaseModel.metadata) == []
         inspector = sa.inspect(connection)
         assert set(inspector.get_table_names()) == TABLES | {"alembic_version"}
@@ -154,7 +154,7 @@ def test_upgrade_from_a_0001_database_keeps_every_row(fresh_url: str, engine: sa
         assert len(store.trials("old")) == 3
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert context.get_current_revision() == "0006"
+        assert context.get_current_revision() == head_revision()
         assert compare_metadata(context, BaseModel.metadata) == []
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
         # The CHECK constraint on trial states survived the rebuild of ``trials``.

@@ -129,7 +129,7 @@ def test_a_driver_with_long_trials_keeps_writing_its_sweep(
     local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A heartbeat: `sweep status` tells a live sweep with long trials from a dead driver."""
-    monkeypatch.setattr("sweep._driver.HEARTBEAT_S", 0.3)
+    monkeypatch.setenv("SWEEP_HEARTBEAT_S", "0.3")
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     config = parse_config(
         {

@@ -127,6 +127,9 @@ def test_ctrl_c_stops_records_what_finished_and_resumes(local_ray: None, tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = store.trials("stopped")
     assert list(after["number"]) == list(range(12))
+    # Another Store on the same file in this process (it checks the file is a sweep store
+    # first) leaves the open one's view intact.
+    assert len(Store(f"sqlite:///{db}").trials("stopped")) == 12 == len(store.trials("stopped"))
     assert set(after["state"]) == {"COMPLETE"}
     assert store.get_sweep("stopped").status == "FINISHED"
 
