@@ -19,6 +19,12 @@ also reports the smallest ``size_bytes`` / ``compressed_bytes`` and ``latency_ms
 largest ``speedup``) among trials within 1 point of the fp32 accuracy, for the uniform recipes
 and for each sampler.
 
+The deep tasks (``--tasks resnet,transformer``) run like ``digits``, at the sizes in
+``REAL_TASKS``: ``resnet`` in ResNet-34's layout at width 8 (37 layers: 73 searched layer
+parameters, an amount and a method each but the head's) and ``transformer`` at its default size
+(25 Linear layers, attention heads among the structured choices), both int8 orders; the uniform
+grid there is 0.2 apart. ``--deep-trials`` (16) trials per sweep, ``--deep-seeds`` (3) seeds.
+
 Prints one JSON object and writes it to ``scripts/results/bench_search.json``, with a plot of
 the mean hypervolume over trials (``bench_search.png``).
 """
@@ -26,6 +32,7 @@ the mean hypervolume over trials (``bench_search.png``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import tempfile
 import time
@@ -148,6 +155,19 @@ def synthetic_uniform(task: SyntheticTask, config: SweepConfig) -> Rows:
 
 # -- digits: the real sweep -----------------------------------------------------------------------
 def run_real(config: SweepConfig, store: Store) -> Rows:
+    """The COMPLETE trials' metrics of one sweep; kept in ``$TMPDIR/bench_search_runs`` by name
+    and settings, so that a benchmark stopped after hours re-runs only what it had not done."""
+    key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+    cached = Path(tempfile.gettempdir()) / "bench_search_runs" / f"{config.name}-{key}.json"
+    if cached.exists():
+        return list(json.loads(cached.read_text()))
+    rows = _run_real(config, store)
+    cached.parent.mkdir(exist_ok=True)
+    cached.write_text(json.dumps(rows))
+    return rows
+
+
+def _run_real(config: SweepConfig, store: Store) -> Rows:
     started = time.monotonic()
     run_sweep(config, store, replace=True)
     frame = store.trials(config.name, states=["COMPLETE"])
@@ -256,23 +276,53 @@ def bench_synthetic(samplers: Sequence[str], seeds: Sequence[int], n_trials: int
     )
 
 
-def bench_digits(samplers: Sequence[str], seeds: Sequence[int], n_trials: int) -> dict[str, Any]:
+# The deep tasks at a size a 2-core CPU searches in an hour: ResNet-34's layout (blocks 3, 4, 6, 3:
+# 37 Conv/Linear layers, 73 searched layer parameters with their methods) at width 8, and the
+# Transformer encoder at its default size (25 Linear layers). Fewer training images per epoch
+# keep one trial to seconds; the data and the code path are those of the full-size tasks.
+REAL_TASKS: dict[str, dict[str, Any]] = {
+    "digits": {},
+    "resnet": {"width": 8, "blocks": [3, 4, 6, 3], "n_train": 2000, "n_calibration": 256},
+    "transformer": {"n_train": 2000},
+}
+# Both int8 orders, both granularities and both methods: the uniform grid stays small enough to
+# run whole (amounts 0.1 apart on digits; 0.2 apart on the deeper tasks).
+REAL_ORDERS = ["prune_ptq", "prune_qat"]
+
+
+def bench_real(
+    task: str, samplers: Sequence[str], seeds: Sequence[int], n_trials: int, uniform_step: float
+) -> dict[str, Any]:
     connect_ray(None)
+    settings = REAL_TASKS[task]
+    extra: dict[str, Any] = {"task_settings": settings} if settings else {}
+    extra["search_space"] = {"orders": REAL_ORDERS}
     with tempfile.TemporaryDirectory() as folder:
         store = Store(f"sqlite:///{folder}/bench.db")
         runs = _runs(
             samplers,
             seeds,
             n_trials,
-            lambda s, seed, n: run_real(_config("digits", s, seed, n), store),
+            lambda s, seed, n: run_real(_config(task, s, seed, n, **extra), store),
         )
-        probe = _config("digits", "grid", 0, 1, search_space=UNIFORM_SPACE)
+        top = round(uniform_step * int(0.9 / uniform_step + 1e-9), 6)  # on the grid, <= 0.9
+        uniform_space = {
+            **UNIFORM_SPACE,
+            "orders": REAL_ORDERS,
+            "amount": {"max": top, "step": uniform_step},
+        }
+        probe = _config(task, "grid", 0, 1, **{**extra, "search_space": uniform_space})
         # One run of the whole grid: every uniform recipe once.
-        n_grid = 10 * 2 * 2 * len(probe.search_space.methods)
-        uniform = run_real(_config("digits", "grid", 0, n_grid, search_space=UNIFORM_SPACE), store)
+        amounts = len(np.arange(0.0, top + 1e-9, uniform_step))
+        n_grid = amounts * len(REAL_ORDERS) * 2 * len(probe.search_space.methods)
+        grid = _config(task, "grid", 0, n_grid, **{**extra, "search_space": uniform_space})
+        uniform = run_real(grid, store)
         store.close()
     objectives = dict(probe.objectives)
-    return score_task(runs, uniform, objectives, n_trials, real=True)
+    result = score_task(runs, uniform, objectives, n_trials, real=True)
+    result["task_settings"] = settings
+    result["uniform_step"] = uniform_step
+    return result
 
 
 def plot(results: Mapping[str, Any], path: Path) -> None:
@@ -308,7 +358,9 @@ def main() -> None:
     parser.add_argument("--synthetic-seeds", type=int, default=5)
     parser.add_argument("--digits-trials", type=int, default=40)
     parser.add_argument("--digits-seeds", type=int, default=3)
-    parser.add_argument("--tasks", default="synthetic,digits")
+    parser.add_argument("--deep-trials", type=int, default=16, help="resnet and transformer")
+    parser.add_argument("--deep-seeds", type=int, default=3)
+    parser.add_argument("--tasks", default="synthetic,digits", help="also: resnet, transformer")
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_search.json")
     args = parser.parse_args()
     samplers = args.samplers.split(",")
@@ -320,10 +372,16 @@ def main() -> None:
         seeds = range(args.synthetic_seeds)
         results["tasks"]["synthetic"] = bench_synthetic(samplers, seeds, args.synthetic_trials)
         results["tasks"]["synthetic"]["seeds"] = len(seeds)
-    if "digits" in args.tasks:
-        seeds = range(args.digits_seeds)
-        results["tasks"]["digits"] = bench_digits(samplers, seeds, args.digits_trials)
-        results["tasks"]["digits"]["seeds"] = len(seeds)
+    for task in ("digits", "resnet", "transformer"):
+        if task not in args.tasks.split(","):
+            continue
+        started_task = time.monotonic()
+        deep = task != "digits"
+        seeds = range(args.deep_seeds if deep else args.digits_seeds)
+        trials = args.deep_trials if deep else args.digits_trials
+        scored = bench_real(task, samplers, seeds, trials, uniform_step=0.2 if deep else 0.1)
+        results["tasks"][task] = {**scored, "seeds": len(seeds)}
+        results["tasks"][task]["wall_s"] = round(time.monotonic() - started_task, 1)
     results[f"wall_s_{args.tasks}"] = round(time.monotonic() - started, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")

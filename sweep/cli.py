@@ -94,7 +94,11 @@ OutputOption = Annotated[
 ]
 WhereOption = Annotated[
     list[str] | None,
-    typer.Option("--where", help='Constraint such as "accuracy >= 0.97", repeatable.'),
+    typer.Option(
+        "--where",
+        help='Constraint such as "accuracy >= 0.97", repeatable; at most 100 comparisons and '
+        "10,000 characters in all.",
+    ),
 ]
 ObjectiveOption = Annotated[
     list[str] | None,
