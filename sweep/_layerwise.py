@@ -15,7 +15,9 @@ Model, for objective ``j`` in its minimized form, over layer groups ``l`` (tied 
   a_l) ** g_j``, with ``w >= 0``, ``k = 1`` for unstructured and a fitted ``k >= 1`` for
   structured pruning, and ``g`` from a small grid; fitted by non-negative least squares on the
   better half of the trials (far from the front accuracy saturates at chance level, which no
-  additive model fits);
+  additive model fits; where over half the trials tie there, on those above it); in deep
+  models, where fitting every (``g``, ``k``) at every ask is too slow, the pair is kept from ask
+  to ask and compared with a few others at each (:class:`sweep._layerwise_model.ShapeSearch`);
 - objectives minimized (size, latency, ...): ``b_j[order, granularity] + sum_l c_jl(m_l) * a_l``,
   by ridge regression.
 
@@ -31,7 +33,6 @@ Before ``n_startup_trials`` trials have finished, it asks uniform recipes at eve
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,57 +41,27 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from scipy.optimize import nnls
 
 from sweep._feasible import constrained_choice, feasible_levels, is_feasible, sparsity_interval
+from sweep._layerwise_model import (
+    Encoded,
+    Fit,
+    Row,
+    Sample,
+    ShapeSearch,
+    fit_linear,
+    one_blas_thread,
+)
 from sweep._space import AMOUNT_PREFIX, METHOD_PARAM, METHOD_PREFIX, UNSTRUCTURED, Space
 
 STRUCTURED = "structured"
-EXPONENTS = (1.5, 2.0, 3.0, 4.0, 6.0)  # g: how convex a layer's accuracy cost is in its amount
-STRUCTURED_FACTORS = (1.0, 1.25, 1.6, 2.0)  # k: structured pruning costs as a k-times amount
 STARTUP_NOISE = 0.15  # how far startup trials move each layer from their uniform level
 FIT_FRACTION = 0.5  # accuracy-like objectives are fitted on this best fraction of the trials
-RIDGE = 1e-3  # linear models: on the objective divided by its standard deviation
 TRUST = 2  # grid steps a layer may go past its highest amount among the better trials
-CONVEX_RIDGE = 1e-4  # convex models: on the objective less its best value
 PROPOSALS = 16  # weight draws tried before a recipe not asked before is found
 JITTER = 0.25  # chance that a proposal moves one or two layers by one or two grid steps
 EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move instead
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    """Trials as arrays: amounts and structured flags per layer group, (order, granularity)."""
-
-    amounts: np.ndarray  # (n, groups)
-    structured: np.ndarray  # (n, groups), 0/1
-    combo: np.ndarray  # (n,) index into orders x granularities
-
-
-@dataclass(frozen=True)
-class _Fit:
-    """One objective's fitted model (minimized form)."""
-
-    base: np.ndarray  # per (order, granularity)
-    weight: np.ndarray  # convex: w per group; linear: slope per group (unstructured)
-    structured_slope: np.ndarray  # linear only: slope per group when structured
-    exponent: float = 1.0  # convex only
-    factor: float = 1.0  # convex only: structured as a factor-times amount
-
-    def layer_cost(self, group: int, amounts: np.ndarray, structured: bool) -> np.ndarray:
-        if self.exponent == 1.0:
-            slope = self.structured_slope if structured else self.weight
-            return slope[group] * amounts
-        scale = self.factor if structured else 1.0
-        return self.weight[group] * (scale * amounts) ** self.exponent
-
-    def predict(self, encoded: _Encoded) -> np.ndarray:
-        total = self.base[encoded.combo].astype(float)
-        for group in range(encoded.amounts.shape[1]):
-            for structured in (False, True):
-                rows = (encoded.structured[:, group] > 0) == structured
-                total[rows] += self.layer_cost(group, encoded.amounts[rows, group], structured)
-        return total
+Key = tuple[tuple[str, Any], ...]  # a recipe's parameters, hashable
 
 
 def spread_order(count: int) -> list[int]:
@@ -158,7 +129,20 @@ class LayerwiseSampler(BaseSampler):
         self._orders = list(space.orders)
         self._granularities = list(space.search.granularities)
         self._n_combos = len(self._orders) * len(self._granularities)
-        self._rows: dict[int, tuple[list[float], list[bool], int]] = {}
+        # Finished trials' rows, encoded once, and each trial's index in them.
+        self._table = Encoded.of([], len(self._groups))
+        self._index: dict[int, int] = {}
+        # Recipes of finished trials, each made hashable once: at 300 layers, remaking them all
+        # at every ask took longer than the rest of the ask.
+        self._keyed: set[int] = set()
+        self._seen: set[Key] = set()
+        # The (amount, method) options of every group, as the columns of the allocation's cost
+        # table: every amount unstructured, then every amount structured where any group can be.
+        methods = 2 if self._can_structure.any() else 1
+        self._option_amounts = np.tile(self._grid, methods)
+        self._option_structured = np.arange(len(self._option_amounts)) >= len(self._grid)
+        self._structurable = ~self._option_structured | self._can_structure[:, None]
+        self._shapes: dict[int, ShapeSearch] = {}  # per accuracy-like objective
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
@@ -178,8 +162,14 @@ class LayerwiseSampler(BaseSampler):
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if len(finished) < self._n_startup:
             return self._startup(trial.number)
-        asked = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-        return self._propose(study, finished, [t.params for t in asked if t.params])
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        seen = self._asked(finished, running)
+        # A re-run recipe from outside the space (a scan's) has nothing to model.
+        modeled = [t for t in finished if "order" in t.params]
+        if not modeled:
+            return self._startup(trial.number)
+        with one_blas_thread():
+            return self._propose(study, modeled, seen)
 
     def sample_independent(
         self,
@@ -191,30 +181,26 @@ class LayerwiseSampler(BaseSampler):
         return self._random.sample_independent(study, trial, param_name, param_distribution)
 
     # -- recipes <-> arrays --------------------------------------------------------------------
-    def _encode(self, trials: Sequence[FrozenTrial]) -> _Encoded:
+    def _asked(self, finished: Sequence[FrozenTrial], running: Sequence[FrozenTrial]) -> set[Key]:
+        """The recipes of every finished or running trial (a finished one's are kept)."""
+        for trial in finished:
+            if trial._trial_id not in self._keyed:
+                self._keyed.add(trial._trial_id)
+                if trial.params:
+                    self._seen.add(_key(trial.params))
+        return self._seen | {_key(t.params) for t in running if t.params}
+
+    def _encode(self, trials: Sequence[FrozenTrial]) -> Encoded:
         """Finished trials as arrays; each trial's row is computed once and kept by its id."""
-        rows = []
-        for trial in trials:
-            if "order" not in trial.params:
-                continue  # a re-run recipe from outside the space (a scan's): nothing to model
-            row = self._rows.get(trial._trial_id)
-            if row is None:
-                row = self._rows[trial._trial_id] = self._row(trial.params)
-            rows.append(row)
-        return self._stack(rows)
+        new = [trial for trial in trials if trial._trial_id not in self._index]
+        if new:
+            for trial in new:
+                self._index[trial._trial_id] = len(self._index)
+            added = [self._row(trial.params) for trial in new]
+            self._table = self._table.extended(Encoded.of(added, len(self._groups)))
+        return self._table.take(np.array([self._index[t._trial_id] for t in trials], dtype=int))
 
-    def _encode_params(self, params: Sequence[dict[str, Any]]) -> _Encoded:
-        return self._stack([self._row(values) for values in params])
-
-    def _stack(self, rows: Sequence[tuple[list[float], list[bool], int]]) -> _Encoded:
-        shape = (len(rows), len(self._groups))
-        return _Encoded(
-            np.array([row[0] for row in rows], dtype=float).reshape(shape),
-            np.array([row[1] for row in rows], dtype=float).reshape(shape),
-            np.array([row[2] for row in rows], dtype=int),
-        )
-
-    def _row(self, values: dict[str, Any]) -> tuple[list[float], list[bool], int]:
+    def _row(self, values: dict[str, Any]) -> Row:
         """One recipe's amounts, structured flags and (order, granularity) index."""
         low = float(self._grid[0])
         amounts, structured = [], []
@@ -228,7 +214,7 @@ class LayerwiseSampler(BaseSampler):
             structured.append(bool(self._can_structure[col]) and STRUCTURED in methods)
         order = self._orders.index(values["order"])
         combo = order * len(self._granularities) + self._granularities.index(values["granularity"])
-        return amounts, structured, combo
+        return np.array(amounts), np.array(structured, dtype=float), combo
 
     def _decode(self, amounts: np.ndarray, structured: np.ndarray, combo: int) -> dict[str, Any]:
         order, granularity = divmod(combo, len(self._granularities))
@@ -266,72 +252,30 @@ class LayerwiseSampler(BaseSampler):
         combo = int(self._rng.integers(self._n_combos))
         return self._decode(amounts, structured, combo)
 
-    # -- model ---------------------------------------------------------------------------------
-    def _one_hot(self, encoded: _Encoded) -> np.ndarray:
-        return np.eye(self._n_combos)[encoded.combo]
-
-    def _fit_convex(self, encoded: _Encoded, y: np.ndarray, rows: np.ndarray) -> _Fit:
-        """The best (least squares) of the convex models over the exponent and factor grids."""
-        one_hot = self._one_hot(encoded)[rows]
-        combos = self._n_combos
-
-        def fit(exponent: float, factor: float) -> tuple[float, _Fit]:
-            scale = np.where(encoded.structured[rows] > 0, factor, 1.0)
-            cost = (scale * encoded.amounts[rows]) ** exponent
-            # Bases may take either sign: one non-negative column for each sign.
-            features = np.hstack([one_hot, -one_hot, cost])
-            n_features = features.shape[1]
-            system = np.vstack([features, np.sqrt(CONVEX_RIDGE) * np.eye(n_features)])
-            target = np.concatenate([y[rows], np.zeros(n_features)])
-            coef, _ = nnls(system, target, maxiter=50 * n_features)
-            error = float(np.mean((features @ coef - y[rows]) ** 2))
-            base = coef[:combos] - coef[combos : 2 * combos]
-            unused = np.zeros(len(self._groups))
-            return error, _Fit(base, coef[2 * combos :], unused, exponent, factor)
-
-        fits = [fit(e, f) for e in EXPONENTS for f in STRUCTURED_FACTORS]
-        return min(fits, key=lambda scored: scored[0])[1]
-
-    def _fit_linear(self, encoded: _Encoded, y: np.ndarray, rows: np.ndarray) -> _Fit:
-        amounts, structured = encoded.amounts[rows], encoded.structured[rows]
-        features = np.hstack(
-            [self._one_hot(encoded)[rows], amounts * (1 - structured), amounts * structured]
-        )
-        scale = float(np.std(y[rows])) or 1.0
-        gram = features.T @ features + RIDGE * np.eye(features.shape[1])
-        coef = np.linalg.solve(gram, features.T @ (y[rows] / scale)) * scale
-        combos, groups = self._n_combos, len(self._groups)
-        return _Fit(
-            base=coef[:combos],
-            weight=coef[combos : combos + groups],
-            structured_slope=coef[combos + groups :],
-        )
-
     # -- proposals -----------------------------------------------------------------------------
     def _propose(
-        self,
-        study: optuna.Study,
-        finished: Sequence[FrozenTrial],
-        asked: Sequence[dict[str, Any]],
+        self, study: optuna.Study, finished: Sequence[FrozenTrial], seen: set[Key]
     ) -> dict[str, Any]:
         signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
         values = np.array([trial.values for trial in finished]) * signs
         quality = [j for j, d in enumerate(study.directions) if d == StudyDirection.MAXIMIZE]
-        seen = {_key(params) for params in asked}
         if self._interval is not None and quality and self._rng.random() < EXCHANGE:
             exchanged = self._exchange(finished, values[:, quality[0]], seen)
             if exchanged is not None:
                 return exchanged
         encoded = self._encode(finished)
+        one_hot = np.eye(self._n_combos)[encoded.combo]
         kept = np.ones(len(finished), dtype=bool)
         for j in quality:
-            kept &= values[:, j] <= np.quantile(values[:, j], FIT_FRACTION)
+            kept &= _better(values[:, j])
         rows = np.flatnonzero(kept) if kept.sum() >= 2 else np.arange(len(finished))
-        rows = rows[self._rng.integers(len(rows), size=len(rows))]  # bootstrap
+        sample = Sample.of(rows[self._rng.integers(len(rows), size=len(rows))])  # bootstrap
         fits = [
-            self._fit_convex(encoded, values[:, j] - values[kept, j].min(), rows)
+            self._shapes.setdefault(j, ShapeSearch()).fit(
+                encoded, one_hot, values[:, j] - values[kept, j].min(), sample
+            )
             if j in quality
-            else self._fit_linear(encoded, values[:, j], rows)
+            else fit_linear(encoded, one_hot, values[:, j], sample)
             for j in range(values.shape[1])
         ]
         low, high = values[kept].min(axis=0), values[kept].max(axis=0)
@@ -342,16 +286,22 @@ class LayerwiseSampler(BaseSampler):
         # The model is fitted on the better part of the trials: a proposal it predicts to fall
         # outside that part (a model ruined for size) is an extrapolation, and useless anyway.
         limit = {j: high[j] - low[j] for j in quality}
+        # Each objective's cost of every (group, option), and its bases: the weights change
+        # from draw to draw, the fits do not.
+        costs = np.stack([self._option_costs(fit) for fit in fits])
+        bases = np.stack([fit.base for fit in fits])
         fallback: tuple[float, dict[str, Any]] | None = None
         proposal: dict[str, Any] = {}
         for _ in range(PROPOSALS):
             weights = self._rng.dirichlet(np.ones(len(fits))) / span
-            proposal = self._allocate(fits, weights, reach)
+            proposal, row = self._allocate(costs, bases, weights, reach)
             if self._rng.random() < JITTER:
                 proposal = self._jitter(proposal)
+                row = None
             if _key(proposal) in seen or not self._feasible(proposal):
                 continue
-            encoded_proposal = self._encode_params([proposal])
+            row = self._row(proposal) if row is None else row
+            encoded_proposal = Encoded.of([row], len(self._groups))
             excess = max(
                 (float(fits[j].predict(encoded_proposal)[0]) - limit[j] for j in quality),
                 default=0.0,
@@ -362,51 +312,46 @@ class LayerwiseSampler(BaseSampler):
                 fallback = (excess, proposal)
         return fallback[1] if fallback is not None else self._jitter(proposal)
 
+    def _option_costs(self, fit: Fit) -> np.ndarray:
+        """(groups, options): the model's cost of each group's every (amount, method)."""
+        unstructured = fit.layer_costs(self._grid, False)
+        if len(self._option_amounts) == len(self._grid):
+            return unstructured
+        return np.hstack([unstructured, fit.layer_costs(self._grid, True)])
+
     def _allocate(
-        self, fits: Sequence[_Fit], weights: np.ndarray, reach: np.ndarray
-    ) -> dict[str, Any]:
+        self, costs: np.ndarray, bases: np.ndarray, weights: np.ndarray, reach: np.ndarray
+    ) -> tuple[dict[str, Any], Row | None]:
         """The recipe that minimizes sum_j weights_j * model_j, within ``reach`` and the
         constraints: layer by layer, since the model is additive (a Lagrange multiplier on the
-        sparsity keeps the constraints), and the (order, granularity) of the lowest bases."""
-        structured_too = bool(self._can_structure.any())
-        width = len(self._grid) * (2 if structured_too else 1)
-        grid = np.tile(self._grid, 2 if structured_too else 1)
-        is_structured = np.arange(width) >= len(self._grid)
+        sparsity keeps the constraints), and the (order, granularity) of the lowest bases.
+        ``costs``: (objectives, groups, options), from :meth:`_option_costs`. Returns its
+        parameters and its row (None with one method for all layers: the majority's)."""
+        weighted = np.tensordot(weights, costs, axes=1)
 
-        def costs(limit: np.ndarray) -> np.ndarray:
+        def table(limit: np.ndarray) -> np.ndarray:
             # Per layer group, the weighted model's cost of every (amount, method) option.
-            table = np.full((len(self._groups), width), np.inf)
-            for group in range(len(self._groups)):
-                allowed = self._grid <= min(self._caps[group], limit[group]) + 1e-9
-                for method in (False, True) if self._can_structure[group] else (False,):
-                    cost = sum(
-                        w * fit.layer_cost(group, self._grid, method)
-                        for w, fit in zip(weights, fits, strict=True)
-                    )
-                    offset = len(self._grid) if method else 0
-                    table[group, offset : offset + len(self._grid)] = np.where(
-                        allowed, cost, np.inf
-                    )
-            return table
+            top = np.minimum(self._caps, limit)[:, None] + 1e-9
+            allowed = self._structurable & (self._option_amounts[None, :] <= top)
+            return np.where(allowed, weighted, np.inf)
 
-        table = costs(reach)
-        amounts = np.tile(grid, (len(self._groups), 1))
+        options = table(reach)
+        amounts = np.broadcast_to(self._option_amounts, options.shape)
         if self._interval is not None:
-            reached = np.where(np.isfinite(table), amounts, -np.inf).max(axis=1)
+            reached = np.where(np.isfinite(options), amounts, -np.inf).max(axis=1)
             if float(self._shares @ reached) < self._interval[0]:
-                table = costs(self._caps)  # the constraint asks for more than the trust region
-            chosen = constrained_choice(table, amounts, self._shares, self._interval)
+                options = table(self._caps)  # the constraint asks for more than the trust region
+            chosen = constrained_choice(options, amounts, self._shares, self._interval)
         else:
-            chosen = np.argmin(table, axis=1)
+            chosen = np.argmin(options, axis=1)
         # The layers' choices do not depend on (order, granularity): only the bases do.
-        combo = min(
-            range(self._n_combos),
-            key=lambda c: sum(w * fit.base[c] for w, fit in zip(weights, fits, strict=True)),
-        )
-        return self._decode(grid[chosen], is_structured[chosen], combo)
+        combo = int(np.argmin(weights @ bases))
+        amounts, structured = self._option_amounts[chosen], self._option_structured[chosen]
+        row = None if self._global_method else (amounts, structured.astype(float), combo)
+        return self._decode(amounts, structured, combo), row
 
     def _exchange(
-        self, finished: Sequence[FrozenTrial], loss: np.ndarray, seen: set[Any]
+        self, finished: Sequence[FrozenTrial], loss: np.ndarray, seen: set[Key]
     ) -> dict[str, Any] | None:
         """The most accurate feasible trial with one layer group pruned more and another less,
         its sparsity kept: a local step near the constraint, where the additive model (fitted
@@ -444,8 +389,20 @@ class LayerwiseSampler(BaseSampler):
         return moved
 
     def _feasible(self, params: dict[str, Any]) -> bool:
+        if self._interval is None:  # no constraint: every recipe is (and building one is slow)
+            return True
         return is_feasible(self._space, self._space.suggest(optuna.trial.FixedTrial(params)))
 
 
-def _key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+def _better(loss: np.ndarray) -> np.ndarray:
+    """The trials an accuracy-like model is fitted on: the better FIT_FRACTION, or those above
+    the floor where that reaches it. In a deep model most first trials can be on the floor (at
+    100 layers of ``synthetic``, every uniform level from 0.3 up): fitted on it, the model
+    proposed nothing else for the rest of the sweep (scripts/bench_depth.py)."""
+    kept = loss <= np.quantile(loss, FIT_FRACTION)
+    above = loss < loss.max()
+    return above if kept.all() and above.sum() >= 2 else kept
+
+
+def _key(params: dict[str, Any]) -> Key:
     return tuple(sorted(params.items()))

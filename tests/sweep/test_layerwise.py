@@ -107,6 +107,23 @@ def test_it_prunes_tolerant_layers_more_than_sensitive_ones() -> None:
     )
 
 
+def test_a_deep_model_whose_first_trials_mostly_lose_all_accuracy_is_still_modeled() -> None:
+    # 60 layers: uniform amounts from about 0.35 up take the accuracy to 0 (clipped), so more
+    # than half the startup trials tie there. Fitted on them, the model proposed nothing else.
+    task = SyntheticTask(n_layers=60, seed=2)
+    settings = {"objectives": OBJECTIVES, "budget": {"n_trials": 150}}
+    study, space = synthetic_study(task, sampler="layerwise", **settings)
+    startup = startup_trials(parse_config({"name": "x", "task": "t", **settings}), space)[1]
+    accuracy = []
+    for _ in range(startup + 30):
+        trial, recipe = ask_recipe(study, space)
+        metrics = task.analytic_metrics(recipe)
+        study.tell(trial, [metrics[name] for name in OBJECTIVES])
+        accuracy.append(metrics["accuracy"])
+    assert np.mean(np.array(accuracy[:startup]) == 0.0) > 0.5
+    assert np.mean(np.array(accuracy[startup:]) > 0.0) >= 0.8
+
+
 def test_parallel_asks_differ_and_ties_bounds_and_constraints_hold() -> None:
     tie = [[LAYERS[0], LAYERS[1]]]
     study, space = _setup(

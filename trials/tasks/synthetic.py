@@ -155,8 +155,8 @@ class SyntheticTask:
     name = "synthetic"
 
     def __init__(self, n_layers: int = 12, trial_seconds: float = 0.0, seed: int = 0) -> None:
-        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= 100:
-            raise ValueError(f"n_layers: {n_layers!r} must be an integer in [1, 100]")
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= 1000:
+            raise ValueError(f"n_layers: {n_layers!r} must be an integer in [1, 1000]")
         if not isinstance(trial_seconds, int | float) or not 0 <= trial_seconds < 86400:
             raise ValueError(f"trial_seconds: {trial_seconds!r} must be a number of seconds >= 0")
         self.n_layers, self.trial_seconds, self.seed = n_layers, float(trial_seconds), seed

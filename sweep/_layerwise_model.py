@@ -1,0 +1,266 @@
+"""The layerwise sampler's per-layer models (see :mod:`sweep._layerwise`): encoded trials, the
+fits, and what a fitted model predicts and costs per layer.
+
+Sized for deep models: at 300 layer groups and 1,000 trials an ask used to fit 20 non-negative
+least squares problems of 800 x 300 from scratch, about 0.8 s of CPU, most of it here. Now the
+bootstrap's repeated rows are weights (one row each); the ridge-regularized problems are solved
+in their normal-equations form (same minimizer) by block principal pivoting, started from the
+support of the same shape's last solution, which the next bootstrap sample changes little (a
+few solves instead of hundreds of active-set steps); and where fitting every exponent and
+structured factor at every ask costs too much, a few are compared per ask (:class:`ShapeSearch`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.optimize import nnls
+from threadpoolctl import ThreadpoolController
+
+EXPONENTS = (1.5, 2.0, 3.0, 4.0, 6.0)  # g: how convex a layer's accuracy cost is in its amount
+STRUCTURED_FACTORS = (1.0, 1.25, 1.6, 2.0)  # k: structured pruning costs as a k-times amount
+SHAPES = tuple((e, f) for e in EXPONENTS for f in STRUCTURED_FACTORS)
+RIDGE = 1e-3  # linear models: on the objective divided by its standard deviation
+CONVEX_RIDGE = 1e-4  # convex models: on the objective less its best value
+PIVOTS = 50  # block principal pivoting steps before falling back to scipy's NNLS
+# Work (rows x features^2 multiply-adds, the normal equations' cost) of the convex fits of one
+# ask: every shape while that fits (to about 100 layer groups at 1,000 trials), else the kept
+# shape and challengers as the rest allows (at 300 groups and 1,000 trials, one every other ask:
+# about 7 ms of CPU an ask), and at least one every CHALLENGE_EVERY asks.
+SHAPE_WORK = 4.8e7
+CHALLENGE_EVERY = 4
+
+_threads: ThreadpoolController | None = None
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread: the sampler's matrices (hundreds wide) gain nothing from more, and the
+    driver shares its machine with the trials; on 2 busy cores, OpenBLAS's second thread made a
+    300 x 300 solve 70 times slower (2 ms against 140). The limit is process-wide while it
+    holds: the driver's process runs no other numerical work (trials run in Ray workers)."""
+    global _threads
+    if _threads is None:  # finding the BLAS libraries takes milliseconds: once per process
+        _threads = ThreadpoolController()
+    with _threads.limit(limits=1, user_api="blas"):
+        yield
+
+
+Row = tuple[np.ndarray, np.ndarray, int]  # one trial's amounts, structured flags and combo
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Trials as arrays: amounts and structured flags per layer group, (order, granularity)."""
+
+    amounts: np.ndarray  # (n, groups)
+    structured: np.ndarray  # (n, groups), 0/1
+    combo: np.ndarray  # (n,) index into orders x granularities
+
+    @classmethod
+    def of(cls, rows: Sequence[Row], groups: int) -> Encoded:
+        shape = (len(rows), groups)
+        return cls(
+            np.array([row[0] for row in rows], dtype=float).reshape(shape),
+            np.array([row[1] for row in rows], dtype=float).reshape(shape),
+            np.array([row[2] for row in rows], dtype=int),
+        )
+
+    def extended(self, other: Encoded) -> Encoded:
+        return Encoded(
+            np.vstack([self.amounts, other.amounts]),
+            np.vstack([self.structured, other.structured]),
+            np.concatenate([self.combo, other.combo]),
+        )
+
+    def take(self, rows: np.ndarray) -> Encoded:
+        return Encoded(self.amounts[rows], self.structured[rows], self.combo[rows])
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One objective's fitted model (minimized form)."""
+
+    base: np.ndarray  # per (order, granularity)
+    weight: np.ndarray  # convex: w per group; linear: slope per group (unstructured)
+    structured_slope: np.ndarray  # linear only: slope per group when structured
+    exponent: float = 1.0  # convex only
+    factor: float = 1.0  # convex only: structured as a factor-times amount
+
+    def layer_costs(self, amounts: np.ndarray, structured: bool) -> np.ndarray:
+        """(groups, len(amounts)): each group's cost at each amount, by one method."""
+        if self.exponent == 1.0:
+            slope = self.structured_slope if structured else self.weight
+            return slope[:, None] * amounts[None, :]
+        scale = self.factor if structured else 1.0
+        return self.weight[:, None] * ((scale * amounts) ** self.exponent)[None, :]
+
+    def predict(self, encoded: Encoded) -> np.ndarray:
+        structured = encoded.structured > 0
+        if self.exponent == 1.0:
+            slope = np.where(structured, self.structured_slope, self.weight)
+            per_group = slope * encoded.amounts
+        else:
+            scale = np.where(structured, self.factor, 1.0)
+            per_group = self.weight * (scale * encoded.amounts) ** self.exponent
+        return self.base[encoded.combo] + per_group.sum(axis=1)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The bootstrap resample of the trials a model is fitted on: distinct rows and how many
+    times each was drawn (a row drawn k times weighs k in the least squares)."""
+
+    rows: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, drawn: np.ndarray) -> Sample:
+        rows, counts = np.unique(drawn, return_counts=True)
+        return cls(rows, counts.astype(float))
+
+
+def _gram(rows: np.ndarray, ridge: float) -> np.ndarray:
+    """rows^T rows + ridge * I (numpy computes ``x.T @ x`` as a symmetric rank-k update)."""
+    return rows.T @ rows + ridge * np.eye(rows.shape[1])
+
+
+def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """gram^-1 rhs for a symmetric positive definite gram (ridge-regularized: it always is)."""
+    return np.asarray(cho_solve(cho_factor(gram, check_finite=False), rhs, check_finite=False))
+
+
+def nnls_gram(
+    gram: np.ndarray, rhs: np.ndarray, passive: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """argmin 1/2 x^T gram x - rhs^T x over x >= 0 (gram positive definite), and its support.
+
+    Block principal pivoting (Kim and Park, SIAM J. Sci. Comput. 33(6), 2011) from the support
+    ``passive``: solve on the support, then move every variable that breaks the optimality
+    conditions (negative on the support, negative gradient off it) across at once, with Murty's
+    one-at-a-time rule as the backup that makes it finish. From a nearby solution's support it
+    takes a few solves. Past :data:`PIVOTS` steps, scipy's NNLS (Lawson-Hanson) solves it.
+    """
+    n = len(rhs)
+    support = np.zeros(n, dtype=bool) if passive is None else passive.copy()
+    tolerance = 1e-12 * max(1.0, float(np.abs(rhs).max(initial=0.0)))
+    fewest, backup = n + 1, 3
+    for _ in range(PIVOTS):
+        x = np.zeros(n)
+        on = np.flatnonzero(support)
+        if on.size:
+            x[on] = _solve(gram[np.ix_(on, on)], rhs[on])
+        gradient = gram @ x - rhs
+        wrong = np.where(support, x < -tolerance, gradient < -tolerance)
+        count = int(wrong.sum())
+        if count == 0:
+            return np.maximum(x, 0.0), support
+        if count < fewest:
+            fewest, backup = count, 3
+            support ^= wrong
+        elif backup > 0:
+            backup -= 1
+            support ^= wrong
+        else:
+            support[np.flatnonzero(wrong)[-1]] ^= True
+    lower = np.linalg.cholesky(gram)
+    x, _ = nnls(lower.T, solve_triangular(lower, rhs, lower=True), maxiter=50 * n)
+    return x, x > 0
+
+
+def fit_convex(
+    encoded: Encoded,
+    one_hot: np.ndarray,
+    y: np.ndarray,
+    sample: Sample,
+    shape: tuple[float, float],
+    passive: np.ndarray | None = None,
+) -> tuple[float, Fit, np.ndarray]:
+    """The convex model of exponent and structured factor ``shape``, by non-negative ridge least
+    squares on ``sample`` (``passive``: a support to start from), its mean squared error there,
+    and its support."""
+    exponent, factor = shape
+    rows, counts = sample.rows, sample.counts
+    scale = np.where(encoded.structured[rows] > 0, factor, 1.0)
+    cost = (scale * encoded.amounts[rows]) ** exponent
+    # Bases may take either sign: one non-negative column for each sign.
+    features = np.hstack([one_hot[rows], -one_hot[rows], cost])
+    root = np.sqrt(counts)[:, None]
+    gram = _gram(root * features, CONVEX_RIDGE)
+    coef, support = nnls_gram(gram, features.T @ (counts * y[rows]), passive)
+    error = float(counts @ (features @ coef - y[rows]) ** 2 / counts.sum())
+    combos = one_hot.shape[1]
+    base = coef[:combos] - coef[combos : 2 * combos]
+    unused = np.zeros(encoded.amounts.shape[1])
+    return error, Fit(base, coef[2 * combos :], unused, exponent, factor), support
+
+
+def fit_linear(encoded: Encoded, one_hot: np.ndarray, y: np.ndarray, sample: Sample) -> Fit:
+    """Ridge regression of ``y`` on the bases and each group's amount, per method."""
+    rows, counts = sample.rows, sample.counts
+    amounts, structured = encoded.amounts[rows], encoded.structured[rows]
+    features = np.hstack([one_hot[rows], amounts * (1 - structured), amounts * structured])
+    mean = counts @ y[rows] / counts.sum()
+    scale = float(np.sqrt(counts @ (y[rows] - mean) ** 2 / counts.sum())) or 1.0
+    root = np.sqrt(counts)
+    weighted, target = root[:, None] * features, root * y[rows] / scale
+    if weighted.shape[0] < weighted.shape[1]:
+        # Fewer rows than features (deep models): the same solution from the smaller system,
+        # X^T (X X^T + r I)^-1 y = (X^T X + r I)^-1 X^T y.
+        coef = weighted.T @ _solve(_gram(weighted.T, RIDGE), target)
+    else:
+        coef = _solve(_gram(weighted, RIDGE), weighted.T @ target)
+    coef = coef * scale
+    combos, groups = one_hot.shape[1], encoded.amounts.shape[1]
+    return Fit(
+        base=coef[:combos],
+        weight=coef[combos : combos + groups],
+        structured_slope=coef[combos + groups :],
+    )
+
+
+class ShapeSearch:
+    """The exponent and structured factor (the shape) of one objective's convex model.
+
+    An ask fits every shape of :data:`SHAPES` and keeps the one of least error, as long as that
+    fits in :data:`SHAPE_WORK`. Past it (deep models, many trials), it fits the shape kept at the
+    last ask, and challengers, the next ones in a cycle over the others, as the rest of the work
+    allows (a fraction of one carries over to the next ask), on the same bootstrap sample, and
+    keeps the best: every shape is still compared with the kept one now and then. (A challenger
+    or two at every ask, whatever the size, made small searches worse: the best shape changes
+    from ask to ask while the trials are few, and they are cheap to fit.)"""
+
+    def __init__(self) -> None:
+        self._kept: tuple[float, float] | None = None
+        self._next = 0
+        self._credit = 0.0  # challengers' work saved up, in fits
+        self._support: dict[tuple[float, float], np.ndarray] = {}  # each shape's last
+
+    def shapes(self, rows: int, features: int) -> list[tuple[float, float]]:
+        """The shapes to fit on ``rows`` distinct rows of ``features`` features."""
+        fits = SHAPE_WORK / max(1, rows * features**2)
+        if self._kept is None or fits >= len(SHAPES):
+            return list(SHAPES)
+        self._credit += max(fits - 1.0, 1.0 / CHALLENGE_EVERY)
+        count = int(self._credit + 1e-9)
+        self._credit -= count
+        others = [shape for shape in SHAPES if shape != self._kept]
+        start, self._next = self._next, self._next + count
+        return [self._kept] + [others[(start + k) % len(others)] for k in range(count)]
+
+    def fit(self, encoded: Encoded, one_hot: np.ndarray, y: np.ndarray, sample: Sample) -> Fit:
+        features = 2 * one_hot.shape[1] + encoded.amounts.shape[1]
+        tried = []
+        for shape in self.shapes(len(sample.rows), features):
+            error, fit, support = fit_convex(
+                encoded, one_hot, y, sample, shape, self._support.get(shape)
+            )
+            self._support[shape] = support
+            tried.append((error, fit))
+        best = min(tried, key=lambda scored: scored[0])[1]
+        self._kept = (best.exponent, best.factor)
+        return best
