@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 import ray
 
-import sweep._driver
+import sweep._loop
 from storage import Store
 from sweep import connect_ray, parse_config, run_sweep
 from sweep._config import DEFAULT_OBJECTIVES
@@ -45,8 +45,8 @@ def _timed_ask(study: optuna.Study, space: Any) -> Any:
     return asked
 
 
-ASK = sweep._driver.ask_recipe
-sweep._driver.ask_recipe = _timed_ask
+ASK = sweep._loop.ask_recipe
+sweep._loop.ask_recipe = _timed_ask
 
 
 def _sweep_wall(store: Store, name: str, trials: int, seconds: float, concurrency: int) -> float:

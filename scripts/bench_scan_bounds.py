@@ -26,10 +26,9 @@ import numpy as np
 import ray
 
 from storage import Store
-from sweep import _bounds, _sensitivity
+from sweep import _bounds, _sensitivity, connect_ray, run_sweep
 from sweep._config import SweepConfig
 from sweep._config_read import parse_config
-from sweep._driver import connect_ray, run_sweep
 
 
 def hypervolume(loss: np.ndarray, cost: np.ndarray) -> float:

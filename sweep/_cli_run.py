@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from storage import StorageFullError, Store
-from sweep import _bounds, _driver, _output, _remeasure, _sensitivity, _status
+from sweep import _bounds, _driver, _loop, _output, _ray_session, _remeasure, _sensitivity, _status
 from sweep._cli_common import (
     FormatOption,
     OutputOption,
@@ -76,7 +76,7 @@ def launch(
         f"sweep [bold]{config.name}[/]: {config.budget.n_trials} trials of task "
         f"{config.task!r}, store {store.url_display}"
     )
-    _driver.connect_ray(config.ray_address, config.task)
+    _ray_session.connect_ray(config.ray_address, config.task)
     config = _scan_first(config, store)
     _run_with_progress(
         config.name,
@@ -106,7 +106,7 @@ def _run_with_progress(
     name: str,
     store: Store,
     total: int,
-    run: Callable[[_driver.ProgressFn], _driver.Progress],
+    run: Callable[[_loop.ProgressFn], _loop.Progress],
     *,
     show_front: bool = True,
 ) -> None:
@@ -124,7 +124,7 @@ def _run_with_progress(
         done_before: int | None = None
         trials_started = started
 
-        def show(p: _driver.Progress) -> None:
+        def show(p: _loop.Progress) -> None:
             if p.phase is not None:  # before the first trial: what takes the time
                 bar.update(task_id, total=p.total, completed=p.done, detail=p.phase)
                 return
@@ -201,7 +201,7 @@ def resume(
     _task_importable(config.task)
     _driver.validate_before_ray(config)
     err.print(f"resuming sweep [bold]{name}[/] to {total} trials, store {store.url_display}")
-    _driver.connect_ray(address or config.ray_address, config.task)
+    _ray_session.connect_ray(address or config.ray_address, config.task)
     _run_with_progress(
         name,
         store,
@@ -240,7 +240,7 @@ def remeasure(
     models = _remeasure.stored_models(store, name)
     _task_importable(config.task)
     err.print(f"timing the front of {name} again, store {store.url_display}")
-    _driver.connect_ray(address or config.ray_address, config.task)
+    _ray_session.connect_ray(address or config.ray_address, config.task)
     _remeasure.remeasure_stored(config, store, models, precision=precision, time_s=time_s)
     front = store.pareto_front(name)
     _output.render(front, fmt, out, title=f"Pareto front of {name} ({len(front)} trials)")

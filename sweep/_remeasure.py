@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,25 +58,36 @@ class NoModelsError(ConfigError):
 
 
 class FrontModels:
-    """The model files (Ray objects) of the trials that may still end on the stored front."""
+    """The model files (Ray objects) of the trials that may still end on the stored front.
+
+    The loop adds a trial's file when it finishes; the store writer's thread says which trials
+    are stored (:meth:`stored`), and the files of stored trials off the front are dropped."""
 
     def __init__(self, store: Store, name: str, objectives: Mapping[str, str]) -> None:
         self.store, self.name = store, name
         # Timing figures may move when timed again: a trial that far behind may then join.
         self.slack = {metric: TIMING_SLACK for metric in objectives if metric in TIMED}
         self.refs: dict[int, ray.ObjectRef] = {}
+        self.unstored: set[int] = set()  # added, and not in the store yet: kept whatever the front
         self.checked = -math.inf
+        self._lock = threading.Lock()
 
     def add(self, number: int, ref: ray.ObjectRef | None) -> None:
         if ref is not None:
-            self.refs[number] = ref
+            with self._lock:
+                self.refs[number] = ref
+                self.unstored.add(number)
 
-    def stored(self, *, now: bool = False) -> None:
-        """Every trial added so far is in the store: drop the files of those not on its front,
-        at most every FRONT_REFRESH_S (unless ``now``)."""
-        if not self.refs or (not now and time.monotonic() - self.checked < FRONT_REFRESH_S):
-            return
-        self.checked = time.monotonic()
+    def stored(self, numbers: Collection[int] | None = None, *, now: bool = False) -> None:
+        """Trials ``numbers`` are in the store now (None: every trial added so far); drop the
+        files of stored trials not near its front, at most every FRONT_REFRESH_S (unless
+        ``now``)."""
+        with self._lock:
+            self.unstored.difference_update(self.unstored if numbers is None else numbers)
+            due = now or time.monotonic() - self.checked >= FRONT_REFRESH_S
+            if not self.refs or not due:
+                return
+            self.checked = time.monotonic()
         try:
             front = set(self.store.near_front(self.name, self.slack))
         except StorageError as exc:
@@ -83,7 +95,12 @@ class FrontModels:
             # them, and a store that stays unreachable stops the sweep on its next write.
             log.warning("reading the front failed (%s); the next check tries again", exc)
             return
-        self.refs = {number: ref for number, ref in self.refs.items() if number in front}
+        with self._lock:
+            self.refs = {
+                number: ref
+                for number, ref in self.refs.items()
+                if number in front or number in self.unstored
+            }
 
     def files(self) -> dict[int, bytes]:
         """The model files of the stored front's trials (none for an analytic task)."""

@@ -20,7 +20,7 @@ import pandas as pd
 
 from storage import Driver, Store, TrialRecord
 from storage._engine import mask_url
-from sweep import _driver
+from sweep import _driver, _loop, _ray_session
 from sweep._bounds import KIND, curves, safe_amount
 from sweep._config import ConfigError, SweepConfig
 from sweep._feasible import sparsity_interval
@@ -87,8 +87,8 @@ def run_scan(
     granularities: Sequence[str],
     finetune_epochs: int,
     replace: bool = False,
-    on_progress: _driver.ProgressFn | None = None,
-) -> _driver.Progress:
+    on_progress: _loop.ProgressFn | None = None,
+) -> _loop.Progress:
     """Run the scan of ``config``'s searched layers as sweep ``name``; Ray is connected."""
     config = type(config).model_validate(
         {
@@ -108,8 +108,8 @@ def run_scan(
             "sampler_settings": {**config.sampler_settings.model_dump(), "uniform_startup": 0},
         }
     )
-    _driver.connect_ray(config.ray_address, config.task)
-    _driver._monitor()
+    _ray_session.connect_ray(config.ray_address, config.task)
+    _ray_session.monitor()
     space, info = _driver._describe(config)
     recipes = scan_recipes(space, amounts, granularities, finetune_epochs)
     config = config.model_copy(
@@ -146,14 +146,14 @@ def run_scan(
         ],
     )
     # Decided trials, run as a resumed sweep re-runs those in flight: nothing is asked.
-    driver = _driver._Driver(
+    driver = _loop.TrialLoop(
         config,
         store,
         space,
         _driver._new_study(config, space),
         next_number=len(documents),
         reruns=list(enumerate(documents)),
-        progress=_driver.Progress(total=len(documents)),
+        progress=_loop.Progress(total=len(documents)),
     )
     return driver.run(on_progress)
 

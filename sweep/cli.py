@@ -14,10 +14,10 @@ from sweep import (
     _cli_apply,
     _cli_query,
     _cli_run,
-    _driver,
     _export,
     _output,
     _plot,
+    _ray_session,
     _recommend,
 )
 from sweep._cli_common import _TASK_MODULES, UserError, err
@@ -42,7 +42,7 @@ USER_ERRORS = (
     _apply.DeviceError,
 )
 # Failures outside the user's control that still deserve one line (exit 1, no traceback).
-FAILURES = (StorageFullError, FencedError, _output.DiskFullError, _driver.RayStartError)
+FAILURES = (StorageFullError, FencedError, _output.DiskFullError, _ray_session.RayStartError)
 # click's own errors (usage errors exit 2). typer >= 0.20 raises those of the click it vendors,
 # older typer those of click itself: the public typer.BadParameter leads to their base class.
 _CLICK_ERRORS: tuple[type[Exception], ...] = tuple(
@@ -118,6 +118,6 @@ def _click_message(exc: BaseException, code: int) -> str:
 def _fail(exc: BaseException, code: int) -> NoReturn:
     # Ray first: its processes log their own shutdown (tasks still in flight), and the
     # user's last line on screen must be the one that says what went wrong.
-    _driver.disconnect_ray()
+    _ray_session.disconnect_ray()
     err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
     sys.exit(code)

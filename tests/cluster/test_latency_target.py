@@ -39,3 +39,12 @@ def test_latency_is_timed_on_the_target_node_and_training_elsewhere() -> None:
     assert "set latency.threads to at most" in last
     assert "Traceback" not in found["threads_stderr"]
     assert found["sweeps"] == ["timed"]
+
+
+@pytest.mark.slow
+def test_a_slow_target_paces_training() -> None:
+    """Back-pressure: with a target slower than training, trained models waiting for their
+    timing stay within the bound (without it all 14 of this sweep's pile up: 13 seen)."""
+    found = run_scenario("target_backpressure_run.py", timeout=600)
+    assert found["states"] == ["COMPLETE"] * 14 and len(found["latency_nodes"]) == 1
+    assert 2 <= found["max_waiting"] <= found["bound"], found

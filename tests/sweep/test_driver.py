@@ -105,7 +105,7 @@ def test_a_stop_verdict_reaches_the_trial_at_the_step_it_judged(local_ray: None)
     judged: list[tuple[int, int]] = []
     stop_driver = threading.Event()
 
-    def driver() -> None:  # what _Driver._early_stopping does: judge step 1 hopeless
+    def driver() -> None:  # what EarlyStopping.judge does: judge step 1 hopeless
         while not stop_driver.is_set():
             for number, step, _ in ray.get(monitor.drain.remote("s")):
                 judged.append((number, step))

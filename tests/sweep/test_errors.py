@@ -732,13 +732,13 @@ def test_disk_full_while_a_sweep_writes(tmp_path: Path) -> None:
         "task_settings: {trial_seconds: 0.0, n_layers: 30}\n"
     )
     limit_after_ray = f"""
-import sweep._driver as driver
+import sweep._ray_session as ray_session
 from tests.sweep.test_errors import _limit_file_size
-connect = driver.connect_ray
+connect = ray_session.connect_ray
 def connect_then_limit(address, task=None):
     connect(address, task)
     _limit_file_size({(tmp_path / "store.db").stat().st_size + 64 * 1024})
-driver.connect_ray = connect_then_limit
+ray_session.connect_ray = connect_then_limit
 """
     argv = ["launch", str(tmp_path / "sweep.yaml"), "--storage", db]
     result = run_sweep_cli(argv, tmp_path, code=limit_after_ray)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from storage import Store
-from sweep import _driver, parse_config, run_sweep
+from sweep import _ray_session, parse_config, run_sweep
 from sweep._driver import resume_sweep
 from tests.sweep.cli_runner import interruptible, run_cli
 
@@ -222,7 +222,7 @@ def test_resuming_a_finished_sweep_runs_and_writes_nothing(
     def no_ray(*_: object, **__: object) -> None:
         raise AssertionError("Ray was started for a sweep with nothing to run")
 
-    monkeypatch.setattr(_driver, "connect_ray", no_ray)
+    monkeypatch.setattr(_ray_session, "connect_ray", no_ray)
     url = f"sqlite:///{db}"
     for extra in ([], ["--n-trials", "3"]):
         code, out, err = run_cli(monkeypatch, capsys, "resume", "done", "--storage", url, *extra)
