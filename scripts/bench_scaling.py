@@ -50,15 +50,46 @@ CPUS_PER_NODE = 4
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scaling.json"
 
 
-def _config(name: str, trials: int, seconds: float, sampler: str) -> dict[str, Any]:
-    return {
+def _config(name: str, trials: int, seconds: float, sampler: str | None) -> dict[str, Any]:
+    config = {
         "name": name,
         "task": "synthetic",
         "task_settings": {"trial_seconds": seconds},
-        "sampler": sampler,
         "budget": {"n_trials": trials},
         "resources": {"cpus_per_trial": 1},
     }
+    return config if sampler is None else {**config, "sampler": sampler}
+
+
+def _spin(until: float, duty: float) -> None:
+    """Keep one core busy ``duty`` of each 100 ms until ``until`` (time.time())."""
+    while time.time() < until:
+        busy_until = time.perf_counter() + 0.1 * duty
+        while time.perf_counter() < busy_until:
+            pass
+        time.sleep(0.1 * (1.0 - duty))
+
+
+class CpuLoad:
+    """A bounded CPU load beside the benchmark: ``processes`` spinners, each busy ``duty`` of the
+    time, for at most ``limit_s`` (they stop on their own if this process dies)."""
+
+    def __init__(self, processes: int, duty: float = 1.0, limit_s: float = 1800.0) -> None:
+        import multiprocessing
+
+        until = time.time() + limit_s
+        context = multiprocessing.get_context("spawn")
+        self.workers = [
+            context.Process(target=_spin, args=(until, duty), daemon=True) for _ in range(processes)
+        ]
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.terminate()
+        for worker in self.workers:
+            worker.join()
 
 
 def _time_calls(owner: Any, names: list[str], totals: dict[str, float]) -> None:
@@ -98,38 +129,67 @@ def _bare_ray_wall(k: int, trials: int, seconds: float) -> float:
     return time.perf_counter() - start
 
 
-def measure_one(k: int, seconds: float, waves: int, sampler: str) -> dict[str, Any]:
-    """One K on a fresh local cluster (run in its own process: Ray allows one session each)."""
+def _cluster(k: int, cpus_per_node: int) -> Any:
+    """A local cluster: a head with no CPU (the driver's node) and worker nodes of up to
+    ``cpus_per_node`` logical CPUs, ``k`` in total; Ray connected to it."""
     import ray
     from ray.cluster_utils import Cluster
 
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for first in range(0, k, cpus_per_node):
+        cluster.add_node(num_cpus=min(cpus_per_node, k - first))
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR)
+    return cluster
+
+
+def _time_driver(busy: dict[str, float]) -> None:
+    """Where the driver's time goes: Optuna's ask and tell, asking a recipe (``ask_recipe``:
+    ask, then the suggestions, where a sampler may do its work), filling the free slots
+    (``_fill``: asks and submissions), submitting to Ray, collecting results (which includes
+    tell), Ray's wait for results (idle unless trials are zero-length);
+    and the store writer's commits (``_write``), on a thread of their own beside the loop."""
+    import ray
+
+    from sweep import _loop, _writer
+
+    _time_calls(optuna.Study, ["ask", "tell"], busy)
+    _time_calls(_loop, ["ask_recipe"], busy)  # Study.ask, then the recipe's suggestions
+    _time_calls(_loop.TrialLoop, ["_fill", "_submit", "_collect"], busy)
+    _time_calls(_writer.StoreWriter, ["_write"], busy)
+    _time_calls(ray, ["wait"], busy)
+
+
+def measure_one(k: int, seconds: float, waves: int, sampler: str) -> dict[str, Any]:
+    """One K on a fresh local cluster (run in its own process: Ray allows one session each)."""
+    import ray
+
     from storage import Store
-    from sweep import _loop, _writer, parse_config, run_sweep
+    from sweep import parse_config, run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for first in range(0, k, CPUS_PER_NODE):
-        cluster.add_node(num_cpus=min(CPUS_PER_NODE, k - first))
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR)
+    cluster = _cluster(k, CPUS_PER_NODE)
     cluster_s = time.perf_counter() - start
     try:
         store = Store(f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-scaling-')) / 's.db'}")
         start = time.perf_counter()
         run_sweep(parse_config(_config("warmup", 2 * k, seconds, sampler)), store)
         warmup_s = time.perf_counter() - start
+        cold = store.trials("warmup")
+        warm_workers = set(cold["worker"])
+        # The warm-up is a sweep on a cluster no trial ran on yet: its first wave's trials
+        # wait for worker processes unless the driver started them ahead (start_workers).
+        cold_waited = (cold["finished_at"] - cold["started_at"]).dt.total_seconds() - cold["run_s"]
         trials = waves * k
-        # Where the driver's own (serial) time goes during the timed sweep: Optuna's ask and
-        # tell, submitting to Ray, collecting results; and the store writer's commits (_write),
-        # on a thread of their own beside the loop.
         busy: dict[str, float] = {}
-        _time_calls(optuna.Study, ["ask", "tell"], busy)
-        _time_calls(_loop.TrialLoop, ["_submit", "_collect"], busy)
-        _time_calls(_writer.StoreWriter, ["_write"], busy)
+        _time_driver(busy)
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         run_sweep(parse_config(_config("timed", trials, seconds, sampler)), store)
         run_sweep_s = time.perf_counter() - start
+        load_after = os.getloadavg()[0]
+        busy = dict(busy)  # the sweep's: bare Ray's own ray.wait calls come next
         frame = store.trials("timed")
         bare_wall = _bare_ray_wall(k, trials, seconds)
     finally:
@@ -141,12 +201,23 @@ def measure_one(k: int, seconds: float, waves: int, sampler: str) -> dict[str, A
     wall = (frame["finished_at"].max() - frame["started_at"].min()).total_seconds()
     # Per trial, driver-side: submitted -> collected, minus the sleep = what the trial waited for.
     held = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
+    # Trials that ran in a worker process the warm-up had not started: it imported torch first.
+    fresh = ~frame["worker"].isin(warm_workers)
+    waited = held - frame["run_s"]
     return {
         "trials": trials,
         "wall_s": wall,
         "throughput_per_s": trials / wall,
         "ideal_wall_s": waves * seconds,
         "mean_trial_held_s": float(held.mean()),
+        "max_trial_waited_s": float(waited.max()),
+        "cold_sweep_waited_s": {
+            "mean": float(cold_waited.mean()),
+            "max": float(cold_waited.max()),
+        },
+        "trials_on_fresh_workers": int(fresh.sum()),
+        "fresh_workers": int(frame.loc[fresh, "worker"].nunique()),
+        "load_avg_1min": [load_before, load_after],
         "run_sweep_s": run_sweep_s,
         "warmup_s": warmup_s,
         "cluster_start_s": cluster_s,
@@ -156,35 +227,72 @@ def measure_one(k: int, seconds: float, waves: int, sampler: str) -> dict[str, A
     }
 
 
-def _run_child(k: int, seconds: float, waves: int, sampler: str) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        str(k),
-        "--seconds",
-        str(seconds),
-        "--waves",
-        str(waves),
-        "--sampler",
-        sampler,
-    ]
-    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]:
+    """Completions per second the driver sustains: zero-length trials on K logical CPUs (nodes of
+    16), so that the driver, not the trials, is the bottleneck."""
+    import ray
+
+    from storage import Store
+    from sweep import parse_config, run_sweep
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cluster = _cluster(k, 16)
+    try:
+        store = Store(f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-capacity-')) / 's.db'}")
+        run_sweep(parse_config(_config("warmup", 2 * k, 0.0, sampler)), store)
+        busy: dict[str, float] = {}
+        _time_driver(busy)
+        start = time.perf_counter()
+        run_sweep(parse_config(_config("timed", trials, 0.0, sampler)), store)
+        run_sweep_s = time.perf_counter() - start
+        frame = store.trials("timed")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    wall = (frame["finished_at"].max() - frame["started_at"].min()).total_seconds()
+    return {
+        "k": k,
+        "trials": trials,
+        "sampler": sampler or "default (layerwise)",
+        "states": frame["state"].value_counts().to_dict(),
+        "wall_s": wall,
+        "completions_per_s": trials / wall,
+        "run_sweep_s": run_sweep_s,
+        "driver_busy_s": busy,
+        "busy_per_trial_ms": {name: 1000 * v / trials for name, v in busy.items()},
+    }
+
+
+def _run_child(args: list[str], load: int) -> dict[str, Any]:
+    """Run this script with ``args`` in a process of its own, beside ``load`` CPU spinners."""
+    spinners = CpuLoad(load) if load else None
+    try:
+        done = subprocess.run(
+            [sys.executable, __file__, *args], check=True, stdout=subprocess.PIPE, text=True
+        )
+    finally:
+        if spinners is not None:
+            spinners.stop()
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
-def _series(ks: list[int], seconds: float, waves: int, sampler: str) -> dict[str, Any]:
+def _series(
+    ks: list[int], seconds: float, waves: int, sampler: str, load: int, prestart: bool
+) -> dict[str, Any]:
     per_k: dict[str, dict[str, Any]] = {}
     for k in ks:
-        per_k[str(k)] = _run_child(k, seconds, waves, sampler)
-        print(f"{sampler} K={k}: {json.dumps(per_k[str(k)])}", file=sys.stderr)
+        args = ["--child", str(k), "--seconds", str(seconds), "--waves", str(waves)]
+        args += ["--no-prestart"] if not prestart else []
+        per_k[str(k)] = _run_child([*args, "--sampler", sampler], load)
+        print(f"{sampler} load {load} K={k}: {json.dumps(per_k[str(k)])}", file=sys.stderr)
     base = per_k[str(ks[0])]["throughput_per_s"] / ks[0]
     bare_base = per_k[str(ks[0])]["bare_ray_throughput_per_s"] / ks[0]
     for k in ks:
         one = per_k[str(k)]
         one["efficiency"] = one["throughput_per_s"] / (k * base)
         one["bare_ray_efficiency"] = one["bare_ray_throughput_per_s"] / (k * bare_base)
+        one["of_bare_ray"] = one["efficiency"] / one["bare_ray_efficiency"]
     return per_k
 
 
@@ -198,33 +306,67 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--waves", type=int, default=6)
     parser.add_argument("--sampler", choices=["tpe", "random", "both"], default="both")
+    parser.add_argument(
+        "--load", type=int, nargs="+", default=[0], help="CPU spinners beside each run (0: none)"
+    )
+    parser.add_argument("--capacity", type=int, help="K logical CPUs of zero-length trials")
+    parser.add_argument("--capacity-trials", type=int, default=2000)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--no-prestart", action="store_true", help="no worker processes started ahead of trials"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-capacity", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.no_prestart:
+        from sweep import _submission
+
+        _submission.MAX_PRESTARTED = 0
     if args.child is not None:
         print(json.dumps(measure_one(args.child, args.seconds, args.waves, args.sampler)))
+        return
+    if args.child_capacity is not None:
+        sampler = None if args.sampler == "both" else args.sampler
+        print(json.dumps(measure_capacity(args.child_capacity, args.capacity_trials, sampler)))
+        return
+    if args.capacity is not None:
+        child = ["--child-capacity", str(args.capacity), "--capacity-trials"]
+        child += [str(args.capacity_trials), "--sampler", args.sampler]
+        capacity = _run_child(child, 0)
+        capacity["machine"] = _machine()
+        _write(capacity, args.output)
         return
     if args.ks[0] != 1:
         parser.error("--ks must start with 1 (the baseline)")
     samplers = ["tpe", "random"] if args.sampler == "both" else [args.sampler]
-    series = {s: _series(args.ks, args.seconds, args.waves, s) for s in samplers}
-    main_series = series[samplers[0]]
-    report: dict[str, Any] = {
-        "trial_seconds": args.seconds,
-        "waves": args.waves,
-        "sampler": samplers[0],
-        "per_k": main_series,
-        "efficiency": {k: v["efficiency"] for k, v in main_series.items()},
-        "goal": 0.9,
-        "machine": _machine(),
-    }
-    if len(samplers) > 1:
-        report["random_sampler"] = {
-            "per_k": series["random"],
-            "efficiency": {k: v["efficiency"] for k, v in series["random"].items()},
+    report: dict[str, Any] = {"trial_seconds": args.seconds, "waves": args.waves, "goal": 0.9}
+    report["prestart"] = not args.no_prestart
+    for load in args.load:
+        series = {
+            s: _series(args.ks, args.seconds, args.waves, s, load, not args.no_prestart)
+            for s in samplers
         }
+        main_series = series[samplers[0]]
+        one: dict[str, Any] = {
+            "sampler": samplers[0],
+            "per_k": main_series,
+            "efficiency": {k: v["efficiency"] for k, v in main_series.items()},
+            "of_bare_ray": {k: v["of_bare_ray"] for k, v in main_series.items()},
+        }
+        if len(samplers) > 1:
+            one["random_sampler"] = {
+                "per_k": series["random"],
+                "efficiency": {k: v["efficiency"] for k, v in series["random"].items()},
+            }
+        report[f"load_{load}"] = one
+    report["machine"] = _machine()
+    _write(report, args.output)
+
+
+def _write(report: dict[str, Any], path: Path) -> None:
     text = json.dumps(report, indent=2)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
     print(text)
 
 

@@ -19,7 +19,7 @@ import ray
 
 from storage import FEASIBLE_KEY, METRIC_COLUMNS, Driver, Store
 from storage._engine import mask_url
-from sweep import _bounds, _ray_session, _remeasure, _remote, _resources, _target
+from sweep import _bounds, _ray_session, _remeasure, _remote, _resources, _submission, _target
 from sweep._config import ConfigError, SweepConfig, grid_neighbours
 from sweep._config_read import parse_config
 from sweep._feasible import check_feasible, feasible_where
@@ -107,6 +107,7 @@ def _describe(
     pending = describe.remote(
         config.task, config.task_settings, config.latency.runtime, monitor, config.name
     )
+    _submission.start_workers(config)
     try:
         while monitor is not None and on_phase is not None:
             ready, _ = ray.wait([pending], timeout=PHASE_POLL_S)

@@ -188,6 +188,12 @@ class TrialOutcome:
     run_s: float = 0.0  # wall time on the worker, from the task's start to its result
 
 
+def started_worker() -> int:
+    """Nothing but this module's imports (torch, the engine), done in a new worker process:
+    see ``sweep._submission.start_workers``. Returns the process id."""
+    return os.getpid()
+
+
 def execute_trial(
     spec: str,
     settings: dict[str, Any],

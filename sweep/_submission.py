@@ -21,6 +21,9 @@ SLOTS_REFRESH_S = 5.0
 # per target slot wait for (or are in) their timing. A target slower than training then paces
 # the sweep, instead of a backlog of trained models growing in Ray's object store until the end.
 TARGET_BACKLOG = 2
+# Worker processes started ahead of the first trials (start_workers): a driver on a large cluster
+# does not start hundreds of imports at once on the head's request.
+MAX_PRESTARTED = 256
 
 
 @dataclass
@@ -38,6 +41,26 @@ class InFlight:
     trained: _remote.TrialOutcome | None = None
     # The int8 model file, kept while the trial may end on the front (to be timed again).
     artifact: ray.ObjectRef | None = None
+
+
+def start_workers(config: SweepConfig) -> list[ray.ObjectRef]:
+    """Start, beside the task's description, the worker processes the first trials will run in:
+    each imports the engine (torch, ONNX Runtime) while the baseline is described or trained,
+    instead of the first wave of trials each waiting seconds for it. Ray reuses a job's idle
+    workers for any of its tasks, and keeps as many idle as the node has CPUs; so one task per
+    trial slot but the describing one, with the trial's own resources. Best effort: a worker
+    that fails to start here leaves its trial to start one, as it would have anyway."""
+    resources = config.resources
+    slots = resources.max_concurrent
+    if slots is None:
+        slots = _resources.fitting(_resources.demand(resources), _resources.nodes())
+    start = ray.remote(
+        num_cpus=resources.cpus_per_trial,
+        num_gpus=resources.gpus_per_trial,
+        resources=dict(resources.custom),
+        max_calls=0,
+    )(_remote.started_worker)
+    return [start.remote() for _ in range(max(0, min(slots, MAX_PRESTARTED) - 1))]
 
 
 class Submitter:
