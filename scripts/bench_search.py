@@ -52,6 +52,7 @@ from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
 RESULTS = Path(__file__).parent / "results"
+SWEEP = Path(__file__).parent.parent / "sweep"
 SYNTHETIC_OBJECTIVES = {"accuracy": "max", "compressed_bytes": "min"}
 UNIFORM_SPACE = {
     "tie": [["*"]],
@@ -156,8 +157,13 @@ def synthetic_uniform(task: SyntheticTask, config: SweepConfig) -> Rows:
 # -- digits: the real sweep -----------------------------------------------------------------------
 def run_real(config: SweepConfig, store: Store) -> Rows:
     """The COMPLETE trials' metrics of one sweep; kept in ``$TMPDIR/bench_search_runs`` by name
-    and settings, so that a benchmark stopped after hours re-runs only what it had not done."""
-    key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+    and settings (for ``layerwise``, and its code), so that a benchmark stopped after hours
+    re-runs only what it had not done."""
+    settings = config.model_dump_json()
+    if config.sampler == "layerwise":  # its code changes between runs: a new version, new rows
+        sources = [*sorted(SWEEP.glob("_layerwise*.py")), SWEEP / "_samplers.py"]
+        settings += "".join(path.read_text() for path in sources)
+    key = hashlib.sha256(settings.encode()).hexdigest()[:12]
     cached = Path(tempfile.gettempdir()) / "bench_search_runs" / f"{config.name}-{key}.json"
     if cached.exists():
         return list(json.loads(cached.read_text()))

@@ -27,7 +27,11 @@ be worse than that half in an accuracy-like objective is not asked (the next dra
 
 Before ``n_startup_trials`` trials have finished, it asks uniform recipes at evenly spaced levels
 (``uniform_startup`` of them), then the same levels with each layer moved at random by up to
-0.15: the trials from which each layer's effect can be told apart.
+0.15: the trials from which each layer's effect can be told apart. Where the budget cannot cover
+that warm-up (it gets at most a third of the budget: a deep model at a few dozen trials), it asks
+uniform recipes spread over the whole grid (level x order x granularity x method) for half the
+budget instead, then the model and uniform neighbours of the front by turns (thin mode,
+:mod:`sweep._layerwise_startup`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep._feasible import constrained_choice, feasible_levels, is_feasible, sparsity_interval
 from sweep._layerwise_model import (
+    Codec,
     Encoded,
     Fit,
     Row,
@@ -52,9 +57,9 @@ from sweep._layerwise_model import (
     fit_linear,
     one_blas_thread,
 )
-from sweep._space import AMOUNT_PREFIX, METHOD_PARAM, METHOD_PREFIX, UNSTRUCTURED, Space
+from sweep._layerwise_startup import ThinStart, is_thin, spread_order
+from sweep._space import AMOUNT_PREFIX, Space
 
-STRUCTURED = "structured"
 STARTUP_NOISE = 0.15  # how far startup trials move each layer from their uniform level
 FIT_FRACTION = 0.5  # accuracy-like objectives are fitted on this best fraction of the trials
 TRUST = 2  # grid steps a layer may go past its highest amount among the better trials
@@ -64,21 +69,16 @@ EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move
 Key = tuple[tuple[str, Any], ...]  # a recipe's parameters, hashable
 
 
-def spread_order(count: int) -> list[int]:
-    """The indices ``0 .. count - 1`` of ascending levels in an order that covers their range
-    from the first ones: the top, the bottom, then each time the one farthest from those taken
-    (ties: the higher). A budget cut short still saw the whole range, not its low end."""
-    order = [count - 1, 0][: max(0, min(count, 2))]
-    while len(order) < count:
-        left = [i for i in range(count) if i not in order]
-        order.append(max(left, key=lambda i: (min(abs(i - j) for j in order), i)))
-    return order
-
-
 class LayerwiseSampler(BaseSampler):
     """See the module docstring. Parameters are those of ``space`` in ``amount_mode:
     independent``; constraints (``search_space.constraints``) are respected where a feasible
-    proposal exists."""
+    proposal exists.
+
+    ``budget`` (the sweep's ``budget.n_trials``) and ``wanted_startup`` (the warm-up the model
+    would like, ``sweep._samplers.wanted_startup``): given both, and a ``n_startup_trials`` (the
+    warm-up the budget leaves) short of the wanted one, the sampler starts in thin mode, since a
+    model fitted on that few trials did worse than uniform recipes (issue 17). Without them it
+    always starts with ``n_startup_trials`` of warm-up."""
 
     def __init__(
         self,
@@ -87,6 +87,8 @@ class LayerwiseSampler(BaseSampler):
         seed: int | None = None,
         n_startup_trials: int = 20,
         uniform_startup: int = 10,
+        budget: int | None = None,
+        wanted_startup: int | None = None,
     ) -> None:
         self._space = space
         self._rng = np.random.default_rng(seed)
@@ -100,7 +102,8 @@ class LayerwiseSampler(BaseSampler):
         self._step = step
         # Uniform levels: evenly spaced above the grid's minimum, or over the levels whose
         # uniform recipe meets the constraints.
-        feasible = np.flatnonzero(np.isin(self._grid, feasible_levels(space)))
+        allowed = feasible_levels(space)
+        feasible = np.flatnonzero(np.isin(self._grid, allowed))
         first = 1 if len(self._grid) > 1 and feasible.size and feasible[0] == 0 else 0
         candidates = feasible[first:] if feasible.size > first else np.arange(len(self._grid))
         picks = np.linspace(0, len(candidates) - 1, self._n_uniform).round().astype(int)
@@ -116,19 +119,9 @@ class LayerwiseSampler(BaseSampler):
             dtype=float,
         )
         self._shares = weights / max(1.0, float(sum(space.layer_params.values())))
-        # Tied layers share an amount but each has its own method parameter: a group's layers
-        # take one method, read from (and written to) every member that has the choice.
-        self._members = {
-            group: [name for name in space.layers if space.owners[name] == group]
-            for group in self._groups
-        }
-        self._can_structure = np.array(
-            [any(len(space.methods_of(n)) > 1 for n in self._members[g]) for g in self._groups]
-        )
-        self._global_method = space.global_method()
-        self._orders = list(space.orders)
-        self._granularities = list(space.search.granularities)
-        self._n_combos = len(self._orders) * len(self._granularities)
+        self._codec = Codec(space, float(self._grid[0]))
+        self._row, self._decode = self._codec.row, self._codec.decode
+        self._can_structure, self._n_combos = self._codec.can_structure, self._codec.n_combos
         # Finished trials' rows, encoded once, and each trial's index in them.
         self._table = Encoded.of([], len(self._groups))
         self._index: dict[int, int] = {}
@@ -143,6 +136,14 @@ class LayerwiseSampler(BaseSampler):
         self._option_structured = np.arange(len(self._option_amounts)) >= len(self._grid)
         self._structurable = ~self._option_structured | self._can_structure[:, None]
         self._shapes: dict[int, ShapeSearch] = {}  # per accuracy-like objective
+        self._thin: ThinStart | None = None
+        if budget is not None and is_thin(n_startup_trials, wanted_startup):
+            levels = self._grid[np.isin(self._grid, allowed)] if allowed else self._grid
+            searched = [AMOUNT_PREFIX + g in self._distributions for g in self._groups]
+            self._thin = ThinStart(
+                levels, self._codec.orders, self._codec.granularities, budget, caps=self._caps,
+                searched=np.array(searched), structurable=self._can_structure,
+            )  # fmt: skip
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
@@ -160,13 +161,19 @@ class LayerwiseSampler(BaseSampler):
         if not search_space:
             return {}
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(finished) < self._n_startup:
+        if len(finished) < self._n_startup and self._thin is None:
             return self._startup(trial.number)
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         seen = self._asked(finished, running)
-        # A re-run recipe from outside the space (a scan's) has nothing to model.
+        thin = None
+        if self._thin is not None:
+            thin = self._thin_ask(study, finished, running, seen)
+        if thin is not None:
+            return thin
+        # A re-run recipe from outside the space (a scan's) has nothing to model; in thin mode
+        # the model starts from two trials (it has no warm-up of its own).
         modeled = [t for t in finished if "order" in t.params]
-        if not modeled:
+        if len(modeled) < (2 if self._thin else 1):
             return self._startup(trial.number)
         with one_blas_thread():
             return self._propose(study, modeled, seen)
@@ -200,40 +207,6 @@ class LayerwiseSampler(BaseSampler):
             self._table = self._table.extended(Encoded.of(added, len(self._groups)))
         return self._table.take(np.array([self._index[t._trial_id] for t in trials], dtype=int))
 
-    def _row(self, values: dict[str, Any]) -> Row:
-        """One recipe's amounts, structured flags and (order, granularity) index."""
-        low = float(self._grid[0])
-        amounts, structured = [], []
-        for col, group in enumerate(self._groups):
-            amounts.append(float(values.get(AMOUNT_PREFIX + group, low)))
-            methods = (
-                [values.get(METHOD_PARAM)]
-                if self._global_method
-                else [values.get(METHOD_PREFIX + name) for name in self._members[group]]
-            )
-            structured.append(bool(self._can_structure[col]) and STRUCTURED in methods)
-        order = self._orders.index(values["order"])
-        combo = order * len(self._granularities) + self._granularities.index(values["granularity"])
-        return np.array(amounts), np.array(structured, dtype=float), combo
-
-    def _decode(self, amounts: np.ndarray, structured: np.ndarray, combo: int) -> dict[str, Any]:
-        order, granularity = divmod(combo, len(self._granularities))
-        params: dict[str, Any] = {
-            "order": self._orders[order],
-            "granularity": self._granularities[granularity],
-        }
-        global_votes = 0
-        for col, group in enumerate(self._groups):
-            if AMOUNT_PREFIX + group in self._distributions:
-                params[AMOUNT_PREFIX + group] = round(float(amounts[col]), 6)
-            for name in self._members[group]:
-                if METHOD_PREFIX + name in self._distributions:
-                    params[METHOD_PREFIX + name] = STRUCTURED if structured[col] else UNSTRUCTURED
-            global_votes += int(structured[col]) - int(not structured[col])
-        if METHOD_PARAM in self._distributions:  # method_scope global: the majority's method
-            params[METHOD_PARAM] = STRUCTURED if global_votes > 0 else UNSTRUCTURED
-        return params
-
     # -- startup -------------------------------------------------------------------------------
     def _startup(self, number: int) -> dict[str, Any]:
         # Evenly spaced levels above the grid's minimum, each once, then again (a coarse grid
@@ -251,6 +224,33 @@ class LayerwiseSampler(BaseSampler):
         amounts = np.clip(amounts, self._grid[0], self._caps)
         combo = int(self._rng.integers(self._n_combos))
         return self._decode(amounts, structured, combo)
+
+    # -- thin mode (sweep/_layerwise_startup.py) ------------------------------------------------
+    def _thin_ask(
+        self,
+        study: optuna.Study,
+        finished: Sequence[FrozenTrial],
+        running: Sequence[FrozenTrial],
+        seen: set[Key],
+    ) -> dict[str, Any] | None:
+        modeled = [t for t in finished if "order" in t.params]
+
+        def propose(
+            amounts: np.ndarray, structured: np.ndarray, combo: int
+        ) -> dict[str, Any] | None:
+            params = self._decode(amounts, structured, combo)
+            return None if _key(params) in seen or not self._feasible(params) else params
+
+        if self._thin is None:
+            return None
+        return self._thin.ask(
+            study.directions,
+            [t.values for t in modeled],
+            self._encode(modeled),
+            [self._row(t.params) for t in running if "order" in t.params],
+            propose,
+            self._rng,
+        )
 
     # -- proposals -----------------------------------------------------------------------------
     def _propose(
@@ -347,7 +347,7 @@ class LayerwiseSampler(BaseSampler):
         # The layers' choices do not depend on (order, granularity): only the bases do.
         combo = int(np.argmin(weights @ bases))
         amounts, structured = self._option_amounts[chosen], self._option_structured[chosen]
-        row = None if self._global_method else (amounts, structured.astype(float), combo)
+        row = None if self._codec.global_method else (amounts, structured.astype(float), combo)
         return self._decode(amounts, structured, combo), row
 
     def _exchange(

@@ -15,11 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.optimize import nnls
 from threadpoolctl import ThreadpoolController
+
+from sweep._space import AMOUNT_PREFIX, METHOD_PARAM, METHOD_PREFIX, UNSTRUCTURED, Space
 
 EXPONENTS = (1.5, 2.0, 3.0, 4.0, 6.0)  # g: how convex a layer's accuracy cost is in its amount
 STRUCTURED_FACTORS = (1.0, 1.25, 1.6, 2.0)  # k: structured pruning costs as a k-times amount
@@ -33,6 +36,7 @@ PIVOTS = 50  # block principal pivoting steps before falling back to scipy's NNL
 # about 7 ms of CPU an ask), and at least one every CHALLENGE_EVERY asks.
 SHAPE_WORK = 4.8e7
 CHALLENGE_EVERY = 4
+STRUCTURED = "structured"
 
 _threads: ThreadpoolController | None = None
 
@@ -51,6 +55,64 @@ def one_blas_thread() -> Iterator[None]:
 
 
 Row = tuple[np.ndarray, np.ndarray, int]  # one trial's amounts, structured flags and combo
+
+
+class Codec:
+    """A recipe's Optuna parameters <-> its row, over the layer groups of ``space`` (tied
+    layers are one): amounts (``low`` where a group's is not searched), structured flags and
+    the (order, granularity) index. Tied layers share an amount but each has its own method
+    parameter: a group's layers take one method, read from (and written to) every member that
+    has the choice."""
+
+    def __init__(self, space: Space, low: float) -> None:
+        self.groups = list(dict.fromkeys(space.owners.values()))
+        self.members = {
+            group: [name for name in space.layers if space.owners[name] == group]
+            for group in self.groups
+        }
+        self.can_structure = np.array(
+            [any(len(space.methods_of(n)) > 1 for n in self.members[g]) for g in self.groups]
+        )
+        self.global_method = space.global_method()
+        self.orders = list(space.orders)
+        self.granularities = list(space.search.granularities)
+        self.n_combos = len(self.orders) * len(self.granularities)
+        self.distributions = space.distributions()
+        self.low = low
+
+    def row(self, values: dict[str, Any]) -> Row:
+        """One recipe's amounts, structured flags and (order, granularity) index."""
+        amounts, structured = [], []
+        for col, group in enumerate(self.groups):
+            amounts.append(float(values.get(AMOUNT_PREFIX + group, self.low)))
+            methods = (
+                [values.get(METHOD_PARAM)]
+                if self.global_method
+                else [values.get(METHOD_PREFIX + name) for name in self.members[group]]
+            )
+            structured.append(bool(self.can_structure[col]) and STRUCTURED in methods)
+        order = self.orders.index(values["order"])
+        combo = order * len(self.granularities) + self.granularities.index(values["granularity"])
+        return np.array(amounts), np.array(structured, dtype=float), combo
+
+    def decode(self, amounts: np.ndarray, structured: np.ndarray, combo: int) -> dict[str, Any]:
+        """The parameters of a row (with one method for all layers: the majority's)."""
+        order, granularity = divmod(combo, len(self.granularities))
+        params: dict[str, Any] = {
+            "order": self.orders[order],
+            "granularity": self.granularities[granularity],
+        }
+        global_votes = 0
+        for col, group in enumerate(self.groups):
+            if AMOUNT_PREFIX + group in self.distributions:
+                params[AMOUNT_PREFIX + group] = round(float(amounts[col]), 6)
+            for name in self.members[group]:
+                if METHOD_PREFIX + name in self.distributions:
+                    params[METHOD_PREFIX + name] = STRUCTURED if structured[col] else UNSTRUCTURED
+            global_votes += int(structured[col]) - int(not structured[col])
+        if METHOD_PARAM in self.distributions:  # method_scope global: the majority's method
+            params[METHOD_PARAM] = STRUCTURED if global_votes > 0 else UNSTRUCTURED
+        return params
 
 
 @dataclass(frozen=True)

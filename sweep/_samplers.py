@@ -172,11 +172,13 @@ def budget_note(config: SweepConfig, space: Space) -> str | None:
     if taken >= wanted:
         return None
     groups = len(set(space.owners.values()))
+    start = "its model starts thin"
+    if config.sampler == "layerwise":  # its thin-budget mode (sweep/_layerwise_startup.py)
+        start = "it asks uniform recipes over the whole grid for half the budget, then its model"
     return (
         f"budget.n_trials: {config.budget.n_trials} trials leave the warm-up {taken} (a third), "
-        f"where {config.sampler} wants {wanted} for {groups} layer groups; its model starts "
-        f"thin. For the full warm-up give budget.n_trials {wanted * WARMUP_SHARE}, or tie layers "
-        "(search_space.tie)"
+        f"where {config.sampler} wants {wanted} for {groups} layer groups; {start}. For the full "
+        f"warm-up give budget.n_trials {wanted * WARMUP_SHARE}, or tie layers (search_space.tie)"
     )
 
 
@@ -193,7 +195,16 @@ def _make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSamp
     seed = config.seed
     uniform, startup = startup_trials(config, space)
     if config.sampler == "layerwise":
-        return LayerwiseSampler(space, seed=seed, n_startup_trials=startup, uniform_startup=uniform)
+        # The budget and the warm-up the model wants: where the budget cuts that warm-up short,
+        # the sampler starts in its thin-budget mode (sweep/_layerwise_startup.py).
+        return LayerwiseSampler(
+            space,
+            seed=seed,
+            n_startup_trials=startup,
+            uniform_startup=uniform,
+            budget=config.budget.n_trials,
+            wanted_startup=wanted_startup(config, space)[1],
+        )
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "nsga2":

@@ -12,7 +12,9 @@ import pytest
 from storage import Store
 from sweep import ConfigError, parse_config, run_sweep
 from sweep._config import DEFAULT_OBJECTIVES as DEFAULTS
+from sweep._feasible import FeasibleSampler
 from sweep._layerwise import LayerwiseSampler
+from sweep._layerwise_startup import bisection_order, uniform_candidates, uniform_options
 from sweep._quality import fp32_reference, hypervolume_curve, losses, reference_point
 from sweep._samplers import ask_recipe, make_sampler, startup_trials
 from sweep._space import Space
@@ -68,11 +70,13 @@ def test_layerwise_searches_each_layer_amount_and_rejects_relative_mode() -> Non
 
 
 def test_startup_is_uniform_levels_then_the_same_levels_moved_per_layer() -> None:
-    study, space = _setup()
-    config = parse_config({"name": "x", "task": "t", "sampler": "layerwise"})
+    # 8 layers: the floor of 10 uniform + 10 moved, which a third of 60 trials covers (a budget
+    # that does not gets thin mode, below).
+    study, space = _setup(budget={"n_trials": 60})
+    config = parse_config({"name": "x", "task": "t", "budget": {"n_trials": 60}})
     uniform, startup = startup_trials(config, space)
-    # 8 layers: the floor of 10 uniform + 10 moved, cut to a third of the 40-trial budget.
-    assert (uniform, startup) == (10, 13)
+    assert (uniform, startup) == (10, 20)
+    assert isinstance(study.sampler, LayerwiseSampler) and study.sampler._thin is None
     recipes = _run(study, space, startup)
     levels = []
     for recipe in recipes[:uniform]:
@@ -192,3 +196,137 @@ def test_any_objectives_get_recipes_within_the_space(objectives: dict[str, str])
         metrics = TASK.analytic_metrics(recipe)
         study.tell(trial, [metrics[name] for name in objectives])
     assert len(study.trials) == 30
+
+
+# -- thin budgets: uniform recipes first (sweep/_layerwise_startup.py) ----------------------------
+DEEP = SyntheticTask(n_layers=60, seed=2)
+
+
+def _deep(n_trials: int, **space: object) -> tuple[optuna.Study, Space, list[Recipe]]:
+    settings: dict[str, object] = {"objectives": OBJECTIVES, "budget": {"n_trials": n_trials}}
+    if space:
+        settings["search_space"] = space
+    study, space_ = synthetic_study(DEEP, sampler="layerwise", **settings)
+    if isinstance(study.sampler, FeasibleSampler):  # the sampler's own recipes, not moved in
+        study.sampler = study.sampler._inner
+    recipes = []
+    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
+    while len(recipes) < n_trials:
+        while len(flight) < 3 and len(recipes) + len(flight) < n_trials:
+            flight.append(ask_recipe(study, space_))
+        trial, recipe = flight.pop(0)
+        metrics = DEEP.analytic_metrics(recipe)
+        study.tell(trial, [metrics[name] for name in OBJECTIVES])
+        recipes.append(recipe)
+    return study, space_, recipes
+
+
+def _option(recipe: Recipe) -> tuple[str, str, str]:
+    methods = {spec.method for spec in recipe.layers.values()}
+    granularity = "-" if recipe.order == "prune_float" else recipe.granularity
+    return recipe.order, granularity, methods.pop() if len(methods) == 1 else "mixed"
+
+
+def test_a_thin_budget_asks_every_option_uniform_first_at_spread_levels_then_the_model() -> None:
+    # 60 layer groups want a 40-trial warm-up; 16 trials leave it 5: thin mode.
+    study, _, recipes = _deep(16)
+    sampler = study.sampler
+    assert isinstance(sampler, LayerwiseSampler) and sampler._thin is not None
+    options = sampler._thin.options
+    assert len(options) == 10  # (ptq, qat) x (per_tensor, per_channel) + float, x 2 methods
+    uniform = recipes[: sampler._thin.n_uniform]
+    assert len(uniform) == 10
+    levels = []
+    for recipe in uniform:
+        amounts = {spec.amount for spec in recipe.layers.values()}
+        assert len(amounts) == 1
+        levels.append(amounts.pop())
+    # Every order, granularity and method once: the first ten asks are ten options.
+    assert len({_option(r) for r in uniform}) == 10
+    assert "mixed" not in {_option(r)[2] for r in uniform}
+    # The levels spread over the range, the bottom first (quantization only), ...
+    assert levels[0] == 0.0 and len(set(levels)) >= 4
+    assert max(levels) >= 0.4
+    # ... and the structured ones never at 0 (the unstructured recipe, asked already).
+    assert all(
+        lv > 0 for r, lv in zip(uniform, levels, strict=True) if _option(r)[2] == "structured"
+    )
+    # Then the model (per-layer amounts) and uniform neighbours of the front by turns.
+    assert sum(len({s.amount for s in r.layers.values()}) > 1 for r in recipes[10:]) >= 2
+    asked = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(asked)) == len(asked)
+
+
+def test_levels_above_a_collapsed_one_are_not_asked() -> None:
+    # 60 layers: uniform amounts from about 0.35 up take the accuracy to 0.
+    _, _, recipes = _deep(30)
+    uniform = [r for r in recipes[:15] if len({s.amount for s in r.layers.values()}) == 1]
+    collapsed = [
+        r.layer(LAYERS[0]).amount for r in uniform if DEEP.analytic_metrics(r)["accuracy"] == 0
+    ]
+    assert len(collapsed) <= 4  # the in-flight asks before the first collapse was seen
+
+
+def test_a_thin_budget_keeps_the_constraints_and_the_bounds() -> None:
+    study, _, recipes = _deep(
+        20, amount={"max": 0.6, "step": 0.1}, constraints={"max_sparsity": 0.3}
+    )
+    assert isinstance(study.sampler, LayerwiseSampler) and study.sampler._thin is not None
+    for recipe in recipes:
+        assert DEEP.analytic_metrics(recipe)["sparsity"] <= 0.3 + 1e-9
+        assert all(spec.amount <= 0.6 for spec in recipe.layers.values())
+    asked = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(asked)) == len(asked)
+
+
+def test_thin_mode_is_for_budgets_that_cut_the_warm_up_short() -> None:
+    for n_trials, thin in ((40, True), (59, True), (60, False)):  # 8 layers want 20
+        study, _ = _setup(budget={"n_trials": n_trials})
+        assert isinstance(study.sampler, LayerwiseSampler)
+        assert (study.sampler._thin is not None) == thin
+    # A warm-up as configured is the one the model gets, whatever the budget.
+    study, _ = _setup(sampler_settings={"n_startup_trials": 5}, budget={"n_trials": 12})
+    assert isinstance(study.sampler, LayerwiseSampler) and study.sampler._thin is None
+
+
+def test_bisection_order_and_uniform_candidates() -> None:
+    assert bisection_order(9) == [0, 4, 2, 6, 1, 3, 5, 7, 8]
+    assert sorted(bisection_order(19)) == list(range(19)) and bisection_order(19)[:2] == [0, 9]
+    options = uniform_options(["prune_ptq", "prune_qat", "prune_float"], ["a", "b"], 2)
+    assert len(options) == len(set(options)) == 10
+    assert {c for c, _ in options[:5]} == {0, 1, 2, 3, 4} and options[4] == (4, False)
+    assert [s for _, s in options[:4]] == [False, True, False, True]
+    levels = np.round(np.arange(0, 1.0, 0.1), 6)
+    # Unstructured collapsed at 0.5: nothing at or above it, structured included.
+    pairs = uniform_candidates(levels, options, [(0, 0), (5, 1)], {False: 5}, {0})
+    assert pairs and all(level < 5 for level, _ in pairs)
+    assert (0, 0) not in pairs and all(level > 0 for level, k in pairs if options[k][1])
+    # Option 1 (asked once) comes after every option not asked yet.
+    firsts = [k for _, k in pairs]
+    assert firsts.index(1) > max(firsts.index(k) for k in range(2, 10))
+
+
+def test_after_the_uniform_recipes_some_asks_are_uniform_neighbours_of_the_front() -> None:
+    study, _, recipes = _deep(40)
+    assert isinstance(study.sampler, LayerwiseSampler) and study.sampler._thin is not None
+    first = study.sampler._thin.n_uniform
+    assert first == 20  # half the budget
+    later = [r for r in recipes[first:] if len({s.amount for s in r.layers.values()}) == 1]
+    assert 3 <= len(later) <= 17  # about half of the 20 asks after them (the model: the rest)
+    # A neighbour is a level some uniform recipe of its method on the front has, or next to it.
+    earlier = {(r.layer(LAYERS[0]).amount, _option(r)[2]) for r in recipes[:first]}
+    for recipe in later:
+        level, method = recipe.layer(LAYERS[0]).amount, _option(recipe)[2]
+        assert any(m == method and abs(a - level) <= 0.1 + 1e-9 for a, m in earlier)
+
+
+def test_neighbours_rank_the_front_levels_of_their_method_first() -> None:
+    options = uniform_options(["prune_ptq", "prune_qat"], ["a", "b"], 2)
+    levels = np.round(np.arange(0, 1.0, 0.1), 6)
+    asked = [(0, 0), (4, 1), (2, 2), (6, 3), (1, 4), (3, 5), (5, 6), (7, 7)]
+    pairs = uniform_candidates(levels, options, asked, {}, set(range(8)), {True: [4], False: []})
+    # The structured options (1, 3, 4, 6) not yet at level 0.4 come first, at 0.4; then the
+    # levels a step from it.
+    assert [options[k][1] for k in (1, 3, 4, 6)] == [True] * 4
+    assert pairs[:3] == [(4, 3), (4, 4), (4, 6)]
+    assert {level for level, _ in pairs[3:7]} <= {3, 5}

@@ -85,14 +85,19 @@ def test_the_warm_up_takes_at_most_a_third_of_the_budget_and_says_so() -> None:
     """26 layer groups want 18 uniform + 10 moved warm-up trials: a 12-trial sweep gets 4 and
     is told the budget that would do; a large budget gets the full warm-up and no note."""
     task = SyntheticTask(n_layers=26, seed=1)
-    small = parse_config({"name": "x", "task": "synthetic", "budget": {"n_trials": 12}})
+    small_budget = {"n_trials": 12}
+    small = parse_config({"name": "x", "task": "synthetic", "budget": small_budget})
     _, space = synthetic_study(task, budget={"n_trials": 12})
     assert startup_trials(small, space) == (4, 4)
     assert budget_note(small, space) == (
         "budget.n_trials: 12 trials leave the warm-up 4 (a third), where layerwise wants 28 for "
-        "26 layer groups; its model starts thin. For the full warm-up give budget.n_trials 84, "
-        "or tie layers (search_space.tie)"
+        "26 layer groups; it asks uniform recipes over the whole grid for half the budget, then "
+        "its model. For the full warm-up give budget.n_trials 84, or tie layers "
+        "(search_space.tie)"
     )
+    tpe = parse_config({"name": "x", "task": "synthetic", "sampler": "tpe", "budget": small_budget})
+    note = budget_note(tpe, synthetic_study(task, sampler="tpe", budget=small_budget)[1])
+    assert note is not None and "wants 20 for 26 layer groups; its model starts thin." in note
     large = parse_config({"name": "x", "task": "synthetic", "budget": {"n_trials": 84}})
     assert startup_trials(large, space) == (18, 28)
     assert budget_note(large, space) is None
