@@ -17,9 +17,19 @@ that time; ``efficiency`` = throughput(K) / (K * throughput(1)); the goal is 0.9
 ``bare_ray_*``: the same number of sleeps as bare Ray tasks (K in flight, one CPU each, no
 driver, Optuna, monitor or store) on the same cluster, right after: the scaling Ray itself reaches
 on this machine, the baseline the sweep's efficiency should be read against.
-``driver_busy_s`` adds up, per K, the seconds the driver spent (serially, while trials sleep) in
-Optuna's ``ask`` and ``tell``, in submitting trials to Ray (``_submit``), in collecting results
-(``_collect``, which includes ``tell``) and in writing the store (``_flush``).
+``driver_busy_s`` adds up, per K, the seconds the driver spent in Optuna's ``ask`` and ``tell``,
+asking recipes (``ask_recipe``), filling free slots (``_fill``), submitting trials to Ray
+(``_submit``), collecting results (``_collect``), waiting for Ray (``wait``), and the store
+writer's commits (``_write``, on a thread of its own beside the loop). ``trials_on_fresh_workers``
+counts the timed sweep's trials that ran in a worker process the warm-up had not started;
+``cold_sweep_waited_s``: how long the warm-up's trials (the first sweep on the new cluster) waited
+beyond their own run, which includes waiting for a worker process to start (``--no-prestart``:
+without the workers the driver starts beside the task's description).
+
+``--load N [M ...]``: the whole series again beside N CPU spinners (processes busy all the time,
+stopped after each run): the sweep and bare Ray share the same load. ``--capacity K``: instead,
+the completions per second the driver sustains with zero-length trials on K logical CPUs, and
+where its time goes.
 
 With ``--sampler random`` as well (the default runs both), the same is measured with Optuna's
 RandomSampler, whose ask costs almost nothing: the difference from TPE is the driver's
@@ -27,7 +37,8 @@ sampling cost, which grows with the number of finished trials and is paid serial
 
 Prints one JSON object and writes it to ``scripts/results/bench_scaling.json``.
 
-    python scripts/bench_scaling.py [--ks 1 2 4 8 16] [--seconds 2.0] [--waves 6]
+    python scripts/bench_scaling.py [--ks 1 2 4 8 16] [--seconds 2.0] [--waves 6] [--load 0 6]
+    python scripts/bench_scaling.py --capacity 32 [--capacity-trials 1000]
 """
 
 from __future__ import annotations

@@ -67,6 +67,8 @@ PROPOSALS = 16  # weight draws tried before a recipe not asked before is found
 JITTER = 0.25  # chance that a proposal moves one or two layers by one or two grid steps
 EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move instead
 Key = tuple[tuple[str, Any], ...]  # a recipe's parameters, hashable
+# A fit: the models, their costs and bases, the objectives' spans, the trust region, the limits.
+Fitted = tuple[list[Fit], np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, float]]
 
 
 class LayerwiseSampler(BaseSampler):
@@ -136,6 +138,7 @@ class LayerwiseSampler(BaseSampler):
         self._option_structured = np.arange(len(self._option_amounts)) >= len(self._grid)
         self._structurable = ~self._option_structured | self._can_structure[:, None]
         self._shapes: dict[int, ShapeSearch] = {}  # per accuracy-like objective
+        self._fitted: tuple[tuple[int, int], Fitted] | None = None  # the last fit, by its trials
         self._thin: ThinStart | None = None
         if budget is not None and is_thin(n_startup_trials, wanted_startup):
             levels = self._grid[np.isin(self._grid, allowed)] if allowed else self._grid
@@ -263,6 +266,40 @@ class LayerwiseSampler(BaseSampler):
             exchanged = self._exchange(finished, values[:, quality[0]], seen)
             if exchanged is not None:
                 return exchanged
+        # Asks between the same finished trials (a burst, when many slots free at once) share
+        # one fit, each with its own trade-off weights: refitting for each costs the driver
+        # most of its time per trial at high completion rates, and learns nothing new.
+        key = (len(finished), finished[-1]._trial_id)
+        if self._fitted is None or self._fitted[0] != key:
+            self._fitted = (key, self._fit(finished, values, quality))
+        fits, costs, bases, span, reach, limit = self._fitted[1]
+        fallback: tuple[float, dict[str, Any]] | None = None
+        proposal: dict[str, Any] = {}
+        for _ in range(PROPOSALS):
+            weights = self._rng.dirichlet(np.ones(len(fits))) / span
+            proposal, row = self._allocate(costs, bases, weights, reach)
+            if self._rng.random() < JITTER:
+                proposal = self._jitter(proposal)
+                row = None
+            if _key(proposal) in seen or not self._feasible(proposal):
+                continue
+            row = self._row(proposal) if row is None else row
+            encoded_proposal = Encoded.of([row], len(self._groups))
+            excess = max(
+                (float(fits[j].predict(encoded_proposal)[0]) - limit[j] for j in quality),
+                default=0.0,
+            )
+            if excess <= 0:
+                return proposal
+            if fallback is None or excess < fallback[0]:
+                fallback = (excess, proposal)
+        return fallback[1] if fallback is not None else self._jitter(proposal)
+
+    def _fit(
+        self, finished: Sequence[FrozenTrial], values: np.ndarray, quality: list[int]
+    ) -> Fitted:
+        """The model of every objective on a bootstrap sample of the finished trials, each one's
+        cost of every (group, option), the objectives' spans, the trust region and limits."""
         encoded = self._encode(finished)
         one_hot = np.eye(self._n_combos)[encoded.combo]
         kept = np.ones(len(finished), dtype=bool)
@@ -290,27 +327,7 @@ class LayerwiseSampler(BaseSampler):
         # from draw to draw, the fits do not.
         costs = np.stack([self._option_costs(fit) for fit in fits])
         bases = np.stack([fit.base for fit in fits])
-        fallback: tuple[float, dict[str, Any]] | None = None
-        proposal: dict[str, Any] = {}
-        for _ in range(PROPOSALS):
-            weights = self._rng.dirichlet(np.ones(len(fits))) / span
-            proposal, row = self._allocate(costs, bases, weights, reach)
-            if self._rng.random() < JITTER:
-                proposal = self._jitter(proposal)
-                row = None
-            if _key(proposal) in seen or not self._feasible(proposal):
-                continue
-            row = self._row(proposal) if row is None else row
-            encoded_proposal = Encoded.of([row], len(self._groups))
-            excess = max(
-                (float(fits[j].predict(encoded_proposal)[0]) - limit[j] for j in quality),
-                default=0.0,
-            )
-            if excess <= 0:
-                return proposal
-            if fallback is None or excess < fallback[0]:
-                fallback = (excess, proposal)
-        return fallback[1] if fallback is not None else self._jitter(proposal)
+        return fits, costs, bases, span, reach, limit
 
     def _option_costs(self, fit: Fit) -> np.ndarray:
         """(groups, options): the model's cost of each group's every (amount, method)."""

@@ -148,6 +148,33 @@ def test_parallel_asks_differ_and_ties_bounds_and_constraints_hold() -> None:
     assert sum(s <= 0.4 + 1e-9 for s in sparsity) >= 0.9 * len(sparsity)
 
 
+def test_a_burst_of_asks_shares_one_fit_and_a_new_result_refits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many slots free at once: the asks between the same finished trials fit the model once
+    (its cost is the driver's, per trial), each still asking a recipe of its own."""
+    study, space = _setup(sampler_settings={"n_startup_trials": 10, "uniform_startup": 5})
+    _run(study, space, 30)
+    fits: list[int] = []
+    fit = LayerwiseSampler._fit
+
+    def counted(self: LayerwiseSampler, *args: object) -> object:
+        fits.append(len(study.trials))
+        return fit(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LayerwiseSampler, "_fit", counted)
+    burst = [ask_recipe(study, space) for _ in range(8)]
+    assert len({recipe.to_json() for _, recipe in burst}) == 8
+    assert len(fits) == 1
+    for trial, recipe in burst[:1]:
+        metrics = TASK.analytic_metrics(recipe)
+        study.tell(trial, [metrics[name] for name in OBJECTIVES])
+    before = len(fits)
+    for _ in range(4):
+        ask_recipe(study, space)
+    assert len(fits) == before + 1
+
+
 def test_a_seeded_sweep_asks_the_same_recipes_again() -> None:
     first = _run(*_setup(), 30)
     again = _run(*_setup(), 30)
