@@ -253,9 +253,12 @@ def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]
         run_sweep(parse_config(_config("warmup", 2 * k, 0.0, sampler)), store)
         busy: dict[str, float] = {}
         _time_driver(busy)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         run_sweep(parse_config(_config("timed", trials, 0.0, sampler)), store)
         run_sweep_s = time.perf_counter() - start
+        # The driver process's CPU, all its threads (the loop, the store writer, Ray's own):
+        # here it shares 2 cores with K workers; on a head node it has cores of its own.
+        driver_cpu_s = time.process_time() - cpu_start
         frame = store.trials("timed")
     finally:
         ray.shutdown()
@@ -268,6 +271,8 @@ def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]
         "states": frame["state"].value_counts().to_dict(),
         "wall_s": wall,
         "completions_per_s": trials / wall,
+        "driver_cpu_ms_per_trial": 1000 * driver_cpu_s / trials,
+        "completions_per_driver_cpu_s": trials / driver_cpu_s,
         "run_sweep_s": run_sweep_s,
         "driver_busy_s": busy,
         "busy_per_trial_ms": {name: 1000 * v / trials for name, v in busy.items()},

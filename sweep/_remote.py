@@ -194,39 +194,46 @@ def started_worker() -> int:
     return os.getpid()
 
 
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares: put in Ray's object store once (again when the fp32
+    reference learns a hardware class), so that a submission serializes only its recipe and
+    number (12 arguments with the monitor's actor handle cost 2-4 times as much to submit)."""
+
+    spec: str
+    settings: dict[str, Any]
+    sweep: str
+    monitor: Any  # ray.actor.ActorHandle of TrialMonitor
+    report_intermediate: bool
+    latency: dict[str, Any]
+    time_here: bool
+    cpus: float
+    use_gpu: bool
+    reference: Reference
+
+
 def execute_trial(
-    spec: str,
-    settings: dict[str, Any],
-    recipe: dict[str, Any],
-    sweep: str,
-    number: int,
-    monitor: Any,  # ray.actor.ActorHandle of TrialMonitor
-    report_intermediate: bool,
-    latency: dict[str, Any],
-    time_here: bool,
-    cpus: float,
-    use_gpu: bool,
-    reference: Reference,
+    context: TrialContext, recipe: dict[str, Any], number: int
 ) -> tuple[TrialOutcome, bytes | None]:
     """Run one trial. Its int8 model is returned beside the outcome, as the runtime's model file
     (bytes) in a second Ray object: unless ``time_here`` it is timed elsewhere (on the latency
     target), and the front's files are timed again at the end of the sweep."""
     started = time.monotonic()
+    monitor, sweep = context.monitor, context.sweep
     attempt = int(ray.get(monitor.start.remote(sweep, number)))
-    torch.set_num_threads(max(1, int(cpus)))
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(max(1, int(context.cpus)))
+    device = "cuda" if context.use_gpu and torch.cuda.is_available() else "cpu"
 
     report = reporter(monitor, sweep, number)
-    task = _task(spec, settings)
-    spec_ = LatencySpec(**latency)
+    task = _task(context.spec, context.settings)
     result = run_trial(
         task,
         Recipe.from_dict(recipe),
         device=device,
-        report=report if report_intermediate else None,
-        latency=spec_ if time_here else None,
+        report=report if context.report_intermediate else None,
+        latency=LatencySpec(**context.latency) if context.time_here else None,
         keep_model=True,
-        reference=reference,
+        reference=context.reference,
     )
     outcome = TrialOutcome(
         replace(result, model=None), attempt, _node(), time.monotonic() - started

@@ -70,7 +70,6 @@ class Submitter:
     def __init__(self, config: SweepConfig, target: _target.Target | None, monitor: Any) -> None:
         self.config, self.target, self.monitor = config, target, monitor
         resources = config.resources
-        # Any: Ray's stubs type remote functions of at most ten arguments.
         execute_trial: Any = _remote.execute_trial
         self._execute = ray.remote(
             num_cpus=resources.cpus_per_trial,
@@ -80,6 +79,7 @@ class Submitter:
             retry_exceptions=False,  # trial errors are results; Ray retries only lost workers
         )(execute_trial).options(num_returns=2)  # the outcome, and the int8 model file
         self._measure = _target.measure_task(target.resource) if target else None
+        self._shared: tuple[Reference, ray.ObjectRef] | None = None  # the context, as put
         self.slots = 1
         self.target_slots = 0  # timings the latency target's nodes hold at once
         self._slots_checked = -math.inf
@@ -117,26 +117,32 @@ class Submitter:
         early_stopping: bool,
     ) -> tuple[ray.ObjectRef, InFlight]:
         """Start training (and evaluating) a trial: its result's ref, and what to keep of it."""
-        config = self.config
-        ref, model = self._execute.remote(
-            config.task,
-            config.task_settings,
-            recipe,
-            config.name,
-            number,
-            self.monitor,
-            early_stopping,
-            config.latency.timing(),
-            self.target is None,
-            config.resources.cpus_per_trial,
-            config.resources.gpus_per_trial > 0,
-            reference,
-        )
+        ref, model = self._execute.remote(self._context(reference, early_stopping), recipe, number)
         now = datetime.now(timezone.utc)
         flight = InFlight(number, trial, recipe, now, time.monotonic(), shadow)
         flight.model = model if self.target else None
         flight.artifact = model
         return ref, flight
+
+    def _context(self, reference: Reference, early_stopping: bool) -> ray.ObjectRef:
+        """The sweep's TrialContext in Ray's object store, put again when ``reference`` (the
+        fp32 reference, which learns each hardware class's timing) is a new one."""
+        if self._shared is None or self._shared[0] is not reference:
+            config = self.config
+            context = _remote.TrialContext(
+                config.task,
+                config.task_settings,
+                config.name,
+                self.monitor,
+                early_stopping,
+                config.latency.timing(),
+                self.target is None,
+                config.resources.cpus_per_trial,
+                config.resources.gpus_per_trial > 0,
+                reference,
+            )
+            self._shared = (reference, ray.put(context))
+        return self._shared[1]
 
     def time_on_target(self, flight: InFlight, outcome: _remote.TrialOutcome) -> ray.ObjectRef:
         """Training is done: send the int8 model to the latency target to be timed."""

@@ -42,11 +42,13 @@ def test_the_end_of_a_sweep_times_its_front_again_and_keeps_its_files(swept: str
     with Store(swept) as store:
         trials = store.trials(NAME)
         kept = store.artifacts(NAME)
+        front = set(store.pareto_front(NAME)["number"])
     again = _timed_again(trials)
-    # Every trial on the front when the sweep ended was timed again, and only those: they are
-    # the ones whose model files were kept.
+    # The files of the front and of the trials near it (within the timing slack: they may join
+    # it when timed again) were kept; the front's trials were timed again (and any that joined
+    # it as the figures moved), all from their kept files.
     assert len(again) >= 1
-    assert set(again["number"]) == set(kept)
+    assert front <= set(again["number"]) <= set(kept)
     assert {runtime for runtime, _ in kept.values()} == {"onnxruntime"}
     assert (again["speedup_low"] <= again["speedup"]).all()
     assert (again["speedup"] <= again["speedup_high"]).all()
@@ -56,7 +58,7 @@ def test_the_end_of_a_sweep_times_its_front_again_and_keeps_its_files(swept: str
         assert metrics["remeasure_s"] > 0
         assert metrics["speedup_once"] > 0  # the single timing's figure, kept beside
     # The others keep the figures of their single timing, without an interval.
-    rest = trials[~trials["number"].isin(kept)]
+    rest = trials[~trials["number"].isin(again["number"])]
     assert rest["speedup_low"].isna().all() and (rest["speedup"] > 0).all()
 
 
