@@ -96,10 +96,11 @@ PhaseFn = Callable[[str], None]
 
 
 def _describe(
-    config: SweepConfig, on_phase: PhaseFn | None = None
+    config: SweepConfig, on_phase: PhaseFn | None = None, *, start_workers: bool = False
 ) -> tuple[Space, _remote.TaskInfo]:
     """Check that the cluster can run a trial, then describe the task on a worker, passing
-    what it reports meanwhile (it may train the baseline for minutes) to ``on_phase``."""
+    what it reports meanwhile (it may train the baseline for minutes) to ``on_phase``; with
+    ``start_workers`` (trials follow), start their worker processes meanwhile."""
     resources = config.resources
     _resources.require(_resources.demand(resources), resources.wait_for_nodes_s)
     describe = ray.remote(num_cpus=config.resources.cpus_per_trial)(_remote.describe_task)
@@ -107,7 +108,8 @@ def _describe(
     pending = describe.remote(
         config.task, config.task_settings, config.latency.runtime, monitor, config.name
     )
-    _submission.start_workers(config)
+    if start_workers:
+        _submission.start_workers(config)
     try:
         while monitor is not None and on_phase is not None:
             ready, _ = ray.wait([pending], timeout=PHASE_POLL_S)
@@ -148,7 +150,7 @@ def run_sweep(
     progress = Progress(total=config.budget.n_trials)
     on_phase = _phase_reporter(progress, on_progress)
     _target.require_target(config)
-    space, info = _describe(config, on_phase)
+    space, info = _describe(config, on_phase, start_workers=True)
     space = _bounds.bounded_space(store, config, space)
     check_feasible(space)
     note = budget_note(config, space)
@@ -243,7 +245,7 @@ def resume_sweep(
     progress = Progress(total=config.budget.n_trials)
     on_phase = _phase_reporter(progress, on_progress)
     _target.require_target(config)
-    space, _ = _describe(config, on_phase)
+    space, _ = _describe(config, on_phase, start_workers=True)
     stored = store.get_sweep(name).config
     target = _target.prepare_target(config, stored.get("latency_baseline"))
     # The bounds the sweep was launched with, even if its scan has been replaced since.

@@ -110,7 +110,7 @@ def run_scan(
     )
     _ray_session.connect_ray(config.ray_address, config.task)
     _ray_session.monitor()
-    space, info = _driver._describe(config)
+    space, info = _driver._describe(config, start_workers=True)
     recipes = scan_recipes(space, amounts, granularities, finetune_epochs)
     config = config.model_copy(
         update={"budget": config.budget.model_copy(update={"n_trials": len(recipes)})}

@@ -43,6 +43,14 @@ class InFlight:
     artifact: ray.ObjectRef | None = None
 
 
+def trial_slots(config: SweepConfig, nodes: list[dict[str, float]]) -> int:
+    """Trials to run at once: ``max_concurrent``, else as many as ``nodes`` hold (at least 1)."""
+    resources = config.resources
+    if resources.max_concurrent is not None:
+        return resources.max_concurrent
+    return max(1, _resources.fitting(_resources.demand(resources), nodes))
+
+
 def start_workers(config: SweepConfig) -> list[ray.ObjectRef]:
     """Start, beside the task's description, the worker processes the first trials will run in:
     each imports the engine (torch, ONNX Runtime) while the baseline is described or trained,
@@ -51,9 +59,7 @@ def start_workers(config: SweepConfig) -> list[ray.ObjectRef]:
     trial slot but the describing one, with the trial's own resources. Best effort: a worker
     that fails to start here leaves its trial to start one, as it would have anyway."""
     resources = config.resources
-    slots = resources.max_concurrent
-    if slots is None:
-        slots = _resources.fitting(_resources.demand(resources), _resources.nodes())
+    slots = trial_slots(config, _resources.nodes())
     start = ray.remote(
         num_cpus=resources.cpus_per_trial,
         num_gpus=resources.gpus_per_trial,
@@ -93,12 +99,8 @@ class Submitter:
         if now - self._slots_checked < SLOTS_REFRESH_S:
             return
         self._slots_checked = now
-        resources = self.config.resources
         nodes = _resources.nodes()
-        if resources.max_concurrent is not None:
-            self.slots = resources.max_concurrent
-        else:
-            self.slots = max(1, _resources.fitting(_resources.demand(resources), nodes))
+        self.slots = trial_slots(self.config, nodes)
         if self.target is not None:
             unit = {self.target.resource: _target.UNITS_PER_MEASUREMENT}
             self.target_slots = max(1, _resources.fitting(unit, nodes))
