@@ -98,13 +98,5 @@ class MobilenetTask(ResnetTask):
         return factory(num_classes=len(CLASSES), width_mult=self.width_mult)
 
 
-def make_task(
-    seed: int = 0,
-    width_mult: float = 1.0,
-    n_train: int = 4000,
-    n_calibration: int = 1000,
-    n_validation: int = 2000,
-    epochs: int = ResnetTask.baseline_max_epochs,
-) -> MobilenetTask:
-    """``task_settings`` are these keyword arguments; see :class:`MobilenetTask`."""
-    return MobilenetTask(seed, width_mult, n_train, n_calibration, n_validation, epochs)
+# The task factory: ``task_settings`` are the class's keyword arguments (see MobilenetTask).
+make_task = MobilenetTask
