@@ -77,7 +77,8 @@ class StoreWriter:
 
     def close(self, status: str | None) -> None:
         """Write everything handed over, waiting out an outage (up to the retries), then the
-        sweep's ``status``. ``None``: stop without another write (the sweep was taken over)."""
+        sweep's ``status`` (FAILED if the writes failed). ``None``: stop without another write
+        (the sweep was taken over)."""
         with self._lock:
             self._closing, self._status = True, status
             if status is None:
@@ -90,9 +91,10 @@ class StoreWriter:
             self.check()
             return
         # The records could not be written (they stay RUNNING in the store: `sweep resume`
-        # re-runs them); the status tells why the sweep stopped, if the store takes it.
+        # re-runs them): the sweep FAILED, whatever the loop meant to end it with (a loop that
+        # finished its budget before the writer caught up is not FINISHED), if the store takes it.
         try:
-            self._store.set_sweep_status(self._name, status)
+            self._store.set_sweep_status(self._name, "FAILED")
         finally:
             self.check()
 
