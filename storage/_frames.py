@@ -90,7 +90,7 @@ def trial_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
     return pd.DataFrame({name: _series(name, values) for name, values in columns.items()})
 
 
-def _plain_frame(names: tuple[str, ...], rows: Sequence[Row[Any]]) -> pd.DataFrame:
+def plain_frame(names: tuple[str, ...], rows: Sequence[Row[Any]]) -> pd.DataFrame:
     """A frame whose columns are ``names``, one per field of each row, values as stored."""
     columns: dict[str, list[Any]] = {name: [] for name in names}
     for row in rows:
@@ -101,9 +101,9 @@ def _plain_frame(names: tuple[str, ...], rows: Sequence[Row[Any]]) -> pd.DataFra
 
 def layer_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
     """Build the layer frame from ``(number, layer, amount, method, granularity)`` rows."""
-    return _plain_frame(LAYER_COLUMNS, rows)
+    return plain_frame(LAYER_COLUMNS, rows)
 
 
 def value_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
     """Build the intermediate-value frame from ``(number, step, value)`` rows."""
-    return _plain_frame(VALUE_COLUMNS, rows)
+    return plain_frame(VALUE_COLUMNS, rows)

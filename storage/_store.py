@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
 
 import pandas as pd
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,7 +33,7 @@ from storage._errors import (
     SweepNotFoundError,
 )
 from storage._foreign import check_server, check_sqlite
-from storage._frames import layer_frame, trial_frame, trial_select, value_frame
+from storage._frames import layer_frame, plain_frame, trial_frame, trial_select, value_frame
 from storage._front import (
     collection_paused,
     frame_rows,
@@ -42,6 +43,7 @@ from storage._front import (
 )
 from storage._models import (
     MAX_SWEEP_NAME_LENGTH,
+    METRIC_COLUMNS,
     SWEEP_STATUSES,
     TRIAL_STATES,
     SweepModel,
@@ -89,6 +91,34 @@ def _check_states(states: Sequence[str] | None) -> list[TrialState] | None:
             f"unknown trial state(s) {', '.join(map(repr, unknown))}; use {', '.join(TRIAL_STATES)}"
         )
     return [TrialState[state] for state in states]
+
+
+@dataclass(frozen=True)
+class _TrialFilter:
+    """Which trials of a sweep a listing keeps: states, ``--where`` terms, trial numbers."""
+
+    states: list[TrialState] | None
+    where: list[ColumnElement[bool]]
+    numbers: list[int] | None
+
+    @classmethod
+    def of(
+        cls,
+        states: Sequence[str] | None,
+        where: Sequence[str] | str | None,
+        numbers: Sequence[int] | None,
+    ) -> _TrialFilter:
+        wanted = None if numbers is None else sorted({int(number) for number in numbers})
+        return cls(_check_states(states), parse_where(where), wanted)
+
+    def clauses(self, sweep_id: int) -> list[ColumnElement[bool]]:
+        trials = TrialModel.__table__
+        found: list[ColumnElement[bool]] = [trials.c.sweep_id == sweep_id, *self.where]
+        if self.states is not None:
+            found.append(trials.c.state.in_(self.states))
+        if self.numbers is not None:
+            found.append(trials.c.number.in_(self.numbers))
+        return found
 
 
 class Store:
@@ -356,26 +386,84 @@ class Store:
         *,
         states: Sequence[str] | None = None,
         where: Sequence[str] | str | None = None,
+        numbers: Sequence[int] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        descending: bool = False,
     ) -> pd.DataFrame:
         """One row per trial of ``sweep`` ordered by number, optionally filtered.
 
         Columns: number, state, every metric column, order, granularity, duration_s, worker,
         attempt, error, started_at, finished_at, and the parsed recipe, metrics and timings
-        dicts. ``where`` takes ``--where`` expressions (see :class:`WhereError`).
+        dicts. ``where`` takes ``--where`` expressions (see :class:`WhereError`); ``numbers``
+        keeps those trials only. ``limit`` and ``offset`` take one page of the ordered rows
+        (newest first with ``descending``); :meth:`count_trials` counts all of them.
         """
-        clauses = parse_where(where)
-        wanted = _check_states(states)
+        filters = _TrialFilter.of(states, where, numbers)
+        if (limit is not None and limit < 0) or offset < 0:
+            raise StorageError(f"limit {limit} and offset {offset} must not be negative")
 
         def work(session: Session) -> list[Any]:
             sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
             trials = TrialModel.__table__
-            stmt = trial_select().where(trials.c.sweep_id == sweep_row.id, *clauses)
-            if wanted is not None:
-                stmt = stmt.where(trials.c.state.in_(wanted))
-            return list(session.execute(stmt.order_by(trials.c.number)).all())
+            number = trials.c.number.desc() if descending else trials.c.number
+            stmt = trial_select().where(*filters.clauses(sweep_row.id)).order_by(number)
+            if limit is not None or offset:
+                stmt = stmt.limit(limit).offset(offset)
+            return list(session.execute(stmt).all())
 
         with collection_paused():
             return trial_frame(self._run(work))
+
+    def count_trials(
+        self,
+        sweep: str,
+        *,
+        states: Sequence[str] | None = None,
+        where: Sequence[str] | str | None = None,
+    ) -> int:
+        """How many trials :meth:`trials` returns with the same filters, without a page."""
+        filters = _TrialFilter.of(states, where, None)
+
+        def work(session: Session) -> int:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            stmt = select(func.count()).select_from(TrialModel.__table__)
+            return int(session.scalar(stmt.where(*filters.clauses(sweep_row.id))) or 0)
+
+        return self._run(work)
+
+    def metric_values(
+        self,
+        sweep: str,
+        columns: Sequence[str],
+        *,
+        states: Sequence[str] | None = ("COMPLETE",),
+        where: Sequence[str] | str | None = None,
+        feasible_only: bool = False,
+    ) -> pd.DataFrame:
+        """Trial number and the metric ``columns`` of each trial, ordered by number: the narrow
+        read behind rankings and curves over many trials (no recipe, no JSON). ``where`` as in
+        :meth:`trials`; with ``feasible_only``, only trials that meet the sweep's own
+        constraints."""
+        unknown = [name for name in columns if name not in METRIC_COLUMNS]
+        if unknown:
+            raise StorageError(
+                f"unknown metric column(s) {', '.join(map(repr, unknown))}; use one of "
+                f"{', '.join(METRIC_COLUMNS)}"
+            )
+        filters = _TrialFilter.of(states, where, None)
+
+        def work(session: Session) -> list[Any]:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            trials = TrialModel.__table__
+            stmt = (
+                select(trials.c.number, *(trials.c[name] for name in columns))
+                .where(*filters.clauses(sweep_row.id), *_feasible(sweep_row, feasible_only))
+                .order_by(trials.c.number)
+            )
+            return list(session.execute(stmt).all())
+
+        return plain_frame(("number", *columns), self._run(work))
 
     def pareto_front(
         self,

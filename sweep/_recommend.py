@@ -65,6 +65,13 @@ def _sorted(frame: pd.DataFrame, metric: str, direction: str) -> pd.DataFrame:
     )
 
 
+def _whole(store: Store, sweep: str, numbers: pd.Series) -> pd.DataFrame:
+    """The full rows of trials ``numbers``, in that order."""
+    order = [int(number) for number in numbers]
+    found = store.trials(sweep, numbers=order).set_index("number", drop=False)
+    return found.loc[order].reset_index(drop=True)
+
+
 def best_per_objective(
     store: Store, sweep: str, objectives: Mapping[str, str] | None = None
 ) -> pd.DataFrame:
@@ -131,15 +138,19 @@ def recommend(store: Store, sweep: str, goal: Goal, *, feasible_only: bool = Tru
     """
     own = feasible_terms(store, sweep, feasible_only)
     wanted = [*goal.constraints(), *own]
-    matching = store.trials(sweep, states=["COMPLETE"], where=wanted or None)
+    # Ranked on the few columns it needs; only the chosen trials are read whole (a sweep of
+    # 100,000 trials of hundreds of layers each holds gigabytes of recipes).
+    columns = list(dict.fromkeys([goal.metric, "accuracy", "accuracy_drop"]))
+    matching = store.metric_values(sweep, columns, where=wanted or None)
     ranked = _sorted(matching, goal.metric, goal.direction)
     if len(ranked):
-        return ranked.iloc[0]
-    nearby = store.trials(sweep, states=["COMPLETE"], where=[*goal.where, *own] or None)
+        return _whole(store, sweep, ranked["number"].iloc[:1]).iloc[0]
+    nearby = store.metric_values(sweep, columns, where=[*goal.where, *own] or None)
     scope = "meeting --where" if goal.where else "by accuracy drop"
     if nearby.empty:
-        nearby, scope = store.trials(sweep, states=["COMPLETE"]), "of any kind"
-    closest = nearby.sort_values(["accuracy_drop", "number"], kind="mergesort").head(CLOSEST)
+        nearby, scope = store.metric_values(sweep, columns), "of any kind"
+    numbers = nearby.sort_values(["accuracy_drop", "number"], kind="mergesort")["number"]
+    closest = _whole(store, sweep, numbers.iloc[:CLOSEST])
     total = store.get_sweep(sweep).counts.get("COMPLETE", 0)
     raise NoMatchError(
         f"no trial of {sweep} meets the constraints ({goal.describe(own)}) among its {total} "

@@ -317,6 +317,45 @@ def test_trials_states_filter(store: Store) -> None:
         store.trials("s", states=["DONE"])
 
 
+def test_trials_pages_numbers_and_counts(store: Store) -> None:
+    store.create_sweep("s", {}, OBJECTIVES)
+    states = ["COMPLETE", "FAIL"] * 10
+    records = [
+        make_record(n, state, metrics={"accuracy": n / 20} if state == "COMPLETE" else None)
+        for n, state in enumerate(states)
+    ]
+    store.record_trials("s", records)
+    page = store.trials("s", states=["COMPLETE"], where="accuracy >= 0.2", limit=3, offset=2)
+    assert page["number"].tolist() == [8, 10, 12]
+    newest = store.trials("s", limit=2, descending=True)
+    assert newest["number"].tolist() == [19, 18]
+    assert store.trials("s", numbers=[5, 3, 99])["number"].tolist() == [3, 5]
+    assert store.trials("s", limit=0).empty
+    assert store.count_trials("s") == 20
+    assert store.count_trials("s", states=["COMPLETE"], where="accuracy >= 0.2") == 8
+    with pytest.raises(StorageError, match="must not be negative"):
+        store.trials("s", offset=-1)
+
+
+def test_metric_values_reads_only_the_columns_asked(store: Store) -> None:
+    store.create_sweep("s", {"feasible": ["accuracy >= 0.5"]}, OBJECTIVES)
+    store.record_trials(
+        "s",
+        [
+            make_record(0, metrics={"accuracy": 0.9, "size_bytes": 10}),
+            make_record(1, "FAIL"),
+            make_record(2, metrics={"accuracy": 0.4, "size_bytes": 5}),
+        ],
+    )
+    values = store.metric_values("s", ["accuracy", "size_bytes"])
+    assert list(values.columns) == ["number", "accuracy", "size_bytes"]
+    assert values["number"].tolist() == [0, 2]
+    assert values["size_bytes"].dtype == "Int64"
+    assert store.metric_values("s", ["accuracy"], feasible_only=True)["number"].tolist() == [0]
+    with pytest.raises(StorageError, match="unknown metric column"):
+        store.metric_values("s", ["recipe"])
+
+
 def test_naive_datetimes_are_utc(store: Store) -> None:
     store.create_sweep("s", {}, OBJECTIVES)
     naive = datetime(2026, 5, 6, 7, 8, 9)
