@@ -243,3 +243,41 @@ def best(
     _output.render(frame, fmt, out, title=title, output=output, columns=columns)
     _wrote(frame, output)
     _note_hardware(frame)
+
+
+def dashboard(
+    storage: StorageOption = None,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on; off loopback a token is required."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Token every request must carry (default: none on loopback, else a new one).",
+            envvar="SWEEP_DASHBOARD_TOKEN",
+            show_envvar=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve a live, read-only web dashboard of the store's sweeps (Ctrl-C stops it)."""
+    from sweep import _dashboard  # the web stack loads only for this command
+
+    store = _store(storage)
+
+    def announce(listening: _dashboard.Listening) -> None:
+        address = listening.url
+        if listening.token_generated:
+            address += f"?token={listening.token}"
+        err.print(f"dashboard of {store.url_display}: {address}", highlight=False)
+        if listening.token_generated:
+            err.print(
+                "the token above is shown once; anyone who has it can read this store",
+                highlight=False,
+            )
+
+    try:
+        _dashboard.serve(store, host, port, token, on_listening=announce)
+    except KeyboardInterrupt:
+        return

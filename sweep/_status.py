@@ -127,11 +127,19 @@ def best_of(front: pd.DataFrame, objectives: Mapping[str, str]) -> dict[str, flo
     return best
 
 
-def from_store(store: Store, info: SweepInfo, now: datetime | None = None) -> SweepProgress:
+def from_store(
+    store: Store,
+    info: SweepInfo,
+    now: datetime | None = None,
+    *,
+    front: pd.DataFrame | None = None,
+) -> SweepProgress:
     """A stored sweep's progress. Elapsed runs from its creation to its last update (to now
     while it is RUNNING). A RUNNING sweep whose driver has not written for STALE_AFTER_S is
-    STALE: its driver is gone, and `sweep resume` finishes it."""
-    front = store.pareto_front(info.name)
+    STALE: its driver is gone, and `sweep resume` finishes it. ``front``: the sweep's Pareto
+    front as of ``info``, if the caller has it (it is queried otherwise)."""
+    if front is None:
+        front = store.pareto_front(info.name)
     counts = info.counts
     now = now or datetime.now(timezone.utc)
     status = info.status

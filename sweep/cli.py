@@ -66,6 +66,7 @@ app.command()(_cli_apply.recommend)
 app.command(name="apply")(_cli_apply.apply_command)
 app.command()(_cli_run.sensitivity)
 app.command()(_cli_apply.plot)
+app.command()(_cli_query.dashboard)
 
 
 def main() -> None:

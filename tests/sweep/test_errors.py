@@ -282,6 +282,31 @@ CASES: dict[str, Case] = {
         2,
         "cannot open database postgresql+psycopg://sweep:***@127.0.0.1:",
     ),
+    "dashboard_unreachable_storage": Case(
+        ("dashboard", "--storage", f"postgresql+psycopg://sweep:{PASSWORD}@127.0.0.1:{{port}}/x"),
+        2,
+        "cannot open database postgresql+psycopg://sweep:***@127.0.0.1:",
+    ),
+    "dashboard_port_out_of_range": Case(
+        ("dashboard", "--port", "70000", "--storage", "{db}"),
+        2,
+        "--port: 70000 is not a port; use 1 to 65535 (0: any free port)",
+    ),
+    "dashboard_short_token": Case(
+        ("dashboard", "--token", "secret", "--storage", "{db}"),
+        2,
+        "--token: use at least 16 characters (leave it out to get one)",
+    ),
+    "dashboard_unknown_host": Case(
+        ("dashboard", "--host", "no-such-host.invalid", "--storage", "{db}"),
+        2,
+        "--host: 'no-such-host.invalid' is not an address of this machine",
+    ),
+    "dashboard_host_of_another_machine": Case(
+        ("dashboard", "--host", "192.0.2.1", "--port", "0", "--storage", "{db}"),
+        2,
+        "--host/--port: cannot listen on 192.0.2.1:0",
+    ),
     "wrong_storage_scheme": Case(
         ("status", "--storage", "mysql://sweep@localhost/x"),
         2,
@@ -551,6 +576,7 @@ READERS: dict[str, tuple[str, ...]] = {
     "plot": ("plot", "keep", "-o", "{dir}", "--storage", OTHER),
     "resume": ("resume", "keep", "--storage", OTHER),
     "remeasure": ("remeasure", "keep", "--storage", OTHER),
+    "dashboard": ("dashboard", "--port", "0", "--storage", OTHER),
 }
 for _kind, _expected in FOREIGN.items():
     for _command, _argv in READERS.items():

@@ -1,0 +1,208 @@
+"""The dashboard's charts as data: the front for two objectives, the hypervolume over trials,
+the layer x front-trial heatmap and a scan's sensitivity curves."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from storage import METRIC_COLUMNS, SweepInfo
+from sweep import _bounds, _quality
+from sweep._dashboard._reader import DashboardError, Reader, direction, plain, version
+
+# Trials drawn behind the front, at most (every k-th COMPLETE trial beyond that).
+MAX_CLOUD = 2_000
+# Points of the hypervolume curve, at most (the curve is exact at each of them).
+MAX_CURVE_POINTS = 200
+# Front trials in the heatmap, at most (the front's best on its first objective first).
+MAX_HEATMAP_TRIALS = 200
+# Shown on hover over a front point.
+POINT_METRICS = (
+    "accuracy",
+    "accuracy_drop",
+    "compressed_bytes",
+    "size_bytes",
+    "latency_ms",
+    "speedup",
+    "sparsity",
+)
+
+
+def _metric(field: str, value: str) -> str:
+    if value not in METRIC_COLUMNS:
+        raise DashboardError(f"{field}: {value!r} is not a trial metric; use one of the list")
+    return value
+
+
+def _recipe_summary(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    layers = list((recipe.get("layers") or {}).values())
+    amounts = [float(spec.get("amount", 0.0)) for spec in layers]
+    methods = sorted({str(spec.get("method")) for spec in layers if spec.get("amount", 0) > 0})
+    return {
+        "layers": len(layers),
+        "pruned_layers": sum(amount > 0 for amount in amounts),
+        "mean_amount": round(float(np.mean(amounts)), 4) if amounts else 0.0,
+        "max_amount": round(max(amounts), 4) if amounts else 0.0,
+        "methods": methods,
+    }
+
+
+def front(reader: Reader, name: str, x: str, y: str, where: str | None) -> dict[str, Any]:
+    """The Pareto front of two metrics (directions: the sweep's, else the metric's own), its
+    points with their recipe in short, and a sample of every COMPLETE trial behind it."""
+    x, y = _metric("x", x), _metric("y", y)
+    if x == y:
+        raise DashboardError(f"x and y: both are {x!r}; pick two different metrics")
+    info = reader.store.get_sweep(name)
+    objectives = {x: direction(x, info.objectives), y: direction(y, info.objectives)}
+    terms = (where,) if where and where.strip() else ()
+    frame = reader.front(info, objectives, terms)
+    points = [
+        {
+            "number": int(row["number"]),
+            "x": plain(row[x]),
+            "y": plain(row[y]),
+            "order": row["order"],
+            "granularity": row["granularity"],
+            "metrics": {metric: plain(row[metric]) for metric in POINT_METRICS},
+            "recipe": _recipe_summary(row["recipe"] or {}),
+        }
+        for _, row in frame.iterrows()
+    ]
+    key = ("cloud", name, x, y, terms, version(info))
+    cloud = reader.cached(key, lambda: _cloud(reader, name, x, y, terms))
+    return {"x": x, "y": y, "directions": objectives, "points": points, **cloud}
+
+
+def _cloud(reader: Reader, name: str, x: str, y: str, terms: tuple[str, ...]) -> dict[str, Any]:
+    values = reader.store.metric_values(name, [x, y], where=list(terms) or None).dropna()
+    step = max(1, math.ceil(len(values) / MAX_CLOUD))
+    shown = values.iloc[::step]
+    return {
+        "cloud": {
+            "number": [int(n) for n in shown["number"]],
+            "x": [plain(v) for v in shown[x]],
+            "y": [plain(v) for v in shown[y]],
+        },
+        "cloud_of": len(values),
+    }
+
+
+def hypervolume(reader: Reader, name: str) -> dict[str, Any]:
+    """The normalized hypervolume (as in ``scripts/bench_search.py``) of the sweep's feasible
+    COMPLETE trials up to each trial number, on the sweep's own objectives."""
+    info = reader.store.get_sweep(name)
+    return reader.cached(("hypervolume", name, version(info)), lambda: _curve(reader, info))
+
+
+def _curve(reader: Reader, info: SweepInfo) -> dict[str, Any]:
+    objectives = info.objectives
+    pairs = {
+        f"fp32_{metric}" if metric not in ("accuracy", "accuracy_drop") else "fp32_accuracy"
+        for metric in objectives
+    }
+    wanted = [*objectives, *sorted(pairs & set(METRIC_COLUMNS))]
+    values = reader.store.metric_values(info.name, wanted, feasible_only=True)
+    values = values.dropna(subset=list(objectives))
+    empty = {"objectives": objectives, "numbers": [], "hypervolume": []}
+    if values.empty:
+        return {**empty, "note": "no COMPLETE trial yet"}
+    rows = [
+        {str(key): float(value) for key, value in row.items() if pd.notna(value)}
+        for row in values.to_dict(orient="records")
+    ]
+    try:
+        reference = _quality.fp32_reference(rows, objectives)
+    except _quality.QualityError as exc:
+        return {**empty, "note": f"no hypervolume: {exc}"}
+    table = _quality.losses(rows, objectives, reference)
+    numbers, curve = _checkpoints(table, _quality.reference_point(objectives))
+    picked = values["number"].to_numpy()[numbers]
+    return {**empty, "numbers": [int(n) for n in picked], "hypervolume": curve}
+
+
+def _nondominated(points: np.ndarray) -> np.ndarray:
+    """Mask of the rows no other row dominates (all minimized); equal rows are all kept."""
+    no_worse = np.all(points[:, None, :] <= points[None, :, :], axis=2)
+    better = np.any(points[:, None, :] < points[None, :, :], axis=2)
+    return ~np.any(no_worse & better, axis=0)
+
+
+def _checkpoints(table: np.ndarray, reference: np.ndarray) -> tuple[list[int], list[float]]:
+    """The hypervolume after each of at most MAX_CURVE_POINTS evenly spaced rows: the front
+    grows chunk by chunk (a chunk's rows against the front so far), so a long sweep costs one
+    front update per point, not one per trial."""
+    step = max(1, math.ceil(len(table) / MAX_CURVE_POINTS))
+    front = np.zeros((0, table.shape[1]))
+    ends, curve, current = [], [], 0.0
+    for start in range(0, len(table), step):
+        chunk = table[start : start + step]
+        chunk = chunk[np.all(chunk < reference, axis=1)]
+        if len(chunk):
+            joined = np.vstack([front, chunk])
+            grown = joined[_nondominated(joined)]
+            if len(grown) != len(front) or not np.array_equal(grown, front):
+                front = grown
+                current = _quality.hypervolume(front, reference)
+        ends.append(min(start + step, len(table)) - 1)
+        curve.append(round(current, 8))
+    return ends, curve
+
+
+def heatmap(reader: Reader, name: str) -> dict[str, Any]:
+    """Layers x front trials: each layer's amount, method and granularity in each trial of the
+    sweep's own front, the front's best on its first objective first."""
+    info = reader.store.get_sweep(name)
+    return reader.cached(("heatmap", name, version(info)), lambda: _heatmap(reader, info))
+
+
+def _heatmap(reader: Reader, info: SweepInfo) -> dict[str, Any]:
+    frame = reader.front(info).head(MAX_HEATMAP_TRIALS)
+    recipes = [row or {} for row in frame["recipe"]]
+    layers = list(info.config.get("layers") or [])
+    for recipe in recipes:  # layers only some recipes name (a stored sweep without a list)
+        layers += [layer for layer in recipe.get("layers", {}) if layer not in layers]
+    specs = [recipe.get("layers", {}) for recipe in recipes]
+
+    def grid(key: str) -> list[list[Any]]:
+        return [[plain((spec.get(layer) or {}).get(key)) for spec in specs] for layer in layers]
+
+    first = next(iter(info.objectives), None)
+    return {
+        "layers": layers,
+        "trials": [int(n) for n in frame["number"]],
+        "first_objective": first,
+        "first_values": [] if first is None else [plain(v) for v in frame[first]],
+        "amount": grid("amount"),
+        "method": grid("method"),
+        "granularity": grid("granularity"),
+        "front_size": len(reader.front(info)),
+    }
+
+
+def sensitivity(reader: Reader, name: str, scan: str | None) -> dict[str, Any]:
+    """The scan's curves: per layer and granularity, the accuracy lost to pruning it alone."""
+    if scan is None:
+        return {"scan": None, "curves": []}
+    info = reader.store.get_sweep(scan)
+    return reader.cached(("scan", scan, version(info)), lambda: _scan(reader, scan))
+
+
+def _scan(reader: Reader, scan: str) -> dict[str, Any]:
+    results = _bounds.scan_results(reader.store, scan)
+    if results.empty:
+        return {"scan": scan, "curves": []}
+    curves = [
+        {
+            "layer": layer,
+            "granularity": granularity,
+            "amounts": [amount for amount, _ in points],
+            "drops": [None if not math.isfinite(drop) else drop for _, drop in points],
+        }
+        for (layer, granularity), points in _bounds.curves(results).items()
+    ]
+    return {"scan": scan, "curves": curves}
