@@ -251,6 +251,7 @@ def create_app(store: Store, *, token: str | None = None, loopback: bool = True)
     """The dashboard over ``store``. ``token``: required on every request when given.
     ``loopback``: answer only requests addressed to 127.0.0.1, localhost or ::1."""
     reader = Reader(store)
+    reader.submit(_charts.warm, reader)
     middleware = [Middleware(_Guard, token=token)]
     if loopback:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_NAMES))

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from storage import METRIC_COLUMNS, SweepInfo
+from storage import METRIC_COLUMNS, StorageError, SweepInfo
 from sweep import _bounds, _quality
-from sweep._dashboard._reader import DashboardError, Reader, direction, plain, version
+from sweep._dashboard._reader import DashboardError, Reader, direction, log, plain, version
 
 # Trials drawn behind the front, at most (every k-th COMPLETE trial beyond that).
 MAX_CLOUD = 2_000
@@ -51,6 +51,32 @@ def _recipe_summary(recipe: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def default_axes(info: SweepInfo) -> tuple[str, str]:
+    """The front a sweep's page opens on: accuracy (else the first objective) against the
+    first other objective (else the size the sweep would minimize)."""
+    objectives = list(info.objectives)
+    y = "accuracy" if "accuracy" in objectives or not objectives else objectives[0]
+    x = next((name for name in objectives if name != y), "compressed_bytes")
+    return x, y
+
+
+def warm(reader: Reader) -> None:
+    """Compute what each sweep's page opens on, so that the first visit does not wait."""
+    try:
+        infos = reader.store.list_sweeps()
+    except StorageError as exc:
+        log.warning("dashboard: cannot read the sweeps to prepare them: %s", exc)
+        return
+    for info in reversed(infos):  # the newest first
+        x, y = default_axes(info)
+        try:
+            front(reader, info.name, x, y, None)
+            heatmap(reader, info.name)
+            hypervolume(reader, info.name)
+        except (StorageError, DashboardError) as exc:  # the page says so when it is opened
+            log.warning("dashboard: cannot prepare sweep %s: %s", info.name, exc)
+
+
 def front(reader: Reader, name: str, x: str, y: str, where: str | None) -> dict[str, Any]:
     """The Pareto front of two metrics (directions: the sweep's, else the metric's own), its
     points with their recipe in short, and a sample of every COMPLETE trial behind it."""
@@ -58,9 +84,17 @@ def front(reader: Reader, name: str, x: str, y: str, where: str | None) -> dict[
     if x == y:
         raise DashboardError(f"x and y: both are {x!r}; pick two different metrics")
     info = reader.store.get_sweep(name)
-    objectives = {x: direction(x, info.objectives), y: direction(y, info.objectives)}
     terms = (where,) if where and where.strip() else ()
-    frame = reader.front(info, objectives, terms)
+    key = ("front-chart", name, x, y, terms)
+    answer = reader.latest(key, version(info), lambda: _front(reader, info, x, y, terms))
+    return {**answer.value, "version": answer.version}
+
+
+def _front(
+    reader: Reader, info: SweepInfo, x: str, y: str, terms: tuple[str, ...]
+) -> dict[str, Any]:
+    objectives = {x: direction(x, info.objectives), y: direction(y, info.objectives)}
+    frame = reader.front(info, objectives, terms, exact=True).value
     points = [
         {
             "number": int(row["number"]),
@@ -73,9 +107,13 @@ def front(reader: Reader, name: str, x: str, y: str, where: str | None) -> dict[
         }
         for _, row in frame.iterrows()
     ]
-    key = ("cloud", name, x, y, terms, version(info))
-    cloud = reader.cached(key, lambda: _cloud(reader, name, x, y, terms))
-    return {"x": x, "y": y, "directions": objectives, "points": points, **cloud}
+    return {
+        "x": x,
+        "y": y,
+        "directions": objectives,
+        "points": points,
+        **_cloud(reader, info.name, x, y, terms),
+    }
 
 
 def _cloud(reader: Reader, name: str, x: str, y: str, terms: tuple[str, ...]) -> dict[str, Any]:
@@ -96,7 +134,8 @@ def hypervolume(reader: Reader, name: str) -> dict[str, Any]:
     """The normalized hypervolume (as in ``scripts/bench_search.py``) of the sweep's feasible
     COMPLETE trials up to each trial number, on the sweep's own objectives."""
     info = reader.store.get_sweep(name)
-    return reader.cached(("hypervolume", name, version(info)), lambda: _curve(reader, info))
+    answer = reader.latest(("hypervolume", name), version(info), lambda: _curve(reader, info))
+    return {**answer.value, "version": answer.version}
 
 
 def _curve(reader: Reader, info: SweepInfo) -> dict[str, Any]:
@@ -157,11 +196,13 @@ def heatmap(reader: Reader, name: str) -> dict[str, Any]:
     """Layers x front trials: each layer's amount, method and granularity in each trial of the
     sweep's own front, the front's best on its first objective first."""
     info = reader.store.get_sweep(name)
-    return reader.cached(("heatmap", name, version(info)), lambda: _heatmap(reader, info))
+    answer = reader.latest(("heatmap", name), version(info), lambda: _heatmap(reader, info))
+    return {**answer.value, "version": answer.version}
 
 
 def _heatmap(reader: Reader, info: SweepInfo) -> dict[str, Any]:
-    frame = reader.front(info).head(MAX_HEATMAP_TRIALS)
+    whole = reader.front(info, exact=True).value
+    frame = whole.head(MAX_HEATMAP_TRIALS)
     recipes = [row or {} for row in frame["recipe"]]
     layers = list(info.config.get("layers") or [])
     for recipe in recipes:  # layers only some recipes name (a stored sweep without a list)
@@ -180,7 +221,7 @@ def _heatmap(reader: Reader, info: SweepInfo) -> dict[str, Any]:
         "amount": grid("amount"),
         "method": grid("method"),
         "granularity": grid("granularity"),
-        "front_size": len(reader.front(info)),
+        "front_size": len(whole),
     }
 
 
@@ -189,7 +230,7 @@ def sensitivity(reader: Reader, name: str, scan: str | None) -> dict[str, Any]:
     if scan is None:
         return {"scan": None, "curves": []}
     info = reader.store.get_sweep(scan)
-    return reader.cached(("scan", scan, version(info)), lambda: _scan(reader, scan))
+    return reader.latest(("scan", scan), version(info), lambda: _scan(reader, scan)).value
 
 
 def _scan(reader: Reader, scan: str) -> dict[str, Any]:

@@ -8,21 +8,27 @@ scan's curves) then run once per change, not once per browser poll.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pandas as pd
 
-from storage import Store, SweepInfo
+from storage import StorageError, Store, SweepInfo
 
 T = TypeVar("T")
+log = logging.getLogger("sweep.dashboard")
 
 # Answers kept at once (each a front, a curve, a heatmap...), the least recently used dropped.
 CACHE_ENTRIES = 256
+# Threads that compute answers for new versions while pages get the previous ones.
+REFRESH_WORKERS = 2
 # Metrics a larger value of is better (more accuracy, more speed, more weights gone); every
 # other metric column is minimized.
 MAXIMIZED = frozenset(
@@ -77,36 +83,98 @@ def row_dict(row: pd.Series, columns: tuple[str, ...] | None = None) -> dict[str
     return {name: plain(row[name]) for name in names if name in row.index}
 
 
+def _report(done: Future[Any]) -> None:
+    """A worker's failure goes to the log (the page keeps the previous answer, and its next
+    poll asks again): a store that went away is one line, anything else its traceback."""
+    error = done.exception()
+    if isinstance(error, StorageError | DashboardError):
+        log.warning("dashboard: %s", error)
+    elif error is not None:
+        log.error("dashboard: a background read failed", exc_info=error)
+
+
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """A cached answer and the sweep version it was computed at."""
+
+    value: T
+    version: str
+
+
 class Reader:
-    """The store and an LRU cache of answers keyed by (view, sweep, arguments, version)."""
+    """The store, and an LRU cache of answers keyed by (view, sweep, arguments).
+
+    An answer for the sweep's current version is returned as is. One for an older version is
+    returned too (stale by one change), while a worker thread computes the current one: a page
+    that polls a sweep of 100,000 trials gets its answer at once, and the next poll the new
+    one. Only a view never computed before makes its request wait.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = threading.Lock()
-        self._cache: OrderedDict[Hashable, Any] = OrderedDict()
+        self._cache: OrderedDict[Hashable, Answer[Any]] = OrderedDict()
+        self._refreshing: set[Hashable] = set()
+        self._workers = ThreadPoolExecutor(REFRESH_WORKERS, thread_name_prefix="dashboard")
 
-    def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
+    def submit(self, work: Callable[[Reader], None], *args: Any) -> None:
+        """Run ``work`` on the reader's worker threads (warming the cache up)."""
+        self._workers.submit(work, *args).add_done_callback(_report)
+
+    def latest(self, key: Hashable, current: str, compute: Callable[[], T]) -> Answer[T]:
+        """The answer for ``key`` at version ``current``, or the last one while it refreshes."""
         with self._lock:
-            if key in self._cache:
+            found = self._cache.get(key)
+            if found is not None:
                 self._cache.move_to_end(key)
-                found: T = self._cache[key]
+                if found.version != current and key not in self._refreshing:
+                    self._refreshing.add(key)
+                    refresh = self._workers.submit(self._refresh, key, current, compute)
+                    refresh.add_done_callback(_report)
                 return found
-        value = compute()  # outside the lock: two polls of different sweeps run side by side
+        return self._store_answer(key, Answer(compute(), current))
+
+    def exact(self, key: Hashable, current: str, compute: Callable[[], T]) -> T:
+        """The answer for ``key`` at version ``current``, computed now if it is not cached."""
         with self._lock:
-            self._cache[key] = value
+            found = self._cache.get(key)
+            if found is not None and found.version == current:
+                self._cache.move_to_end(key)
+                return found.value
+        return self._store_answer(key, Answer(compute(), current)).value
+
+    def _store_answer(self, key: Hashable, answer: Answer[T]) -> Answer[T]:
+        with self._lock:
+            self._cache[key] = answer
+            self._cache.move_to_end(key)
             while len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
-        return value
+        return answer
+
+    def _refresh(self, key: Hashable, current: str, compute: Callable[[], T]) -> None:
+        try:
+            self._store_answer(key, Answer(compute(), current))
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
 
     def front(
         self,
         info: SweepInfo,
         objectives: Mapping[str, str] | None = None,
         where: tuple[str, ...] = (),
-    ) -> pd.DataFrame:
-        """The sweep's Pareto front (its own objectives unless given), feasible trials only."""
+        *,
+        exact: bool = False,
+    ) -> Answer[pd.DataFrame]:
+        """The sweep's Pareto front (its own objectives unless given), feasible trials only:
+        the latest computed, or (``exact``, for answers built on it) the current one."""
         chosen = dict(objectives or info.objectives)
-        key = ("front", info.name, tuple(chosen.items()), where, version(info))
-        return self.cached(
-            key, lambda: self.store.pareto_front(info.name, chosen, where=list(where) or None)
-        )
+        key = ("front", info.name, tuple(chosen.items()), where)
+        current = version(info)
+
+        def compute() -> pd.DataFrame:
+            return self.store.pareto_front(info.name, chosen, where=list(where) or None)
+
+        if exact:
+            return Answer(self.exact(key, current, compute), current)
+        return self.latest(key, current, compute)

@@ -12,6 +12,7 @@ import pandas as pd
 from storage import METRIC_COLUMNS, StorageError, SweepInfo, SweepNotFoundError
 from sweep import _recommend, _status
 from sweep._bounds import KIND
+from sweep._dashboard import _charts
 from sweep._dashboard._reader import DashboardError, Reader, plain, row_dict, version
 
 # Trials per page of the trial table, at most.
@@ -65,7 +66,7 @@ TRIAL_FIELDS = (
 
 
 def _progress(reader: Reader, info: SweepInfo, now: datetime) -> dict[str, Any]:
-    front = reader.front(info)
+    front = reader.front(info).value
     state = _status.from_store(reader.store, info, now, front=front)
     minutes = state.elapsed_s / 60
     return {
@@ -124,6 +125,7 @@ def sweep(reader: Reader, name: str) -> dict[str, Any]:
         "layers": len(config.get("layers") or []),
         "scan": scan_of(reader, info),
         "size_metric": size_metric(info),
+        "default_axes": _charts.default_axes(info),
     }
 
 
@@ -264,7 +266,7 @@ def recommendation(
         command += ["--where", term]
     command += ["--storage", reader.store.url_display]
     shown = " ".join(shlex.quote(part) for part in command)
-    key = ("recommend", name, metric, drop, tuple(where), version(info))
+    key = ("recommend", name, metric, drop, tuple(where))
 
     def pick() -> dict[str, Any]:
         try:
@@ -276,4 +278,4 @@ def recommendation(
         picked = row_dict(chosen, TABLE_COLUMNS)
         return {"trial": picked, "message": goal.describe(), "command": shown}
 
-    return reader.cached(key, pick)
+    return reader.exact(key, version(info), pick)

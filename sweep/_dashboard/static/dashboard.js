@@ -188,6 +188,7 @@ async function drawFront(state) {
     legend: { orientation: "h", y: -0.2 }, hovermode: "closest",
   };
   await Plotly.react("front", traces, layout, PLOT_CONFIG);
+  return data.version;
 }
 
 async function drawHypervolume(state) {
@@ -341,12 +342,10 @@ async function sweepPage() {
   const info = await api(apiUrl(name));
   state.info = info;
   $("store").textContent = info.store;
-  const objectives = Object.keys(info.objectives);
   const size = info.size_metric;
-  const xDefault = objectives.find((o) => o !== "accuracy") || size;
-  const yDefault = objectives.includes("accuracy") ? "accuracy" : objectives[0] || "accuracy";
+  const [xDefault, yDefault] = info.default_axes;
   fillSelect($("x"), info.metrics, xDefault);
-  fillSelect($("y"), info.metrics, yDefault === xDefault ? "accuracy" : yDefault);
+  fillSelect($("y"), info.metrics, yDefault);
   fillSelect($("minimize"), info.metrics, size);
   $("size-metric").textContent = size;
 
@@ -357,11 +356,15 @@ async function sweepPage() {
       `${clock(s.remaining_s)} · best ${bestText(s.best)} · ${info.layers} layers, ` +
       `sampler ${info.sampler || "-"}`;
   };
-  const charts = () => Promise.all([drawFront(state), drawHypervolume(state),
-    drawHeatmap(state), drawTrials(state)]);
+  // The charts may answer from the sweep's previous version while the new one is computed
+  // (a sweep of many trials): the page redraws until what it drew is the current version.
+  const charts = async () => {
+    const [drawn] = await Promise.all([drawFront(state), drawHypervolume(state),
+      drawHeatmap(state), drawTrials(state)]);
+    state.version = drawn;
+  };
 
   summary(info);
-  state.version = info.version;
   await Promise.all([charts(), drawSensitivity(state)]);
   ready();
 
@@ -399,10 +402,7 @@ async function sweepPage() {
   every(POLL_MS, async () => {
     const now = await api(apiUrl(name));
     summary(now);
-    if (now.version !== state.version) {
-      state.version = now.version;
-      await charts();
-    }
+    if (now.version !== state.version) await charts();
     showError(null);
   });
 }
