@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 # Optuna's exact hypervolume (WFG); private, but it is what Optuna's own indicators use.
 from optuna._hypervolume import compute_hypervolume
@@ -31,31 +32,38 @@ class QualityError(ValueError):
     """Objectives or trials that a hypervolume cannot be computed for."""
 
 
-def fp32_reference(
-    rows: Sequence[Mapping[str, float]], objectives: Mapping[str, str]
-) -> dict[str, float]:
+Rows = Sequence[Mapping[str, float]] | pd.DataFrame
+"""Trials' metrics: one mapping per trial, or a frame with a column per metric."""
+
+
+def _column(rows: Rows, key: str) -> np.ndarray:
+    """The values of ``key`` over the trials, NaN where a trial has none."""
+    if isinstance(rows, pd.DataFrame):
+        if key not in rows:
+            return np.full(len(rows), np.nan)
+        return rows[key].to_numpy(dtype=float, na_value=np.nan)
+    return np.array([np.nan if row.get(key) is None else float(row[key]) for row in rows])
+
+
+def fp32_reference(rows: Rows, objectives: Mapping[str, str]) -> dict[str, float]:
     """Per objective, the fp32 value it is divided by: the median of the trials' ``fp32_<name>``."""
     found: dict[str, float] = {}
     for name in objectives:
         key = "fp32_accuracy" if name in _ACCURACY else f"fp32_{name}"
-        values = [float(row[key]) for row in rows if row.get(key) is not None]
-        values = [v for v in values if np.isfinite(v)]
-        if not values:
+        values = _column(rows, key)
+        values = values[np.isfinite(values)]
+        if not len(values):
             raise QualityError(f"objective {name!r}: the trials carry no {key} to normalize by")
         found[name] = float(np.median(values))
     return found
 
 
-def losses(
-    rows: Sequence[Mapping[str, float]],
-    objectives: Mapping[str, str],
-    fp32: Mapping[str, float],
-) -> np.ndarray:
+def losses(rows: Rows, objectives: Mapping[str, str], fp32: Mapping[str, float]) -> np.ndarray:
     """One row per trial, one column per objective, every column minimized and normalized;
-    the reference point is :func:`reference_point`."""
+    the reference point is :func:`reference_point`. A missing value is NaN: it adds nothing."""
     table = np.zeros((len(rows), len(objectives)))
     for column, (name, direction) in enumerate(objectives.items()):
-        values = np.array([float(row[name]) for row in rows])
+        values = _column(rows, name)
         if name == "accuracy":
             table[:, column] = fp32[name] - values
         elif name == "accuracy_drop":
@@ -79,19 +87,38 @@ def hypervolume(table: np.ndarray, reference: np.ndarray) -> float:
     return float(compute_hypervolume(inside, reference))
 
 
-def hypervolume_curve(table: np.ndarray, reference: np.ndarray) -> list[float]:
-    """The hypervolume of the first k trials, for k = 1 .. len(table) (trial order)."""
+def hypervolume_curve(table: np.ndarray, reference: np.ndarray, *, step: int = 1) -> list[float]:
+    """The hypervolume of the first k trials (trial order) for k = step, 2 step, ... and
+    len(table): every k with ``step`` 1. The front grows a step of rows at a time, each row
+    checked against the front so far, so a long sweep at a large step costs one front update
+    and one hypervolume per point, not per trial."""
     curve: list[float] = []
     front = np.zeros((0, table.shape[1]))
     current = 0.0
-    for row in table:
-        if np.all(row < reference) and not np.any(np.all(front <= row, axis=1)):
-            # Only a row that no earlier one dominates can raise the hypervolume.
-            keep = ~np.all(row <= front, axis=1)
-            front = np.vstack([front[keep], row])
+    for start in range(0, len(table), max(1, step)):
+        rows = table[start : start + max(1, step)]
+        rows = rows[np.all(rows < reference, axis=1)]  # NaN rows are outside too
+        if len(front) and len(rows):
+            rows = rows[~_weakly_dominated(rows, front)]
+        if len(rows):
+            rows = rows[_first_nondominated(rows)]
+            front = np.vstack([front[~_weakly_dominated(front, rows)], rows])
             current = hypervolume(front, reference)
         curve.append(current)
     return curve
+
+
+def _weakly_dominated(rows: np.ndarray, by: np.ndarray) -> np.ndarray:
+    """Mask of ``rows`` that some row of ``by`` is at least as good as in every objective."""
+    return np.any(np.all(by[None, :, :] <= rows[:, None, :], axis=2), axis=1)
+
+
+def _first_nondominated(rows: np.ndarray) -> np.ndarray:
+    """Mask of the rows no other row dominates; of equal rows, the first only."""
+    no_worse = np.all(rows[:, None, :] <= rows[None, :, :], axis=2)  # [j, i]: j <= i
+    better = np.any(rows[:, None, :] < rows[None, :, :], axis=2)
+    earlier = np.arange(len(rows))[:, None] < np.arange(len(rows))[None, :]
+    return ~np.any(no_worse & (better | earlier), axis=0)
 
 
 def trials_to_reach(curve: Sequence[float], target: float) -> int | None:

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from storage import METRIC_COLUMNS, StorageError, SweepInfo
 from sweep import _bounds, _quality
@@ -150,46 +149,16 @@ def _curve(reader: Reader, info: SweepInfo) -> dict[str, Any]:
     empty = {"objectives": objectives, "numbers": [], "hypervolume": []}
     if values.empty:
         return {**empty, "note": "no COMPLETE trial yet"}
-    rows = [
-        {str(key): float(value) for key, value in row.items() if pd.notna(value)}
-        for row in values.to_dict(orient="records")
-    ]
     try:
-        reference = _quality.fp32_reference(rows, objectives)
+        reference = _quality.fp32_reference(values, objectives)
     except _quality.QualityError as exc:
         return {**empty, "note": f"no hypervolume: {exc}"}
-    table = _quality.losses(rows, objectives, reference)
-    numbers, curve = _checkpoints(table, _quality.reference_point(objectives))
-    picked = values["number"].to_numpy()[numbers]
-    return {**empty, "numbers": [int(n) for n in picked], "hypervolume": curve}
-
-
-def _nondominated(points: np.ndarray) -> np.ndarray:
-    """Mask of the rows no other row dominates (all minimized); equal rows are all kept."""
-    no_worse = np.all(points[:, None, :] <= points[None, :, :], axis=2)
-    better = np.any(points[:, None, :] < points[None, :, :], axis=2)
-    return ~np.any(no_worse & better, axis=0)
-
-
-def _checkpoints(table: np.ndarray, reference: np.ndarray) -> tuple[list[int], list[float]]:
-    """The hypervolume after each of at most MAX_CURVE_POINTS evenly spaced rows: the front
-    grows chunk by chunk (a chunk's rows against the front so far), so a long sweep costs one
-    front update per point, not one per trial."""
+    table = _quality.losses(values, objectives, reference)
     step = max(1, math.ceil(len(table) / MAX_CURVE_POINTS))
-    front = np.zeros((0, table.shape[1]))
-    ends, curve, current = [], [], 0.0
-    for start in range(0, len(table), step):
-        chunk = table[start : start + step]
-        chunk = chunk[np.all(chunk < reference, axis=1)]
-        if len(chunk):
-            joined = np.vstack([front, chunk])
-            grown = joined[_nondominated(joined)]
-            if len(grown) != len(front) or not np.array_equal(grown, front):
-                front = grown
-                current = _quality.hypervolume(front, reference)
-        ends.append(min(start + step, len(table)) - 1)
-        curve.append(round(current, 8))
-    return ends, curve
+    curve = _quality.hypervolume_curve(table, _quality.reference_point(objectives), step=step)
+    ends = [min(start + step, len(table)) - 1 for start in range(0, len(table), step)]
+    numbers = values["number"].to_numpy()[ends]
+    return {**empty, "numbers": [int(n) for n in numbers], "hypervolume": curve}
 
 
 def heatmap(reader: Reader, name: str) -> dict[str, Any]:
