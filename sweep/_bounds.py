@@ -62,12 +62,17 @@ def curves(results: pd.DataFrame) -> dict[tuple[str, str], list[tuple[float, flo
     own loss, common to every layer, does not count; 0 at amount 0). A trial that did not
     complete counts as an infinite drop: never safe."""
     curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    reference = results[results["layer"].isna()]
-    for granularity in results["granularity"].unique():
+    plain = pd.DataFrame(results, copy=False)
+    plain.attrs = {}  # pandas copies attrs into every filtered frame: hundreds of layer names
+    reference = plain[plain["layer"].isna()]
+    grouped = plain.dropna(subset=["layer"]).groupby(["layer", "granularity"], sort=False)
+    scanned: dict[Any, pd.DataFrame] = dict(iter(grouped))
+    empty = plain.iloc[:0]
+    for granularity in plain["granularity"].unique():
         zero = reference[reference["granularity"] == granularity]["accuracy_drop"]
         start = float(zero.iloc[0]) if len(zero) else math.nan
         for layer in results.attrs["layers"]:
-            mine = results[(results["layer"] == layer) & (results["granularity"] == granularity)]
+            mine = scanned.get((layer, granularity), empty)
             points = [(0.0, 0.0 if math.isfinite(start) else math.nan)] + [
                 (float(a), float(d) - start)
                 for a, d in zip(mine["amount"], mine["accuracy_drop"], strict=True)

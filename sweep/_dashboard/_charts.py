@@ -173,23 +173,32 @@ def _heatmap(reader: Reader, info: SweepInfo) -> dict[str, Any]:
     whole = reader.front(info, exact=True).value
     frame = whole.head(MAX_HEATMAP_TRIALS)
     recipes = [row or {} for row in frame["recipe"]]
-    layers = list(info.config.get("layers") or [])
+    layers = dict.fromkeys(info.config.get("layers") or [])
     for recipe in recipes:  # layers only some recipes name (a stored sweep without a list)
-        layers += [layer for layer in recipe.get("layers", {}) if layer not in layers]
+        layers.update(dict.fromkeys(recipe.get("layers", {})))
     specs = [recipe.get("layers", {}) for recipe in recipes]
 
     def grid(key: str) -> list[list[Any]]:
-        return [[plain((spec.get(layer) or {}).get(key)) for spec in specs] for layer in layers]
+        return [[(spec.get(layer) or {}).get(key) for spec in specs] for layer in layers]
 
+    def coded(key: str) -> tuple[list[str], list[list[int | None]]]:
+        """Names once, cells as their index: 300 layers x 200 trials stay small."""
+        values = grid(key)
+        names = sorted({str(v) for row in values for v in row if v is not None})
+        index = {name: i for i, name in enumerate(names)}
+        return names, [[None if v is None else index[str(v)] for v in row] for row in values]
+
+    methods, method = coded("method")
+    granularities, granularity = coded("granularity")
     first = next(iter(info.objectives), None)
     return {
-        "layers": layers,
+        "layers": list(layers),
         "trials": [int(n) for n in frame["number"]],
         "first_objective": first,
         "first_values": [] if first is None else [plain(v) for v in frame[first]],
-        "amount": grid("amount"),
-        "method": grid("method"),
-        "granularity": grid("granularity"),
+        "amount": [[plain(v) for v in row] for row in grid("amount")],
+        "method": {"names": methods, "cells": method},
+        "granularity": {"names": granularities, "cells": granularity},
         "front_size": len(whole),
     }
 

@@ -107,8 +107,15 @@ def scan_of(reader: Reader, info: SweepInfo) -> str | None:
     named = [(space.get(key) or {}).get("sensitivity") for key in ("seed_from", "bounds_from")] + [
         f"{info.name}-{KIND}"
     ]
-    stored = {other.name for other in reader.store.list_sweeps()}
-    return next((name for name in named if name in stored), None)
+    for name in named:
+        if not name:
+            continue
+        try:
+            reader.store.get_sweep(name)
+        except SweepNotFoundError:
+            continue
+        return str(name)
+    return None
 
 
 def sweep(reader: Reader, name: str) -> dict[str, Any]:

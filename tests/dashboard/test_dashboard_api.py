@@ -72,7 +72,13 @@ def test_the_heatmap_holds_each_front_trials_recipe(served: Served) -> None:
         layers = front.set_index("number").loc[number, "recipe"]["layers"]
         for row, layer in enumerate(body["layers"]):
             assert body["amount"][row][column] == layers[layer]["amount"]
-            assert body["method"][row][column] == layers[layer]["method"]
+            method = body["method"]["names"][body["method"]["cells"][row][column]]
+            assert method == layers[layer]["method"]
+            granularity = body["granularity"]
+            assert (
+                granularity["names"][granularity["cells"][row][column]]
+                == (layers[layer]["granularity"])
+            )
 
 
 def test_sensitivity_curves_come_from_the_sweeps_scan(served: Served) -> None:

@@ -87,6 +87,17 @@ function bestText(best) {
 }
 
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
+// plotly.js is deferred after this script: the page's requests go out while it is evaluated
+// (about a second on a small machine), and each chart waits for it here.
+const plotlyLoaded = new Promise((resolve) => {
+  if (window.Plotly) resolve();
+  else document.addEventListener("DOMContentLoaded", resolve, { once: true });
+});
+
+async function plot(id, traces, layout) {
+  await plotlyLoaded;
+  await Plotly.react(id, traces, layout, PLOT_CONFIG);
+}
 
 // ---- sweeps ----------------------------------------------------------------------------------
 
@@ -187,7 +198,7 @@ async function drawFront(state) {
     yaxis: { title: { text: `${y} (${data.directions[y]})` } },
     legend: { orientation: "h", y: -0.2 }, hovermode: "closest",
   };
-  await Plotly.react("front", traces, layout, PLOT_CONFIG);
+  await plot("front", traces, layout);
   return data.version;
 }
 
@@ -196,36 +207,35 @@ async function drawHypervolume(state) {
   $("hypervolume-note").textContent = data.note ||
     `normalized, objectives ${Object.entries(data.objectives).map(([k, d]) => `${k}:${d}`)
       .join(", ")}; feasible COMPLETE trials up to each trial number`;
-  await Plotly.react("hypervolume", [{
+  await plot("hypervolume", [{
     type: "scatter", mode: "lines", x: data.numbers, y: data.hypervolume, line: { shape: "hv" },
     hovertemplate: "up to trial %{x}: %{y:.4f}<extra></extra>",
   }], {
     margin: { l: 60, r: 10, t: 10, b: 45 }, uirevision: "hv",
     xaxis: { title: { text: "trial number" } }, yaxis: { title: { text: "hypervolume" } },
-  }, PLOT_CONFIG);
+  });
 }
 
-function categorical(grid) {
-  const names = [...new Set(grid.flat().filter((v) => v !== null))].sort();
-  const index = new Map(names.map((n, i) => [n, i]));
-  return { names, z: grid.map((row) => row.map((v) => (v === null ? null : index.get(v)))) };
-}
 
 async function drawHeatmap(state) {
   const data = await api(apiUrl(state.name) + "/layers");
   const mode = $("heat-value").value;
   const labels = data.trials.map((n) => `#${n}`);
+  const name = (coded, i, j) => {
+    const code = coded.cells[i][j];
+    return code === null ? "-" : coded.names[code];
+  };
   const text = data.layers.map((layer, i) => data.trials.map((n, j) =>
     `${layer}<br>trial ${n}<br>amount ${data.amount[i][j] ?? "-"}<br>` +
-    `${data.method[i][j] ?? "-"}, ${data.granularity[i][j] ?? "-"}`));
+    `${name(data.method, i, j)}, ${name(data.granularity, i, j)}`));
   let trace;
   if (mode === "amount") {
     trace = { z: data.amount, zmin: 0, zmax: 1, colorscale: "Viridis",
       colorbar: { title: { text: "amount" } } };
   } else {
-    const { names, z } = categorical(data[mode]);
+    const { names, cells } = data[mode];
     const top = Math.max(names.length - 1, 1);
-    trace = { z, zmin: 0, zmax: top, colorscale: "Portland",
+    trace = { z: cells, zmin: 0, zmax: top, colorscale: "Portland",
       colorbar: { tickvals: names.map((_, i) => i), ticktext: names } };
   }
   Object.assign(trace, { type: "heatmap", x: labels, y: data.layers, text,
@@ -238,11 +248,11 @@ async function drawHeatmap(state) {
     : "no front yet";
   const height = Math.min(2400, Math.max(320, 14 * data.layers.length + 120));
   $("heatmap").style.height = `${height}px`;
-  await Plotly.react("heatmap", [trace], {
+  await plot("heatmap", [trace], {
     margin: { l: 160, r: 10, t: 10, b: 60 }, uirevision: mode,
     xaxis: { type: "category", title: { text: "front trial" } },
     yaxis: { autorange: "reversed", automargin: true },
-  }, PLOT_CONFIG);
+  });
 }
 
 async function drawSensitivity(state) {
@@ -260,11 +270,11 @@ async function drawSensitivity(state) {
     type: "scatter", mode: "lines+markers", name: `${c.layer} (${c.granularity})`,
     x: c.amounts, y: c.drops.map((d) => (d === null ? null : 100 * d)),
   }));
-  await Plotly.react("sensitivity", traces, {
+  await plot("sensitivity", traces, {
     margin: { l: 60, r: 10, t: 10, b: 45 }, uirevision: "scan",
     showlegend: traces.length <= 20,
     xaxis: { title: { text: "amount" } }, yaxis: { title: { text: "accuracy drop (points)" } },
-  }, PLOT_CONFIG);
+  });
 }
 
 async function drawTrials(state) {
@@ -438,11 +448,10 @@ async function trialPage() {
   }
   const phases = Object.entries(t.timings || {}).filter(([, v]) => typeof v === "number");
   if (phases.length) {
-    await Plotly.newPlot("timings", [{
+    await plot("timings", [{
       type: "bar", orientation: "h", y: phases.map(([k]) => k), x: phases.map(([, v]) => v),
       hovertemplate: "%{y}: %{x:.2f} s<extra></extra>",
-    }], { margin: { l: 110, r: 10, t: 5, b: 30 }, xaxis: { title: { text: "seconds" } } },
-    PLOT_CONFIG);
+    }], { margin: { l: 110, r: 10, t: 5, b: 30 }, xaxis: { title: { text: "seconds" } } });
   }
   const download = $("download");
   if (t.state === "COMPLETE") {
@@ -469,6 +478,5 @@ async function trialPage() {
 
 const PAGES = { sweeps: sweepsPage, sweep: sweepPage, trial: trialPage };
 
-document.addEventListener("DOMContentLoaded", () => {
-  PAGES[document.body.dataset.page]().catch((error) => { showError(error); ready(); });
-});
+// A deferred script runs once the document is parsed: the page starts now, not after plotly.
+PAGES[document.body.dataset.page]().catch((error) => { showError(error); ready(); });
