@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -209,7 +210,9 @@ class _Guard:
             given = request.query_params.get("token")
             if given is not None and secrets.compare_digest(given, self.token):
                 # The token leaves the address bar (and the history) for a cookie.
-                response = Response(status_code=303, headers={"location": request.url.path})
+                rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+                location = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+                response = Response(status_code=303, headers={"location": location})
                 response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
                 await self._send_secured(response, scope, receive, send)
                 return
@@ -251,7 +254,7 @@ def create_app(store: Store, *, token: str | None = None, loopback: bool = True)
     """The dashboard over ``store``. ``token``: required on every request when given.
     ``loopback``: answer only requests addressed to 127.0.0.1, localhost or ::1."""
     reader = Reader(store)
-    reader.submit(_charts.warm, reader)
+    reader.submit(_charts.warm, reader, _views.scan_of)
     middleware = [Middleware(_Guard, token=token)]
     if loopback:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_NAMES))

@@ -4,7 +4,7 @@ the layer x front-trial heatmap and a scan's sensitivity curves."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,7 @@ def default_axes(info: SweepInfo) -> tuple[str, str]:
     return x, y
 
 
-def warm(reader: Reader) -> None:
+def warm(reader: Reader, scan_of: Callable[[Reader, SweepInfo], str | None]) -> None:
     """Compute what each sweep's page opens on, so that the first visit does not wait."""
     try:
         infos = reader.store.list_sweeps()
@@ -72,6 +72,7 @@ def warm(reader: Reader) -> None:
             front(reader, info.name, x, y, None)
             heatmap(reader, info.name)
             hypervolume(reader, info.name)
+            sensitivity(reader, info.name, scan_of(reader, info))
         except (StorageError, DashboardError) as exc:  # the page says so when it is opened
             log.warning("dashboard: cannot prepare sweep %s: %s", info.name, exc)
 

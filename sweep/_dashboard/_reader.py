@@ -25,8 +25,9 @@ from storage import StorageError, Store, SweepInfo
 T = TypeVar("T")
 log = logging.getLogger("sweep.dashboard")
 
-# Answers kept at once (each a front, a curve, a heatmap...), the least recently used dropped.
-CACHE_ENTRIES = 256
+# Answers kept at once (each a front, a curve, a heatmap...; a front of hundreds of trials of
+# hundreds of layers holds megabytes of recipes), the least recently used dropped.
+CACHE_ENTRIES = 64
 # Threads that compute answers for new versions while pages get the previous ones.
 REFRESH_WORKERS = 2
 # Metrics a larger value of is better (more accuracy, more speed, more weights gone); every
@@ -117,7 +118,7 @@ class Reader:
         self._refreshing: set[Hashable] = set()
         self._workers = ThreadPoolExecutor(REFRESH_WORKERS, thread_name_prefix="dashboard")
 
-    def submit(self, work: Callable[[Reader], None], *args: Any) -> None:
+    def submit(self, work: Callable[..., None], *args: Any) -> None:
         """Run ``work`` on the reader's worker threads (warming the cache up)."""
         self._workers.submit(work, *args).add_done_callback(_report)
 

@@ -70,7 +70,9 @@ def listen(host: str, port: int, token: str | None) -> Listening:
         raise ServeError(f"--host/--port: cannot listen on {host}:{port} ({exc})") from None
     sock.listen(128)
     bound_port = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    # Every address of the machine: the address to open from elsewhere names the machine.
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
     return Listening(sock, f"http://{shown}:{bound_port}/", token, generated)
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
 from sweep import _recommend
 from sweep._dashboard._app import SECURITY_HEADERS
 from tests.dashboard.dashboard_helpers import LIVE, REAL, Served, fetch, fetch_json, serving
+from tests.sweep.cli_runner import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +103,12 @@ def test_the_trial_table_pages_and_filters_like_the_cli(served: Served) -> None:
     assert body["total"] == len(expected)
 
 
-def test_a_trial_has_its_metrics_beside_fp32_and_the_commands(served: Served) -> None:
+def test_a_trial_has_its_metrics_beside_fp32_and_the_commands(
+    served: Served,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     number = int(served.store.pareto_front(REAL)["number"].iloc[0])
     status, body = _api(served, f"/{REAL}/trials/{number}")
     assert status == 200
@@ -120,6 +128,11 @@ def test_a_trial_has_its_metrics_beside_fp32_and_the_commands(served: Served) ->
     assert status == 200
     assert headers["content-disposition"] == f'attachment; filename="real-trial-{number}.json"'
     assert json.loads(raw) == _recommend.recipe_document(served.store, REAL, row)
+    # The command line the page shows writes the same file.
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, *shlex.split(body["recommend_command"])[1:])
+    assert code == 0, err
+    assert json.loads((tmp_path / f"real-trial-{number}.json").read_text()) == json.loads(raw)
 
 
 def test_recommend_picks_what_sweep_recommend_picks(served: Served) -> None:
@@ -188,8 +201,8 @@ def test_a_token_is_required_when_set(served: Served) -> None:
         assert status == 401 and b"token is required" in body
         assert fetch(f"{base}/api/sweeps", {"authorization": "Bearer wrong"})[0] == 401
         assert fetch(f"{base}/api/sweeps", {"authorization": f"Bearer {token}"})[0] == 200
-        status, headers, _ = fetch(f"{base}/sweeps/{REAL}?token={token}")
-        assert status == 303 and headers["location"] == f"/sweeps/{REAL}"
+        status, headers, _ = fetch(f"{base}/sweeps/{REAL}?token={token}&where=accuracy%3E0")
+        assert status == 303 and headers["location"] == f"/sweeps/{REAL}?where=accuracy%3E0"
         cookie = headers["set-cookie"].split(";")[0]
         assert "HttpOnly" in headers["set-cookie"] and "SameSite=strict" in headers["set-cookie"]
         assert fetch(f"{base}/api/sweeps", {"cookie": cookie})[0] == 200

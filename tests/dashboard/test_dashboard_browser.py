@@ -99,6 +99,8 @@ def test_every_page_loads_with_no_console_error(served: Served, tab: Tab) -> Non
     assert accuracy[1] == f"{100 * row['accuracy']:.2f}%"
     assert accuracy[2] == f"{100 * row['fp32_accuracy']:.2f}%"
     assert tab.page.locator("#layers tbody tr").count() == 6
+    phases = tab.page.locator("#timings tr").evaluate_all("rows => rows.map(r => r.dataset.phase)")
+    assert phases == [k for k, v in row["timings"].items() if isinstance(v, int | float)]
     command = tab.page.locator("#apply-command").inner_text()
     assert command == f"sweep apply real-trial-{number}.json -o real-trial-{number}.onnx"
     with tab.page.expect_download() as download:

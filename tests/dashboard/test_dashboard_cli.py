@@ -90,7 +90,8 @@ def test_it_serves_on_loopback_until_ctrl_c(tmp_path: Path) -> None:
 def test_off_loopback_it_prints_a_token_once_and_asks_for_it(tmp_path: Path) -> None:
     url = _store(tmp_path)
     with _dashboard("--host", "0.0.0.0", "--port", "0", "--storage", url) as (_, lines):
-        found = re.fullmatch(r"dashboard of .*: http://0\.0\.0\.0:(\d+)/\?token=(\S+)", lines[0])
+        host = re.escape(socket.gethostname())
+        found = re.fullmatch(rf"dashboard of .*: http://{host}:(\d+)/\?token=(\S+)", lines[0])
         assert found is not None, lines
         assert lines[1] == "the token above is shown once; anyone who has it can read this store"
         port, token = found.groups()

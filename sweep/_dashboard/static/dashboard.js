@@ -446,12 +446,19 @@ async function trialPage() {
     cell(row, key);
     cell(row, fmt(key, t[key]));
   }
+  // Phase timings as bars in a table: no chart library on this page, so it shows at once.
   const phases = Object.entries(t.timings || {}).filter(([, v]) => typeof v === "number");
-  if (phases.length) {
-    await plot("timings", [{
-      type: "bar", orientation: "h", y: phases.map(([k]) => k), x: phases.map(([, v]) => v),
-      hovertemplate: "%{y}: %{x:.2f} s<extra></extra>",
-    }], { margin: { l: 110, r: 10, t: 5, b: 30 }, xaxis: { title: { text: "seconds" } } });
+  const longest = Math.max(...phases.map(([, v]) => v), 1e-9);
+  const timings = $("timings").tBodies[0];
+  for (const [phase, seconds] of phases) {
+    const row = timings.insertRow();
+    row.dataset.phase = phase;
+    cell(row, phase);
+    cell(row, `${seconds.toFixed(2)} s`);
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = `${(100 * seconds) / longest}%`;
+    cell(row, bar, "bar-cell");
   }
   const download = $("download");
   if (t.state === "COMPLETE") {
