@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from storage import METRIC_COLUMNS, StorageError, SweepInfo, SweepNotFoundError
+from storage import METRIC_COLUMNS, TRIAL_STATES, SweepInfo, SweepNotFoundError
 from sweep import _recommend, _status
 from sweep._bounds import KIND
 from sweep._dashboard import _charts
@@ -163,6 +163,9 @@ def trial_page(
         raise DashboardError(f"limit: {limit} must be 1 to {MAX_PAGE}")
     if offset < 0:
         raise DashboardError(f"offset: {offset} must be 0 or more")
+    if state and state not in TRIAL_STATES:
+        known = ", ".join(TRIAL_STATES)
+        raise DashboardError(f"state: {state!r} is not a trial state; use {known}")
     states = [state] if state else None
     terms = list(_where(where)) or None
     frame = reader.store.trials(
@@ -280,8 +283,6 @@ def recommendation(
             chosen = _recommend.recommend(reader.store, name, goal)
         except _recommend.NoMatchError as exc:
             return {"trial": None, "message": str(exc), "command": shown}
-        except StorageError as exc:  # a bad --where term is the user's, one line
-            raise DashboardError(str(exc)) from None
         picked = row_dict(chosen, TABLE_COLUMNS)
         return {"trial": picked, "message": goal.describe(), "command": shown}
 

@@ -162,6 +162,8 @@ def test_recommend_picks_what_sweep_recommend_picks(served: Served) -> None:
         (f"/{REAL}/trials", {"where": "accuracy >> 1"}, 400, "accuracy >> 1"),
         (f"/{REAL}/trials", {"where": "recipe = 1; drop table trials"}, 400, "--where"),
         (f"/{REAL}/trials", {"limit": "x"}, 400, "limit: 'x' is not a whole number"),
+        (f"/{REAL}/trials", {"state": "DONE"}, 400, "state: 'DONE' is not a trial state"),
+        (f"/{REAL}/recommend", {"max_latency_ms": "fast"}, 400, "max_latency_ms: 'fast' is not"),
         (f"/{REAL}/trials", {"limit": "100000"}, 400, "limit: 100000 must be 1 to 500"),
         (f"/{REAL}/recommend", {"max_drop": "2"}, 400, "max_drop: '2' must be a fraction"),
         (f"/{REAL}/recommend", {"minimize": "recipe"}, 400, "minimize: 'recipe' is not a trial"),
