@@ -23,7 +23,7 @@ from storage._errors import (
     WhereError,
 )
 from storage._models import METRIC_COLUMNS, TRIAL_STATES
-from storage._ownership import Driver
+from storage._ownership import Driver, driver_alive
 from storage._records import FEASIBLE_KEY, SweepInfo, TrialRecord
 from storage._store import Store
 
@@ -42,4 +42,5 @@ __all__ = [
     "SweepNotFoundError",
     "TrialRecord",
     "WhereError",
+    "driver_alive",
 ]

@@ -59,11 +59,29 @@ def _gone_here(row: SweepModel) -> bool:
     return False
 
 
+def driver_alive(
+    status: str, updated_at: datetime, driver_gone: bool, stale_after_s: float, now: datetime
+) -> bool:
+    """The one rule for a sweep's driver being alive: the sweep is RUNNING, its row was written
+    within ``stale_after_s``, and its process is not known to be gone (``driver_gone``: it ran
+    on this host and no longer exists). `sweep status` shows a RUNNING sweep whose driver is not
+    alive as STALE; `sweep resume` and `launch --replace` may take it over."""
+    if updated_at.tzinfo is None:
+        updated_at = updated_at.replace(tzinfo=timezone.utc)
+    age = (now - updated_at).total_seconds()
+    return status == "RUNNING" and age <= stale_after_s and not driver_gone
+
+
+def gone_here(row: SweepModel) -> bool:
+    """Whether a RUNNING sweep's driver ran on this host and its process no longer exists."""
+    return row.status == SweepStatus.RUNNING and _gone_here(row)
+
+
 def refuse_if_alive(row: SweepModel, stale_after_s: float, now: datetime, action: str) -> None:
     """Raise :class:`DriverAliveError` when ``row``'s driver is alive; ``action`` is what was
     asked (``replace``, ``resume``)."""
     age = _age_s(row, now)
-    if row.status != SweepStatus.RUNNING or age > stale_after_s or _gone_here(row):
+    if not driver_alive(row.status.name, row.updated_at, gone_here(row), stale_after_s, now):
         return
     raise DriverAliveError(
         f"cannot {action} sweep {row.name!r}: its driver is alive ({_who(row)}, last wrote "

@@ -21,6 +21,7 @@ from storage._models import (
     TrialState,
     TrialValueModel,
 )
+from storage._ownership import gone_here
 from storage._records import SweepInfo, TrialRows
 
 CHUNK: Final = 500  # ids per IN (...) list, well below every backend's parameter limit
@@ -67,6 +68,7 @@ def sweep_info(sweep: SweepModel, counts: Mapping[TrialState, int]) -> SweepInfo
         created_at=sweep.created_at,
         updated_at=sweep.updated_at,
         counts={state.name: counts.get(state, 0) for state in TrialState},
+        driver_gone=gone_here(sweep),
     )
 
 

@@ -67,6 +67,9 @@ class SweepInfo:
     created_at: datetime
     updated_at: datetime
     counts: dict[str, int]
+    # The sweep's driver ran on this host and its process is gone: not alive, whatever its
+    # last write's age (see :func:`storage.driver_alive`).
+    driver_gone: bool = False
 
 
 @dataclass(frozen=True)

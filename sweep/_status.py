@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from storage import Store, SweepInfo
+from storage import Store, SweepInfo, driver_alive
 from sweep._config import ConfigError
 
 # A running driver writes its sweep's row at least this often (results, else a heartbeat);
@@ -135,15 +135,17 @@ def from_store(
     front: pd.DataFrame | None = None,
 ) -> SweepProgress:
     """A stored sweep's progress. Elapsed runs from its creation to its last update (to now
-    while it is RUNNING). A RUNNING sweep whose driver has not written for STALE_AFTER_S is
-    STALE: its driver is gone, and `sweep resume` finishes it. ``front``: the sweep's Pareto
+    while it is RUNNING). A RUNNING sweep whose driver is not alive (it has not written for
+    STALE_AFTER_S, or it ran on this host and its process is gone: ``storage.driver_alive``) is
+    STALE, and `sweep resume` finishes it. ``front``: the sweep's Pareto
     front as of ``info``, if the caller has it (it is queried otherwise)."""
     if front is None:
         front = store.pareto_front(info.name)
     counts = info.counts
     now = now or datetime.now(timezone.utc)
     status = info.status
-    if status == "RUNNING" and (now - _utc(info.updated_at)).total_seconds() > stale_after_s():
+    alive = driver_alive(status, info.updated_at, info.driver_gone, stale_after_s(), now)
+    if status == "RUNNING" and not alive:
         status = STALE
     end = now if status == "RUNNING" else info.updated_at
     budget = info.config.get("budget", {}).get("n_trials", 0)

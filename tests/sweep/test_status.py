@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from storage import Store, TrialRecord
+from storage import Driver, Store, TrialRecord
 from sweep import _output, _status
 from tests.sweep.cli_runner import interruptible, run_cli
 
@@ -192,3 +192,21 @@ def test_the_launch_bar_names_every_field() -> None:
         "running 2 failed 1 pruned 1 front 3 | best accuracy 98.76%, compressed_bytes 21,592 "
         "| elapsed 0:00:20 remaining 0:00:30"
     )
+
+
+def test_a_running_sweep_whose_driver_died_here_is_stale_at_once(db: str) -> None:
+    """The rule `sweep resume` takes over by (a driver process on this host that is gone) is
+    the rule `sweep status` shows STALE by: no minute to wait for the heartbeat."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    dead = Driver(pid=int(finished.stdout))
+    with Store(db) as store:
+        store.set_sweep_status("run", "INTERRUPTED")  # the fixture's sweep has no driver yet
+        store.claim_sweep("run", dead, stale_after_s=_status.STALE_AFTER_S)
+        info = store.get_sweep("run")
+        assert info.driver_gone
+        assert _status.from_store(store, info).status == "STALE"
+        store.claim_sweep("run", Driver(), stale_after_s=_status.STALE_AFTER_S)  # taken over
+        alive = store.get_sweep("run")
+        assert not alive.driver_gone
+        assert _status.from_store(store, alive).status == "RUNNING"
