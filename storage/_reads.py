@@ -179,6 +179,49 @@ class TrialReads(ABC):
 
         return plain_frame(("number", *columns), self._run(work))
 
+    def ranked(
+        self,
+        sweep: str,
+        order: Sequence[tuple[str, str]],
+        *,
+        where: Sequence[str] | str | None = None,
+        states: Sequence[str] | None = ("COMPLETE",),
+        limit: int = 1,
+    ) -> pd.DataFrame:
+        """The first ``limit`` trials (columns as :meth:`trials`) by ``order``: metric columns
+        with ``"max"`` or ``"min"``, then the lower trial number. Trials without a value of the
+        first metric are left out; the database sorts, so only those rows are read whole."""
+        if not order or limit < 1:
+            raise StorageError("ranked: give at least one (metric, direction) and a limit >= 1")
+        for metric, direction in order:
+            if metric not in METRIC_COLUMNS or direction not in ("max", "min"):
+                raise StorageError(
+                    f"ranked: ({metric!r}, {direction!r}) must be a metric column and max or min"
+                )
+        filters = _TrialFilter.of(states, where, None)
+
+        def work(session: Session) -> list[Any]:
+            sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
+            trials = TrialModel.__table__
+            keys = [
+                (
+                    trials.c[metric].desc() if direction == "max" else trials.c[metric].asc()
+                ).nulls_last()
+                for metric, direction in order
+            ]
+            # Ranked on the narrow trials rows; only the chosen ones join their details.
+            top = (
+                select(trials.c.id)
+                .where(*filters.clauses(sweep_row.id), trials.c[order[0][0]].is_not(None))
+                .order_by(*keys, trials.c.number)
+                .limit(limit)
+            )
+            stmt = trial_select().where(trials.c.id.in_(top)).order_by(*keys, trials.c.number)
+            return list(session.execute(stmt).all())
+
+        with collection_paused():
+            return trial_frame(self._run(work))
+
     def pareto_front(
         self,
         sweep: str,

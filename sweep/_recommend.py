@@ -55,21 +55,9 @@ def _check_metric(option: str, metric: str) -> None:
         raise RecommendError(f"{option}: {metric!r} is not a trial metric (choose from {choices})")
 
 
-def _sorted(frame: pd.DataFrame, metric: str, direction: str) -> pd.DataFrame:
+def _ranking(metric: str, direction: str) -> list[tuple[str, str]]:
     """Best first on ``metric``; ties go to the more accurate, then the lower trial number."""
-    keys, ascending = [metric], [direction == "min"]
-    if metric != "accuracy":
-        keys, ascending = [*keys, "accuracy"], [*ascending, False]
-    return frame.dropna(subset=[metric]).sort_values(
-        [*keys, "number"], ascending=[*ascending, True], kind="mergesort"
-    )
-
-
-def _whole(store: Store, sweep: str, numbers: pd.Series) -> pd.DataFrame:
-    """The full rows of trials ``numbers``, in that order."""
-    order = [int(number) for number in numbers]
-    found = store.trials(sweep, numbers=order).set_index("number", drop=False)
-    return found.loc[order].reset_index(drop=True)
+    return [(metric, direction)] + ([] if metric == "accuracy" else [("accuracy", "max")])
 
 
 def best_per_objective(
@@ -83,15 +71,14 @@ def best_per_objective(
         _check_metric("--objective", metric)
         if direction not in ("max", "min"):
             raise RecommendError(f"--objective: {metric}:{direction} must end in :max or :min")
-    own = feasible_terms(store, sweep)
-    complete = store.trials(sweep, states=["COMPLETE"], where=own or None)
+    own = feasible_terms(store, sweep) or None
     rows = []
     for metric, direction in chosen.items():
-        ranked = _sorted(complete, metric, direction)
-        if len(ranked):
-            rows.append(ranked.iloc[[0]].assign(best_for=f"{metric}:{direction}"))
+        best = store.ranked(sweep, _ranking(metric, direction), where=own)
+        if len(best):
+            rows.append(best.assign(best_for=f"{metric}:{direction}"))
     if not rows:
-        return complete.assign(best_for=pd.Series(dtype=str))
+        return store.trials(sweep, limit=0).assign(best_for=pd.Series(dtype=str))
     return pd.concat(rows, ignore_index=True)
 
 
@@ -138,19 +125,16 @@ def recommend(store: Store, sweep: str, goal: Goal, *, feasible_only: bool = Tru
     """
     own = feasible_terms(store, sweep, feasible_only)
     wanted = [*goal.constraints(), *own]
-    # Ranked on the few columns it needs; only the chosen trials are read whole (a sweep of
-    # 100,000 trials of hundreds of layers each holds gigabytes of recipes).
-    columns = list(dict.fromkeys([goal.metric, "accuracy", "accuracy_drop"]))
-    matching = store.metric_values(sweep, columns, where=wanted or None)
-    ranked = _sorted(matching, goal.metric, goal.direction)
-    if len(ranked):
-        return _whole(store, sweep, ranked["number"].iloc[:1]).iloc[0]
-    nearby = store.metric_values(sweep, columns, where=[*goal.where, *own] or None)
+    # The database ranks: only the chosen trials are read whole (a sweep of 100,000 trials of
+    # hundreds of layers each holds gigabytes of recipes).
+    best = store.ranked(sweep, _ranking(goal.metric, goal.direction), where=wanted or None)
+    if len(best):
+        return best.iloc[0]
+    closest_first = [("accuracy_drop", "min")]
+    closest = store.ranked(sweep, closest_first, where=[*goal.where, *own] or None, limit=CLOSEST)
     scope = "meeting --where" if goal.where else "by accuracy drop"
-    if nearby.empty:
-        nearby, scope = store.metric_values(sweep, columns), "of any kind"
-    numbers = nearby.sort_values(["accuracy_drop", "number"], kind="mergesort")["number"]
-    closest = _whole(store, sweep, numbers.iloc[:CLOSEST])
+    if closest.empty:
+        closest, scope = store.ranked(sweep, closest_first, limit=CLOSEST), "of any kind"
     total = store.get_sweep(sweep).counts.get("COMPLETE", 0)
     raise NoMatchError(
         f"no trial of {sweep} meets the constraints ({goal.describe(own)}) among its {total} "

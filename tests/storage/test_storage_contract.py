@@ -356,6 +356,28 @@ def test_metric_values_reads_only_the_columns_asked(store: Store) -> None:
         store.metric_values("s", ["recipe"])
 
 
+def test_ranked_sorts_in_the_database_and_leaves_out_trials_without_the_metric(
+    store: Store,
+) -> None:
+    store.create_sweep("s", {}, OBJECTIVES)
+    metrics = [
+        {"accuracy": 0.9, "size_bytes": 30},
+        {"accuracy": 0.95, "size_bytes": 10},
+        {"accuracy": 0.97, "size_bytes": 10},  # ties on size: the more accurate first
+        {"accuracy": 0.97, "size_bytes": 10},  # a full tie: the lower number first
+        {"accuracy": 0.99},  # no size: never ranked by it
+    ]
+    store.record_trials("s", [make_record(n, metrics=m) for n, m in enumerate(metrics)])
+    store.record_trials("s", [make_record(5, "FAIL")])
+    order = [("size_bytes", "min"), ("accuracy", "max")]
+    assert store.ranked("s", order, limit=10)["number"].tolist() == [2, 3, 1, 0]
+    assert store.ranked("s", order, where="accuracy < 0.96")["number"].tolist() == [1]
+    assert store.ranked("s", [("accuracy", "max")], limit=2)["number"].tolist() == [4, 2]
+    assert list(store.ranked("s", order).columns) == TRIAL_COLUMNS
+    with pytest.raises(StorageError, match="must be a metric column and max or min"):
+        store.ranked("s", [("recipe", "max")])
+
+
 def test_naive_datetimes_are_utc(store: Store) -> None:
     store.create_sweep("s", {}, OBJECTIVES)
     naive = datetime(2026, 5, 6, 7, 8, 9)
