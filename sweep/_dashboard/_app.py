@@ -62,19 +62,27 @@ def _error(status: int, message: str) -> Response:
     return _json({"error": " ".join(message.split())}, status)
 
 
-def _endpoint(view: Callable[[Request], Any]) -> Handler:
-    """A JSON endpoint: the view runs in a worker thread (the store is synchronous); a user's
-    mistake is 400, a missing sweep or trial 404, a store that fails 503, each one line."""
+def _as_json(request: Request, body: Any) -> Response:
+    return _json(body)
+
+
+def _endpoint(
+    view: Callable[[Request], Any], render: Callable[[Request, Any], Response] = _as_json
+) -> Handler:
+    """An endpoint: the view runs in a worker thread (the store is synchronous) and its answer
+    is rendered (JSON by default); a user's mistake is 400, a missing sweep or trial 404, a
+    store that fails 503, each one line of JSON."""
 
     async def handle(request: Request) -> Response:
         try:
-            return _json(await run_in_threadpool(view, request))
+            answer = await run_in_threadpool(view, request)
         except SweepNotFoundError as exc:
             return _error(404, str(exc))
         except (DashboardError, WhereError, ConfigError) as exc:
             return _error(400, str(exc))
         except StorageError as exc:
             return _error(503, str(exc))
+        return render(request, answer)
 
     return handle
 
@@ -105,17 +113,10 @@ def _routes(reader: Reader) -> list[Route | Mount]:
 
         return serve
 
-    async def recipe_file(request: Request) -> Response:
-        try:
-            document = await run_in_threadpool(
-                _views.recipe, reader, name(request), number(request)
-            )
-        except SweepNotFoundError as exc:
-            return _error(404, str(exc))
-        except DashboardError as exc:
-            return _error(400, str(exc))
-        except StorageError as exc:
-            return _error(503, str(exc))
+    def recipe(request: Request) -> Any:
+        return _views.recipe(reader, name(request), number(request))
+
+    def download(request: Request, document: Any) -> Response:
         file_name = _views.recipe_file_name(name(request), number(request))
         return Response(
             json.dumps(document, indent=2) + "\n",
@@ -181,7 +182,7 @@ def _routes(reader: Reader) -> list[Route | Mount]:
         (api, sweep),
     ]
     return [
-        Route(f"{api}/trials/{{number:int}}/recipe.json", recipe_file),
+        Route(f"{api}/trials/{{number:int}}/recipe.json", _endpoint(recipe, download)),
         *(Route(path, _endpoint(view)) for path, view in endpoints),
         Route("/static/plotly.min.js", _plotly),
         Mount("/static", StaticFiles(directory=STATIC)),
