@@ -11,7 +11,16 @@ import numpy as np
 
 from storage import METRIC_COLUMNS, StorageError, SweepInfo
 from sweep import _bounds, _quality
-from sweep._dashboard._reader import DashboardError, Reader, direction, log, plain, version
+from sweep._dashboard._reader import (
+    PENDING,
+    Answer,
+    DashboardError,
+    Reader,
+    direction,
+    log,
+    plain,
+    version,
+)
 
 # Trials drawn behind the front, at most (every k-th COMPLETE trial beyond that).
 MAX_CLOUD = 2_000
@@ -50,6 +59,12 @@ def _recipe_summary(recipe: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _with_version(answer: Answer[dict[str, Any]]) -> dict[str, Any]:
+    """An answer as sent: its sweep version, and whether it stands in for one being computed
+    (the page asks again at its next poll)."""
+    return {**answer.value, "version": answer.version, "pending": answer.version == PENDING}
+
+
 def default_axes(info: SweepInfo) -> tuple[str, str]:
     """The front a sweep's page opens on: accuracy (else the first objective) against the
     first other objective (else the size the sweep would minimize)."""
@@ -86,8 +101,18 @@ def front(reader: Reader, name: str, x: str, y: str, where: str | None) -> dict[
     info = reader.store.get_sweep(name)
     terms = (where,) if where and where.strip() else ()
     key = ("front-chart", name, x, y, terms)
-    answer = reader.latest(key, version(info), lambda: _front(reader, info, x, y, terms))
-    return {**answer.value, "version": answer.version}
+    directions = {x: direction(x, info.objectives), y: direction(y, info.objectives)}
+    empty: dict[str, Any] = {
+        "x": x,
+        "y": y,
+        "directions": directions,
+        "points": [],
+        "cloud": {"number": [], "x": [], "y": []},
+        "cloud_of": 0,
+    }
+    return _with_version(
+        reader.latest(key, version(info), lambda: _front(reader, info, x, y, terms), empty)
+    )
 
 
 def _front(
@@ -134,8 +159,10 @@ def hypervolume(reader: Reader, name: str) -> dict[str, Any]:
     """The normalized hypervolume (as in ``scripts/bench_search.py``) of the sweep's feasible
     COMPLETE trials up to each trial number, on the sweep's own objectives."""
     info = reader.store.get_sweep(name)
-    answer = reader.latest(("hypervolume", name), version(info), lambda: _curve(reader, info))
-    return {**answer.value, "version": answer.version}
+    empty: dict[str, Any] = {"objectives": info.objectives, "numbers": [], "hypervolume": []}
+    return _with_version(
+        reader.latest(("hypervolume", name), version(info), lambda: _curve(reader, info), empty)
+    )
 
 
 def _curve(reader: Reader, info: SweepInfo) -> dict[str, Any]:
@@ -166,8 +193,19 @@ def heatmap(reader: Reader, name: str) -> dict[str, Any]:
     """Layers x front trials: each layer's amount, method and granularity in each trial of the
     sweep's own front, the front's best on its first objective first."""
     info = reader.store.get_sweep(name)
-    answer = reader.latest(("heatmap", name), version(info), lambda: _heatmap(reader, info))
-    return {**answer.value, "version": answer.version}
+    empty: dict[str, Any] = {
+        "layers": [],
+        "trials": [],
+        "first_objective": None,
+        "first_values": [],
+        "amount": [],
+        "method": {"names": [], "cells": []},
+        "granularity": {"names": [], "cells": []},
+        "front_size": 0,
+    }
+    return _with_version(
+        reader.latest(("heatmap", name), version(info), lambda: _heatmap(reader, info), empty)
+    )
 
 
 def _heatmap(reader: Reader, info: SweepInfo) -> dict[str, Any]:
@@ -207,9 +245,12 @@ def _heatmap(reader: Reader, info: SweepInfo) -> dict[str, Any]:
 def sensitivity(reader: Reader, name: str, scan: str | None) -> dict[str, Any]:
     """The scan's curves: per layer and granularity, the accuracy lost to pruning it alone."""
     if scan is None:
-        return {"scan": None, "curves": []}
+        return {"scan": None, "curves": [], "pending": False}
     info = reader.store.get_sweep(scan)
-    return reader.latest(("scan", scan), version(info), lambda: _scan(reader, scan)).value
+    empty: dict[str, Any] = {"scan": scan, "curves": []}
+    return _with_version(
+        reader.latest(("scan", scan), version(info), lambda: _scan(reader, scan), empty)
+    )
 
 
 def _scan(reader: Reader, scan: str) -> dict[str, Any]:

@@ -30,6 +30,8 @@ log = logging.getLogger("sweep.dashboard")
 CACHE_ENTRIES = 64
 # Threads that compute answers for new versions while pages get the previous ones.
 REFRESH_WORKERS = 2
+# The version of an answer that stands in for one being computed for the first time.
+PENDING = "pending"
 # Metrics a larger value of is better (more accuracy, more speed, more weights gone); every
 # other metric column is minimized.
 MAXIMIZED = frozenset(
@@ -108,7 +110,8 @@ class Reader:
     An answer for the sweep's current version is returned as is. One for an older version is
     returned too (stale by one change), while a worker thread computes the current one: a page
     that polls a sweep of 100,000 trials gets its answer at once, and the next poll the new
-    one. Only a view never computed before makes its request wait.
+    one. A view never computed before answers ``pending`` (version :data:`PENDING`) the same
+    way, where its caller gives a pending answer; otherwise its request computes it.
     """
 
     def __init__(self, store: Store) -> None:
@@ -122,18 +125,33 @@ class Reader:
         """Run ``work`` on the reader's worker threads (warming the cache up)."""
         self._workers.submit(work, *args).add_done_callback(_report)
 
-    def latest(self, key: Hashable, current: str, compute: Callable[[], T]) -> Answer[T]:
-        """The answer for ``key`` at version ``current``, or the last one while it refreshes."""
+    def latest(
+        self,
+        key: Hashable,
+        current: str,
+        compute: Callable[[], T],
+        pending: T | None = None,
+    ) -> Answer[T]:
+        """The answer for ``key`` at version ``current``, or the last one while it refreshes;
+        with none yet, ``pending`` while it is computed (else it is computed now)."""
         with self._lock:
             found = self._cache.get(key)
             if found is not None:
                 self._cache.move_to_end(key)
-                if found.version != current and key not in self._refreshing:
-                    self._refreshing.add(key)
-                    refresh = self._workers.submit(self._refresh, key, current, compute)
-                    refresh.add_done_callback(_report)
+                if found.version != current:
+                    self._schedule(key, current, compute)
                 return found
+            if pending is not None:
+                self._schedule(key, current, compute)
+                return Answer(pending, PENDING)
         return self._store_answer(key, Answer(compute(), current))
+
+    def _schedule(self, key: Hashable, current: str, compute: Callable[[], T]) -> None:
+        """Compute ``key`` on a worker thread, unless one already does (the lock is held)."""
+        if key not in self._refreshing:
+            self._refreshing.add(key)
+            refresh = self._workers.submit(self._refresh, key, current, compute)
+            refresh.add_done_callback(_report)
 
     def exact(self, key: Hashable, current: str, compute: Callable[[], T]) -> T:
         """The answer for ``key`` at version ``current``, computed now if it is not cached."""
@@ -166,9 +184,11 @@ class Reader:
         where: tuple[str, ...] = (),
         *,
         exact: bool = False,
+        wait: bool = True,
     ) -> Answer[pd.DataFrame]:
         """The sweep's Pareto front (its own objectives unless given), feasible trials only:
-        the latest computed, or (``exact``, for answers built on it) the current one."""
+        the latest computed, or (``exact``, for answers built on it) the current one. Without
+        ``wait``, a front never computed yet is an empty frame of version :data:`PENDING`."""
         chosen = dict(objectives or info.objectives)
         key = ("front", info.name, tuple(chosen.items()), where)
         current = version(info)
@@ -178,4 +198,4 @@ class Reader:
 
         if exact:
             return Answer(self.exact(key, current, compute), current)
-        return self.latest(key, current, compute)
+        return self.latest(key, current, compute, None if wait else pd.DataFrame())

@@ -13,7 +13,14 @@ from storage import METRIC_COLUMNS, TRIAL_STATES, SweepInfo, SweepNotFoundError
 from sweep import _recommend, _status
 from sweep._bounds import KIND
 from sweep._dashboard import _charts
-from sweep._dashboard._reader import DashboardError, Reader, plain, row_dict, version
+from sweep._dashboard._reader import (
+    PENDING,
+    DashboardError,
+    Reader,
+    plain,
+    row_dict,
+    version,
+)
 
 # Trials per page of the trial table, at most.
 MAX_PAGE = 500
@@ -66,9 +73,10 @@ TRIAL_FIELDS = (
 
 
 def _progress(reader: Reader, info: SweepInfo, now: datetime) -> dict[str, Any]:
-    front = reader.front(info).value
-    state = _status.from_store(reader.store, info, now, front=front)
+    front = reader.front(info, wait=False)
+    state = _status.from_store(reader.store, info, now, front=front.value)
     minutes = state.elapsed_s / 60
+    computing = front.version == PENDING  # the front's size and best values follow
     return {
         "name": info.name,
         "kind": "scan" if info.config.get("kind") == KIND else "sweep",
@@ -79,8 +87,9 @@ def _progress(reader: Reader, info: SweepInfo, now: datetime) -> dict[str, Any]:
         "running": state.running,
         "failed": state.failed,
         "pruned": state.pruned,
-        "front": state.front_size,
-        "best": plain(state.best),
+        "front": None if computing else state.front_size,
+        "best": None if computing else plain(state.best),
+        "pending": computing,
         "trials_per_minute": round(state.done / minutes, 2) if minutes > 0 else None,
         "elapsed_s": round(state.elapsed_s, 1),
         "remaining_s": None if state.remaining_s is None else round(state.remaining_s, 1),

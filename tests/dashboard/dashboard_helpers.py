@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -59,6 +60,24 @@ def fetch(
 def fetch_json(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
     status, _, body = fetch(url, headers)
     return status, json.loads(body)
+
+
+def _pending(body: Any) -> bool:
+    if not isinstance(body, dict):
+        return False
+    rows = body.get("sweeps") or []
+    return body.get("pending") is True or any(row.get("pending") for row in rows)
+
+
+def settled_json(url: str, timeout_s: float = 60.0) -> tuple[int, Any]:
+    """``fetch_json``, asked again while the answer is pending (a view computed for the first
+    time answers at once with an empty stand-in, as a page sees it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = fetch_json(url)
+        if status != 200 or not _pending(body) or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.05)
 
 
 def recipe(amounts: Mapping[str, float], order: str, granularity: str) -> dict[str, Any]:

@@ -13,7 +13,15 @@ import pytest
 
 from sweep import _recommend
 from sweep._dashboard._app import SECURITY_HEADERS
-from tests.dashboard.dashboard_helpers import LIVE, REAL, Served, fetch, fetch_json, serving
+from tests.dashboard.dashboard_helpers import (
+    LIVE,
+    REAL,
+    Served,
+    fetch,
+    fetch_json,
+    serving,
+    settled_json,
+)
 from tests.sweep.cli_runner import run_cli
 
 pytestmark = pytest.mark.slow
@@ -21,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 def _api(served: Served, path: str, **query: object) -> tuple[int, dict]:
     text = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-    return fetch_json(f"{served.base}/api/sweeps{path}" + (f"?{text}" if text else ""))
+    return settled_json(f"{served.base}/api/sweeps{path}" + (f"?{text}" if text else ""))
 
 
 def test_sweeps_lists_each_with_its_progress(served: Served) -> None:
@@ -89,7 +97,7 @@ def test_sensitivity_curves_come_from_the_sweeps_scan(served: Served) -> None:
     assert status == 200 and body["scan"] == f"{REAL}-sensitivity"
     assert len(body["curves"]) == 6
     assert all(curve["amounts"] == [0.0, 0.3, 0.6, 0.9] for curve in body["curves"])
-    assert _api(served, f"/{LIVE}/sensitivity")[1] == {"scan": None, "curves": []}
+    assert _api(served, f"/{LIVE}/sensitivity")[1] == {"scan": None, "curves": [], "pending": False}
 
 
 def test_the_trial_table_pages_and_filters_like_the_cli(served: Served) -> None:
@@ -211,3 +219,15 @@ def test_a_token_is_required_when_set(served: Served) -> None:
         assert (
             fetch(f"{base}/api/sweeps", {"host": "cluster-head:8080", "cookie": cookie})[0] == 200
         )
+
+
+def test_a_view_never_computed_answers_pending_at_once_then_the_answer(served: Served) -> None:
+    url = f"{served.base}/api/sweeps/{REAL}/front?x=sparsity&y=latency_ms"
+    with serving(served.store) as base:
+        status, first = fetch_json(url.replace(served.base, base))
+        assert status == 200 and first["pending"] is True and first["points"] == []
+        assert first["version"] == "pending"
+        status, body = settled_json(url.replace(served.base, base))
+    expected = served.store.pareto_front(REAL, {"sparsity": "max", "latency_ms": "min"})
+    assert body["pending"] is False
+    assert sorted(p["number"] for p in body["points"]) == sorted(expected["number"])

@@ -10,7 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from storage import Store
-from tests.dashboard.dashboard_helpers import fetch, fetch_json, serving, write_sweep
+from tests.dashboard.dashboard_helpers import (
+    fetch,
+    fetch_json,
+    serving,
+    settled_json,
+    write_sweep,
+)
 from tests.storage.tcp_proxy import TcpProxy
 
 PASSWORD = "s3cret-pw"  # trust authentication ignores it; it must never be shown
@@ -46,7 +52,7 @@ def test_every_endpoint_answers_on_each_backend(store_url: str) -> None:
                 status, _, body = fetch(base + path)
                 assert status == 200, (path, body[:300])
                 assert PASSWORD.encode() not in body, path
-            _, front = fetch_json(f"{base}/api/sweeps/s/front?x=compressed_bytes&y=accuracy")
+            _, front = settled_json(f"{base}/api/sweeps/s/front?x=compressed_bytes&y=accuracy")
             expected = store.pareto_front("s", {"compressed_bytes": "min", "accuracy": "max"})
             assert sorted(p["number"] for p in front["points"]) == sorted(expected["number"])
             _, page = fetch_json(f"{base}/api/sweeps/s/trials?limit=5&offset=10&order=oldest")

@@ -118,16 +118,16 @@ async function sweepsPage() {
       cell(row, String(s.failed));
       cell(row, String(s.pruned));
       cell(row, s.trials_per_minute === null ? "-" : s.trials_per_minute.toFixed(1));
-      cell(row, String(s.front));
-      cell(row, bestText(s.best));
+      cell(row, s.pending ? "…" : String(s.front));
+      cell(row, s.pending ? "…" : bestText(s.best));
       cell(row, clock(s.elapsed_s));
       cell(row, clock(s.remaining_s));
     }
     $("empty").hidden = data.sweeps.length > 0;
     showError(null);
+    if (!data.sweeps.some((s) => s.pending)) ready(); // fronts still computing show "…"
   };
   await render();
-  ready();
   every(POLL_MS, render);
 }
 
@@ -189,9 +189,9 @@ async function drawFront(state) {
     });
   }
   const shown = data.cloud.x.length < data.cloud_of ? ` (${data.cloud.x.length} shown)` : "";
-  $("front-note").textContent =
-    `${data.points.length} trials on the front of ${data.cloud_of} COMPLETE${shown}; ` +
-    "click a point to open its trial";
+  $("front-note").textContent = data.pending ? "computing the front…"
+    : `${data.points.length} trials on the front of ${data.cloud_of} COMPLETE${shown}; ` +
+      "click a point to open its trial";
   const layout = {
     margin: { l: 60, r: 10, t: 10, b: 45 }, uirevision: `${x}|${y}|${state.where}`,
     xaxis: { title: { text: `${x} (${data.directions[x]})` } },
@@ -199,12 +199,12 @@ async function drawFront(state) {
     legend: { orientation: "h", y: -0.2 }, hovermode: "closest",
   };
   await plot("front", traces, layout);
-  return data.version;
+  return { version: data.version, pending: data.pending };
 }
 
 async function drawHypervolume(state) {
   const data = await api(apiUrl(state.name) + "/hypervolume");
-  $("hypervolume-note").textContent = data.note ||
+  $("hypervolume-note").textContent = data.pending ? "computing the curve…" : data.note ||
     `normalized, objectives ${Object.entries(data.objectives).map(([k, d]) => `${k}:${d}`)
       .join(", ")}; feasible COMPLETE trials up to each trial number`;
   await plot("hypervolume", [{
@@ -214,6 +214,7 @@ async function drawHypervolume(state) {
     margin: { l: 60, r: 10, t: 10, b: 45 }, uirevision: "hv",
     xaxis: { title: { text: "trial number" } }, yaxis: { title: { text: "hypervolume" } },
   });
+  return data.pending;
 }
 
 
@@ -241,7 +242,7 @@ async function drawHeatmap(state) {
   Object.assign(trace, { type: "heatmap", x: labels, y: data.layers, text,
     hovertemplate: "%{text}<extra></extra>", customdata: data.layers.map(() => data.trials) });
   const first = data.first_objective ? `, best ${data.first_objective} first` : "";
-  $("heatmap-note").textContent = data.trials.length
+  $("heatmap-note").textContent = data.pending ? "computing…" : data.trials.length
     ? `${data.layers.length} layers x ${data.trials.length} front trials` +
       `${data.trials.length < data.front_size ? ` (of ${data.front_size})` : ""}${first}; ` +
       "click a column to open its trial"
@@ -253,6 +254,7 @@ async function drawHeatmap(state) {
     xaxis: { type: "category", title: { text: "front trial" } },
     yaxis: { autorange: "reversed", automargin: true },
   });
+  return data.pending;
 }
 
 async function drawSensitivity(state) {
@@ -261,11 +263,12 @@ async function drawSensitivity(state) {
     $("sensitivity-note").textContent =
       "no sensitivity scan stored for this sweep: `sweep sensitivity CONFIG` runs one";
     $("sensitivity").hidden = true;
-    return;
+    return false;
   }
   $("sensitivity").hidden = false;
-  $("sensitivity-note").textContent = `scan ${data.scan}: accuracy lost to pruning each ` +
-    "layer alone (points, vs the unpruned int8 model)";
+  $("sensitivity-note").textContent = data.pending ? `reading scan ${data.scan}…`
+    : `scan ${data.scan}: accuracy lost to pruning each layer alone (points, vs the ` +
+      "unpruned int8 model)";
   const traces = data.curves.map((c) => ({
     type: "scatter", mode: "lines+markers", name: `${c.layer} (${c.granularity})`,
     x: c.amounts, y: c.drops.map((d) => (d === null ? null : 100 * d)),
@@ -275,6 +278,7 @@ async function drawSensitivity(state) {
     showlegend: traces.length <= 20,
     xaxis: { title: { text: "amount" } }, yaxis: { title: { text: "accuracy drop (points)" } },
   });
+  return data.pending;
 }
 
 async function drawTrials(state) {
@@ -361,27 +365,35 @@ async function sweepPage() {
 
   const summary = (s) => {
     $("summary").textContent = `${s.status} · ${s.done}/${s.budget} done · ${s.running} ` +
-      `running · ${s.failed} failed · ${s.pruned} pruned · front ${s.front} · ` +
+      `running · ${s.failed} failed · ${s.pruned} pruned · front ${s.pending ? "…" : s.front} · ` +
       `${s.trials_per_minute ?? "-"} trials/min · elapsed ${clock(s.elapsed_s)} · ETA ` +
-      `${clock(s.remaining_s)} · best ${bestText(s.best)} · ${info.layers} layers, ` +
+      `${clock(s.remaining_s)} · best ${s.pending ? "…" : bestText(s.best)} · ` +
+      `${info.layers} layers, ` +
       `sampler ${info.sampler || "-"}`;
   };
   // The charts may answer from the sweep's previous version while the new one is computed
   // (a sweep of many trials): the page redraws until what it drew is the current version.
+  // A view computed for the first time answers "pending" and is asked again at the next poll;
+  // the page is ready once nothing it shows is pending.
   const charts = async () => {
-    const [drawn] = await Promise.all([drawFront(state), drawHypervolume(state),
+    const [front, ...others] = await Promise.all([drawFront(state), drawHypervolume(state),
       drawHeatmap(state), drawTrials(state)]);
-    state.version = drawn;
+    state.version = front.version;
+    state.pending = front.pending || others.some((pending) => pending === true);
   };
+  const scan = async () => { state.scanPending = await drawSensitivity(state); };
+  const readyIfDone = () => { if (!state.pending && !state.scanPending) ready(); };
 
   summary(info);
-  await Promise.all([charts(), drawSensitivity(state)]);
-  ready();
+  await Promise.all([charts(), scan()]);
+  readyIfDone();
 
   const redraw = (work) => async () => {
     try { await work(); showError(null); } catch (error) { showError(error); }
   };
-  for (const id of ["x", "y", "color"]) $(id).addEventListener("change", redraw(() => drawFront(state)));
+  // A front asked for the first time may be pending: the poll draws it once computed.
+  const front = async () => { if ((await drawFront(state)).pending) state.pending = true; };
+  for (const id of ["x", "y", "color"]) $(id).addEventListener("change", redraw(front));
   $("heat-value").addEventListener("change", redraw(() => drawHeatmap(state)));
   $("state").addEventListener("change", redraw(() => { state.offset = 0; return drawTrials(state); }));
   $("newer").addEventListener("click", redraw(() => {
@@ -397,7 +409,7 @@ async function sweepPage() {
     const url = new URL(location.href);
     if (state.where) url.searchParams.set("where", state.where); else url.searchParams.delete("where");
     history.replaceState(null, "", url);
-    redraw(() => Promise.all([drawFront(state), drawTrials(state)]))();
+    redraw(() => Promise.all([front(), drawTrials(state)]))();
   });
   $("recommend-form").addEventListener("submit", (event) => recommend(state, event));
   const open = (event) => {
@@ -412,7 +424,9 @@ async function sweepPage() {
   every(POLL_MS, async () => {
     const now = await api(apiUrl(name));
     summary(now);
-    if (now.version !== state.version) await charts();
+    if (now.version !== state.version || state.pending) await charts();
+    if (state.scanPending) await scan();
+    readyIfDone();
     showError(null);
   });
 }
