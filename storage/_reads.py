@@ -121,9 +121,13 @@ class TrialReads(ABC):
             sweep_row = SweepModel.find_or_raise_by_name(session, sweep, self.url_display)
             trials = TrialModel.__table__
             number = trials.c.number.desc() if descending else trials.c.number
-            stmt = trial_select().where(*filters.clauses(sweep_row.id)).order_by(number)
+            mine = filters.clauses(sweep_row.id)
             if limit is not None or offset:
-                stmt = stmt.limit(limit).offset(offset)
+                # The page is picked on the narrow trials rows; only its rows join their
+                # details (recipes of hundreds of layers), not every row it skips.
+                page = select(trials.c.id).where(*mine).order_by(number)
+                mine = [trials.c.id.in_(page.limit(limit).offset(offset))]
+            stmt = trial_select().where(*mine).order_by(number)
             return list(session.execute(stmt).all())
 
         with collection_paused():
