@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import uvicorn
+from starlette.applications import Starlette
 
 from storage import Store
 from sweep._config import ConfigError
@@ -76,14 +77,21 @@ def listen(host: str, port: int, token: str | None) -> Listening:
     return Listening(sock, f"http://{shown}:{bound_port}/", token, generated)
 
 
+def _listening_app(
+    store: Store, host: str, port: int, token: str | None
+) -> tuple[Listening, Starlette]:
+    """The bound socket and the app over ``store`` that guards it as its host asks."""
+    listening = listen(host, port, token)
+    return listening, create_app(store, token=listening.token, loopback=is_loopback(host))
+
+
 @contextmanager
 def running(
     store: Store, host: str = "127.0.0.1", port: int = 0, token: str | None = None
 ) -> Iterator[Listening]:
     """The dashboard over ``store`` served from a thread of this process while the block runs
     (tests, benchmarks, screenshots); ``port`` 0 takes a free one."""
-    listening = listen(host, port, token)
-    app = create_app(store, token=listening.token, loopback=is_loopback(host))
+    listening, app = _listening_app(store, host, port, token)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [listening.sock]}, name="dashboard", daemon=True
@@ -113,8 +121,7 @@ def serve(
     on_listening: Callable[[Listening], None] | None = None,
 ) -> None:
     """Serve the dashboard over ``store`` until interrupted (Ctrl-C)."""
-    listening = listen(host, port, token)
-    app = create_app(store, token=listening.token, loopback=is_loopback(host))
+    listening, app = _listening_app(store, host, port, token)
     if on_listening is not None:
         on_listening(listening)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")

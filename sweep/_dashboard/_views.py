@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from storage import METRIC_COLUMNS, TRIAL_STATES, SweepInfo, SweepNotFoundError
-from sweep import _recommend, _status
+from sweep import _output, _recommend, _status
 from sweep._bounds import KIND
 from sweep._dashboard import _charts
 from sweep._dashboard._reader import (
@@ -24,23 +24,9 @@ from sweep._dashboard._reader import (
 
 # Trials per page of the trial table, at most.
 MAX_PAGE = 500
-# Columns of the trial table (the full row is on the trial's own page).
-TABLE_COLUMNS = (
-    "number",
-    "state",
-    "accuracy",
-    "accuracy_drop",
-    "compressed_bytes",
-    "size_bytes",
-    "latency_ms",
-    "speedup",
-    "sparsity",
-    "order",
-    "granularity",
-    "duration_s",
-    "measured_on",
-    "error",
-)
+# Columns of the trial table: the CLI's listing, and how and where each trial ran (the full
+# row is on the trial's own page).
+TABLE_COLUMNS = (*_output.TABLE_COLUMNS, "duration_s", "measured_on", "error")
 # Metrics shown beside their fp32 counterpart on a trial's page.
 PAIRED = ("accuracy", "size_bytes", "compressed_bytes", "latency_ms", "params")
 UNPAIRED = (
@@ -139,7 +125,6 @@ def sweep(reader: Reader, name: str) -> dict[str, Any]:
         "sampler": config.get("sampler"),
         "task_settings": config.get("task_settings") or {},
         "layers": len(config.get("layers") or []),
-        "scan": scan_of(reader, info),
         "size_metric": size_metric(info),
         "default_axes": _charts.default_axes(info),
     }
@@ -182,7 +167,8 @@ def trial_page(
     )
     total = reader.store.count_trials(name, states=states, where=terms)
     rows = [row_dict(row, TABLE_COLUMNS) for _, row in frame.iterrows()]
-    return {"total": total, "offset": offset, "limit": limit, "rows": rows}
+    columns = list(TABLE_COLUMNS)
+    return {"total": total, "offset": offset, "limit": limit, "columns": columns, "rows": rows}
 
 
 def _trial_row(reader: Reader, name: str, number: int) -> pd.Series:

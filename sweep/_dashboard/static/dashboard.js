@@ -133,10 +133,6 @@ async function sweepsPage() {
 
 // ---- one sweep -------------------------------------------------------------------------------
 
-const TABLE_COLUMNS = ["number", "state", "accuracy", "accuracy_drop", "compressed_bytes",
-  "size_bytes", "latency_ms", "speedup", "sparsity", "order", "granularity", "duration_s",
-  "measured_on", "error"];
-
 function sweepState(name) {
   const params = new URLSearchParams(location.search);
   return {
@@ -288,7 +284,7 @@ async function drawTrials(state) {
   const head = $("trials").tHead;
   if (!head.rows.length) {
     const row = head.insertRow();
-    for (const name of TABLE_COLUMNS) {
+    for (const name of data.columns) {
       const th = document.createElement("th");
       th.textContent = name;
       row.appendChild(th);
@@ -299,7 +295,7 @@ async function drawTrials(state) {
   for (const t of data.rows) {
     const row = body.insertRow();
     row.dataset.number = t.number;
-    for (const name of TABLE_COLUMNS) {
+    for (const name of data.columns) {
       const value = name === "number" ? link(trialUrl(state.name, t.number), t.number)
         : fmt(name, t[name]);
       cell(row, value);
