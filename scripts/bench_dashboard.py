@@ -65,16 +65,6 @@ SCAN_AMOUNTS = (0.3, 0.5, 0.7, 0.9)
 MAX_DROP = 0.02
 GOAL_API_MS = 200
 GOAL_FIRST_PAINT_MS = 1000
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Records when <body> gets data-ready (ms since navigation start), however the page sets it.
 READY_SCRIPT = """
 (() => {
@@ -391,10 +381,10 @@ def _time_pages(base: str, number: int | None, args: argparse.Namespace) -> dict
     twice: ``first_paint_ms`` and ``ready_ms`` of the first load (an empty browser cache), and
     ``ready_cached_ms`` of the second (scripts from the cache); ``page_errors`` when a page
     failed or reported problems. ``first_paint`` holds the error when Chromium cannot run."""
-    if not Path(args.chromium).is_file():
-        return {"first_paint": {"error": f"no Chromium at {args.chromium} (--chromium)"}}
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
+
+    from sweep._dashboard._browser import NoChromiumError, launch_chromium
 
     pages = ["/", f"/sweeps/{SWEEP}"]
     if number is not None:
@@ -408,8 +398,8 @@ def _time_pages(base: str, number: int | None, args: argparse.Namespace) -> dict
     timeout_ms = 1000 * args.page_timeout_s
     with sync_playwright() as playwright:
         try:
-            browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-        except PlaywrightError as exc:
+            browser = launch_chromium(playwright, args.chromium)
+        except (NoChromiumError, PlaywrightError) as exc:
             return {"first_paint": {"error": _first_line(exc)}}
         try:
             for path in pages:
@@ -553,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sqlite-file", default=None, help="SQLite file to fill or reuse")
     parser.add_argument("--postgres-url", default=bench_store.DEFAULT_POSTGRES_URL)
     parser.add_argument("--postgres-schema", default=None, help="schema to fill or reuse, and keep")
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--chromium", help="Chromium binary (default: as the tests find it)")
     parser.add_argument(
         "--settle-s",
         type=float,

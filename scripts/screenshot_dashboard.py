@@ -9,7 +9,6 @@ Chromium (Debian's, or ``--chromium``), waits for its charts, and writes a PNG::
 from __future__ import annotations
 
 import argparse
-import shutil
 import urllib.parse
 from pathlib import Path
 
@@ -17,17 +16,7 @@ from playwright.sync_api import sync_playwright
 
 from storage import Store
 from sweep._dashboard import running
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from sweep._dashboard._browser import launch_chromium
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,14 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep")
     parser.add_argument("--storage", default="sqlite:///sweeps.db")
     parser.add_argument("-o", "--output", type=Path, default=Path("dashboard.png"))
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    parser.add_argument("--chromium", help="Chromium binary (default: as the tests find it)")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1500, help="of the part shown")
     args = parser.parse_args(argv)
     with Store(args.storage, create=False) as store, running(store) as listening:
         url = f"{listening.url}sweeps/{urllib.parse.quote(args.sweep, safe='')}"
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            browser = launch_chromium(playwright, args.chromium)
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.goto(url)
             page.wait_for_selector("body[data-ready]", timeout=60_000)

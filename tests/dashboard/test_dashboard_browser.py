@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,40 +14,22 @@ from dataclasses import dataclass, field
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from sweep._dashboard._browser import NoChromiumError, launch_chromium
 from tests.dashboard.dashboard_helpers import LIVE, REAL, Served, trial_record
 from tests.sweep.cli_runner import run_cli
 
 pytestmark = pytest.mark.slow
 
-# Headless, and nothing that reaches out of this machine (updates, sync, QUIC probes).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 READY = "body[data-ready]"
-
-
-def _chromium() -> str:
-    for candidate in (os.environ.get("SWEEP_CHROMIUM"), "chromium", "chromium-browser"):
-        found = candidate and shutil.which(candidate)
-        if found:
-            return found
-    pytest.fail(
-        "no Chromium for the dashboard's browser tests: install Debian's (apt-get install "
-        "chromium), or set SWEEP_CHROMIUM to a Chromium or Chrome binary"
-    )
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            launched = launch_chromium(playwright)
+        except NoChromiumError as exc:
+            pytest.fail(f"the dashboard's browser tests: {exc}")
         yield launched
         launched.close()
 
