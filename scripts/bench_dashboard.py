@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import statistics
 import sys
 import tempfile
@@ -47,9 +46,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_store
@@ -473,28 +469,12 @@ def _sqlite(args: argparse.Namespace, data: bench_store.Synthetic) -> dict[str, 
 
 
 def _postgres(args: argparse.Namespace, data: bench_store.Synthetic) -> dict[str, Any]:
-    engine = sa.create_engine(
-        args.postgres_url, poolclass=NullPool, connect_args={"connect_timeout": 5}
-    )
-    keep = args.postgres_schema is not None
-    schema = args.postgres_schema if keep else f"bench_dashboard_{secrets.token_hex(6)}"
+    schema = bench_store.postgres_schema(args.postgres_url, "bench_dashboard", args.postgres_schema)
     try:
-        with engine.begin() as connection:
-            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-    except sa.exc.SQLAlchemyError as exc:
-        engine.dispose()
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return {"error": reason[0] if reason else type(exc).__name__}
-    try:
-        url = sa.make_url(args.postgres_url).update_query_dict(
-            {"options": f"-csearch_path={schema}"}
-        )
-        return _bench_backend(url.render_as_string(hide_password=False), data, args)
-    finally:
-        if not keep:
-            with engine.begin() as connection:
-                connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        engine.dispose()
+        with schema as url:
+            return _bench_backend(url, data, args)
+    except bench_store.SchemaError as exc:
+        return {"error": str(exc)}
 
 
 def _over_goal(report: dict[str, Any], backends: list[str]) -> list[str]:

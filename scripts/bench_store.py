@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -257,27 +258,41 @@ def _bench_backend(url: str, data: Synthetic, args: argparse.Namespace) -> dict[
     return result
 
 
-def _postgres(args: argparse.Namespace, data: Synthetic) -> dict[str, Any]:
-    engine = sa.create_engine(
-        args.postgres_url, poolclass=NullPool, connect_args={"connect_timeout": 5}
-    )
-    schema = f"bench_store_{secrets.token_hex(6)}"
+class SchemaError(RuntimeError):
+    """The PostgreSQL server could not create the benchmark's schema (one line: why)."""
+
+
+@contextmanager
+def postgres_schema(server_url: str, prefix: str, keep: str | None = None) -> Iterator[str]:
+    """The URL of a schema on ``server_url``: a new one named ``prefix_<random>``, dropped at
+    the end, or ``keep`` (created if missing, kept). :class:`SchemaError` when the server
+    cannot create it."""
+    engine = sa.create_engine(server_url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    schema = keep or f"{prefix}_{secrets.token_hex(6)}"
     try:
-        with engine.begin() as connection:
-            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.SQLAlchemyError as exc:
-        engine.dispose()
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return {"error": reason[0] if reason else type(exc).__name__}
-    try:
-        url = sa.make_url(args.postgres_url).update_query_dict(
-            {"options": f"-csearch_path={schema}"}
-        )
-        return _bench_backend(url.render_as_string(hide_password=False), data, args)
+        try:
+            with engine.begin() as connection:
+                connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        except sa.exc.SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise SchemaError(reason[0] if reason else type(exc).__name__) from exc
+        url = sa.make_url(server_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        try:
+            yield url.render_as_string(hide_password=False)
+        finally:
+            if keep is None:
+                with engine.begin() as connection:
+                    connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     finally:
-        with engine.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
+
+
+def _postgres(args: argparse.Namespace, data: Synthetic) -> dict[str, Any]:
+    try:
+        with postgres_schema(args.postgres_url, "bench_store") as url:
+            return _bench_backend(url, data, args)
+    except SchemaError as exc:
+        return {"error": str(exc)}
 
 
 def _compare(result: dict[str, Any], optuna_s: float, optuna_front: list[int]) -> None:
