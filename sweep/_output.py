@@ -9,6 +9,7 @@ import math
 import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ NESTED = ("recipe", "metrics", "timings")
 def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, pd.Timestamp):
+    if value is pd.NaT:
+        return None
+    if isinstance(value, datetime):  # pandas Timestamps among them
         return value.isoformat()
     if hasattr(value, "item") and not isinstance(value, dict | list | str):
         return _plain(value.item())

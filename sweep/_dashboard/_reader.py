@@ -9,18 +9,17 @@ scan's curves) then run once per change, not once per browser poll.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import pandas as pd
 
 from storage import StorageError, Store, SweepInfo
+from sweep import _output
 
 T = TypeVar("T")
 log = logging.getLogger("sweep.dashboard")
@@ -65,20 +64,13 @@ def direction(metric: str, objectives: Mapping[str, str]) -> str:
 
 
 def plain(value: Any) -> Any:
-    """A JSON-ready value: numpy and pandas scalars as Python ones, NaN and NaT as None."""
+    """A JSON-ready value, nested in dicts and lists as well: the CLI's JSON rule for each
+    value (numpy and pandas scalars as Python ones, NaN and NaT as None, times in ISO 8601)."""
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
-    if isinstance(value, pd.Timestamp | datetime):
-        return None if pd.isna(value) else value.isoformat()
-    if hasattr(value, "item") and not isinstance(value, str):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is pd.NA or value is pd.NaT:
-        return None
-    return value
+    return _output._plain(value)
 
 
 def row_dict(row: pd.Series, columns: tuple[str, ...] | None = None) -> dict[str, Any]:
