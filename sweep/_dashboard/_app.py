@@ -143,7 +143,7 @@ def _routes(reader: Reader) -> list[Route | Mount]:
 
     def sensitivity(request: Request) -> Any:
         info = reader.store.get_sweep(name(request))
-        return _charts.sensitivity(reader, info.name, _views.scan_of(reader, info))
+        return _charts.sensitivity(reader, info)
 
     def recommend(request: Request) -> Any:
         return _views.recommendation(
@@ -255,7 +255,7 @@ def create_app(store: Store, *, token: str | None = None, loopback: bool = True)
     """The dashboard over ``store``. ``token``: required on every request when given.
     ``loopback``: answer only requests addressed to 127.0.0.1, localhost or ::1."""
     reader = Reader(store)
-    reader.submit(_charts.warm, reader, _views.scan_of)
+    reader.submit(_charts.warm, reader)
     middleware = [Middleware(_Guard, token=token)]
     if loopback:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_NAMES))

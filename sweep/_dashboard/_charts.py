@@ -4,12 +4,12 @@ the layer x front-trial heatmap and a scan's sensitivity curves."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from storage import METRIC_COLUMNS, StorageError, SweepInfo
+from storage import METRIC_COLUMNS, StorageError, SweepInfo, SweepNotFoundError
 from sweep import _bounds, _quality
 from sweep._dashboard._reader import (
     PENDING,
@@ -74,7 +74,7 @@ def default_axes(info: SweepInfo) -> tuple[str, str]:
     return x, y
 
 
-def warm(reader: Reader, scan_of: Callable[[Reader, SweepInfo], str | None]) -> None:
+def warm(reader: Reader) -> None:
     """Compute what each sweep's page opens on, so that the first visit does not wait."""
     try:
         infos = reader.store.list_sweeps()
@@ -87,7 +87,7 @@ def warm(reader: Reader, scan_of: Callable[[Reader, SweepInfo], str | None]) -> 
             front(reader, info.name, x, y, None)
             heatmap(reader, info.name)
             hypervolume(reader, info.name)
-            sensitivity(reader, info.name, scan_of(reader, info))
+            sensitivity(reader, info)
         except (StorageError, DashboardError) as exc:  # the page says so when it is opened
             log.warning("dashboard: cannot prepare sweep %s: %s", info.name, exc)
 
@@ -242,8 +242,29 @@ def _heatmap(reader: Reader, info: SweepInfo) -> dict[str, Any]:
     }
 
 
-def sensitivity(reader: Reader, name: str, scan: str | None) -> dict[str, Any]:
-    """The scan's curves: per layer and granularity, the accuracy lost to pruning it alone."""
+def scan_of(reader: Reader, info: SweepInfo) -> str | None:
+    """The sensitivity scan stored for a sweep: itself (a scan), the one it was bounded or
+    seeded from, else one under the default name."""
+    if info.config.get("kind") == _bounds.KIND:
+        return info.name
+    space = info.config.get("search_space") or {}
+    named = [(space.get(key) or {}).get("sensitivity") for key in ("seed_from", "bounds_from")]
+    named.append(f"{info.name}-{_bounds.KIND}")
+    for name in named:
+        if not name:
+            continue
+        try:
+            reader.store.get_sweep(name)
+        except SweepNotFoundError:
+            continue
+        return str(name)
+    return None
+
+
+def sensitivity(reader: Reader, info: SweepInfo) -> dict[str, Any]:
+    """The curves of the sweep's scan (:func:`scan_of`): per layer and granularity, the
+    accuracy lost to pruning it alone."""
+    scan = scan_of(reader, info)
     if scan is None:
         return {"scan": None, "curves": [], "pending": False}
     info = reader.store.get_sweep(scan)

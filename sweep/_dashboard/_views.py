@@ -93,26 +93,6 @@ def sweeps(reader: Reader) -> dict[str, Any]:
     }
 
 
-def scan_of(reader: Reader, info: SweepInfo) -> str | None:
-    """The sensitivity scan stored for a sweep: itself (a scan), the one it was bounded or
-    seeded from, else one under the default name."""
-    if info.config.get("kind") == KIND:
-        return info.name
-    space = info.config.get("search_space") or {}
-    named = [(space.get(key) or {}).get("sensitivity") for key in ("seed_from", "bounds_from")] + [
-        f"{info.name}-{KIND}"
-    ]
-    for name in named:
-        if not name:
-            continue
-        try:
-            reader.store.get_sweep(name)
-        except SweepNotFoundError:
-            continue
-        return str(name)
-    return None
-
-
 def sweep(reader: Reader, name: str) -> dict[str, Any]:
     info = reader.store.get_sweep(name)
     config = info.config
