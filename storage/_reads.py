@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pandas as pd
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
 from storage import _json
@@ -85,6 +85,14 @@ class _TrialFilter:
         return found
 
 
+def _whole_rows(chosen: Select[Any], *order: ColumnElement[Any]) -> Select[Any]:
+    """The trial-frame SELECT of the trials whose ids ``chosen`` picks, in ``order``. The pick
+    runs on the narrow ``trials`` rows; only the rows picked join their details (recipes of
+    hundreds of layers), not every row a page skips or a ranking passes over."""
+    trials = TrialModel.__table__
+    return trial_select().where(trials.c.id.in_(chosen)).order_by(*order)
+
+
 class TrialReads(ABC):
     """Every read of a sweep's trials; :class:`~storage.Store` supplies the transactions."""
 
@@ -122,12 +130,11 @@ class TrialReads(ABC):
             trials = TrialModel.__table__
             number = trials.c.number.desc() if descending else trials.c.number
             mine = filters.clauses(sweep_row.id)
-            if limit is not None or offset:
-                # The page is picked on the narrow trials rows; only its rows join their
-                # details (recipes of hundreds of layers), not every row it skips.
+            if limit is None and not offset:
+                stmt = trial_select().where(*mine).order_by(number)
+            else:
                 page = select(trials.c.id).where(*mine).order_by(number)
-                mine = [trials.c.id.in_(page.limit(limit).offset(offset))]
-            stmt = trial_select().where(*mine).order_by(number)
+                stmt = _whole_rows(page.limit(limit).offset(offset), number)
             return list(session.execute(stmt).all())
 
         with collection_paused():
@@ -213,15 +220,13 @@ class TrialReads(ABC):
                 ).nulls_last()
                 for metric, direction in order
             ]
-            # Ranked on the narrow trials rows; only the chosen ones join their details.
             top = (
                 select(trials.c.id)
                 .where(*filters.clauses(sweep_row.id), trials.c[order[0][0]].is_not(None))
                 .order_by(*keys, trials.c.number)
                 .limit(limit)
             )
-            stmt = trial_select().where(trials.c.id.in_(top)).order_by(*keys, trials.c.number)
-            return list(session.execute(stmt).all())
+            return list(session.execute(_whole_rows(top, *keys, trials.c.number)).all())
 
         with collection_paused():
             return trial_frame(self._run(work))
