@@ -29,7 +29,8 @@ without the workers the driver starts beside the task's description).
 ``--load N [M ...]``: the whole series again beside N CPU spinners (processes busy all the time,
 stopped after each run): the sweep and bare Ray share the same load. ``--capacity K``: instead,
 the completions per second the driver sustains with zero-length trials on K logical CPUs, and
-where its time goes.
+where its time goes: wall time per call as above, and the driver process's CPU per trial by
+thread (``driver_cpu_ms_per_trial_by_thread``: the loop, the store writer, the rest, Ray's).
 
 With ``--sampler random`` as well (the default runs both), the same is measured with Optuna's
 RandomSampler, whose ask costs almost nothing: the difference from TPE is the driver's
@@ -238,6 +239,21 @@ def measure_one(k: int, seconds: float, waves: int, sampler: str) -> dict[str, A
     }
 
 
+def _time_writer_cpu(cpu: dict[str, float]) -> None:
+    """Add up in ``cpu["writer"]`` the CPU seconds of each store writer thread, as it ends."""
+    from sweep import _writer
+
+    original = _writer.StoreWriter._run
+
+    def run(self: Any) -> None:
+        try:
+            original(self)
+        finally:
+            cpu["writer"] += time.thread_time()  # this thread's, since it started
+
+    setattr(_writer.StoreWriter, "_run", run)  # noqa: B010 - mypy: a method cannot be assigned
+
+
 def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]:
     """Completions per second the driver sustains: zero-length trials on K logical CPUs (nodes of
     16), so that the driver, not the trials, is the bottleneck."""
@@ -253,12 +269,17 @@ def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]
         run_sweep(parse_config(_config("warmup", 2 * k, 0.0, sampler)), store)
         busy: dict[str, float] = {}
         _time_driver(busy)
+        threads = {"writer": 0.0}
+        _time_writer_cpu(threads)
         start, cpu_start = time.perf_counter(), time.process_time()
+        loop_start = time.thread_time()
         run_sweep(parse_config(_config("timed", trials, 0.0, sampler)), store)
+        threads["loop"] = time.thread_time() - loop_start
         run_sweep_s = time.perf_counter() - start
         # The driver process's CPU, all its threads (the loop, the store writer, Ray's own):
         # here it shares 2 cores with K workers; on a head node it has cores of its own.
         driver_cpu_s = time.process_time() - cpu_start
+        threads["ray_and_other"] = driver_cpu_s - threads["loop"] - threads["writer"]
         frame = store.trials("timed")
     finally:
         ray.shutdown()
@@ -273,6 +294,11 @@ def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]
         "completions_per_s": trials / wall,
         "driver_cpu_ms_per_trial": 1000 * driver_cpu_s / trials,
         "completions_per_driver_cpu_s": trials / driver_cpu_s,
+        # The driver's CPU per trial by thread: the ask/submit/collect loop, the store writer,
+        # and the rest (Ray's own threads: its IO, its object transfers).
+        "driver_cpu_ms_per_trial_by_thread": {
+            name: 1000 * seconds / trials for name, seconds in threads.items()
+        },
         "run_sweep_s": run_sweep_s,
         "driver_busy_s": busy,
         "busy_per_trial_ms": {name: 1000 * v / trials for name, v in busy.items()},

@@ -36,7 +36,7 @@ budget instead, then the model and uniform neighbours of the front by turns (thi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep._feasible import constrained_choice, feasible_levels, is_feasible, sparsity_interval
+from sweep._layerwise_history import Asked, History, recipe_key
 from sweep._layerwise_model import (
     Codec,
     Encoded,
@@ -66,7 +67,11 @@ TRUST = 2  # grid steps a layer may go past its highest amount among the better 
 PROPOSALS = 16  # weight draws tried before a recipe not asked before is found
 JITTER = 0.25  # chance that a proposal moves one or two layers by one or two grid steps
 EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move instead
-Key = tuple[tuple[str, Any], ...]  # a recipe's parameters, hashable
+# The model is fitted again once the modeled trials have grown by this share (at least one): a
+# fit on 1,000 trials learns little from the 1,001st, and fitting at every completion cost a
+# driver at hundreds of completions a second most of its time (issue 18). Each fit is a fresh
+# bootstrap; asks between fits differ by their trade-off weights, as asks in a burst always did.
+REFIT_GROWTH = 0.01
 # A fit: the models, their costs and bases, the objectives' spans, the trust region, the limits.
 Fitted = tuple[list[Fit], np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, float]]
 
@@ -124,13 +129,9 @@ class LayerwiseSampler(BaseSampler):
         self._codec = Codec(space, float(self._grid[0]))
         self._row, self._decode = self._codec.row, self._codec.decode
         self._can_structure, self._n_combos = self._codec.can_structure, self._codec.n_combos
-        # Finished trials' rows, encoded once, and each trial's index in them.
-        self._table = Encoded.of([], len(self._groups))
-        self._index: dict[int, int] = {}
-        # Recipes of finished trials, each made hashable once: at 300 layers, remaking them all
-        # at every ask took longer than the rest of the ask.
-        self._keyed: set[int] = set()
-        self._seen: set[Key] = set()
+        self._history = History(
+            self._codec, len(self._groups), self._feasible if self._interval is not None else None
+        )
         # The (amount, method) options of every group, as the columns of the allocation's cost
         # table: every amount unstructured, then every amount structured where any group can be.
         methods = 2 if self._can_structure.any() else 1
@@ -138,7 +139,7 @@ class LayerwiseSampler(BaseSampler):
         self._option_structured = np.arange(len(self._option_amounts)) >= len(self._grid)
         self._structurable = ~self._option_structured | self._can_structure[:, None]
         self._shapes: dict[int, ShapeSearch] = {}  # per accuracy-like objective
-        self._fitted: tuple[tuple[int, int], Fitted] | None = None  # the last fit, by its trials
+        self._fitted: tuple[int, Fitted] | None = None  # the last fit, and its modeled trials
         self._thin: ThinStart | None = None
         if budget is not None and is_thin(n_startup_trials, wanted_startup):
             levels = self._grid[np.isin(self._grid, allowed)] if allowed else self._grid
@@ -166,20 +167,17 @@ class LayerwiseSampler(BaseSampler):
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if len(finished) < self._n_startup and self._thin is None:
             return self._startup(trial.number)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        seen = self._asked(finished, running)
-        thin = None
+        self._history.update(finished)
+        seen = self._history.asked(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if self._thin is not None:
-            thin = self._thin_ask(study, finished, running, seen)
-        if thin is not None:
-            return thin
+            thin = self._thin_ask(study, seen)
+            if thin is not None:
+                return thin
         # A re-run recipe from outside the space (a scan's) has nothing to model; in thin mode
         # the model starts from two trials (it has no warm-up of its own).
-        modeled = [t for t in finished if "order" in t.params]
-        if len(modeled) < (2 if self._thin else 1):
+        if len(self._history.modeled) < (2 if self._thin else 1):
             return self._startup(trial.number)
-        with one_blas_thread():
-            return self._propose(study, modeled, seen)
+        return self._propose(study, seen)
 
     def sample_independent(
         self,
@@ -189,26 +187,6 @@ class LayerwiseSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         return self._random.sample_independent(study, trial, param_name, param_distribution)
-
-    # -- recipes <-> arrays --------------------------------------------------------------------
-    def _asked(self, finished: Sequence[FrozenTrial], running: Sequence[FrozenTrial]) -> set[Key]:
-        """The recipes of every finished or running trial (a finished one's are kept)."""
-        for trial in finished:
-            if trial._trial_id not in self._keyed:
-                self._keyed.add(trial._trial_id)
-                if trial.params:
-                    self._seen.add(_key(trial.params))
-        return self._seen | {_key(t.params) for t in running if t.params}
-
-    def _encode(self, trials: Sequence[FrozenTrial]) -> Encoded:
-        """Finished trials as arrays; each trial's row is computed once and kept by its id."""
-        new = [trial for trial in trials if trial._trial_id not in self._index]
-        if new:
-            for trial in new:
-                self._index[trial._trial_id] = len(self._index)
-            added = [self._row(trial.params) for trial in new]
-            self._table = self._table.extended(Encoded.of(added, len(self._groups)))
-        return self._table.take(np.array([self._index[t._trial_id] for t in trials], dtype=int))
 
     # -- startup -------------------------------------------------------------------------------
     def _startup(self, number: int) -> dict[str, Any]:
@@ -229,49 +207,43 @@ class LayerwiseSampler(BaseSampler):
         return self._decode(amounts, structured, combo)
 
     # -- thin mode (sweep/_layerwise_startup.py) ------------------------------------------------
-    def _thin_ask(
-        self,
-        study: optuna.Study,
-        finished: Sequence[FrozenTrial],
-        running: Sequence[FrozenTrial],
-        seen: set[Key],
-    ) -> dict[str, Any] | None:
-        modeled = [t for t in finished if "order" in t.params]
-
+    def _thin_ask(self, study: optuna.Study, seen: Asked) -> dict[str, Any] | None:
         def propose(
             amounts: np.ndarray, structured: np.ndarray, combo: int
         ) -> dict[str, Any] | None:
             params = self._decode(amounts, structured, combo)
-            return None if _key(params) in seen or not self._feasible(params) else params
+            return None if recipe_key(params) in seen or not self._feasible(params) else params
 
         if self._thin is None:
             return None
+        running = [dict(key) for key in seen.running]
         return self._thin.ask(
             study.directions,
-            [t.values for t in modeled],
-            self._encode(modeled),
-            [self._row(t.params) for t in running if "order" in t.params],
+            self._history.values,
+            self._history.encoded,
+            [self._row(params) for params in running if "order" in params],
             propose,
             self._rng,
         )
 
     # -- proposals -----------------------------------------------------------------------------
-    def _propose(
-        self, study: optuna.Study, finished: Sequence[FrozenTrial], seen: set[Key]
-    ) -> dict[str, Any]:
+    def _propose(self, study: optuna.Study, seen: Asked) -> dict[str, Any]:
         signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
-        values = np.array([trial.values for trial in finished]) * signs
+        values = self._history.values * signs
         quality = [j for j, d in enumerate(study.directions) if d == StudyDirection.MAXIMIZE]
         if self._interval is not None and quality and self._rng.random() < EXCHANGE:
-            exchanged = self._exchange(finished, values[:, quality[0]], seen)
+            exchanged = self._exchange(values[:, quality[0]], seen)
             if exchanged is not None:
                 return exchanged
         # Asks between the same finished trials (a burst, when many slots free at once) share
-        # one fit, each with its own trade-off weights: refitting for each costs the driver
-        # most of its time per trial at high completion rates, and learns nothing new.
-        key = (len(finished), finished[-1]._trial_id)
-        if self._fitted is None or self._fitted[0] != key:
-            self._fitted = (key, self._fit(finished, values, quality))
+        # one fit, each with its own trade-off weights; so do asks until the trials have grown
+        # by REFIT_GROWTH.
+        modeled = len(values)
+        if self._fitted is None or modeled >= self._fitted[0] + max(
+            1, math.ceil(REFIT_GROWTH * self._fitted[0])
+        ):
+            with one_blas_thread():
+                self._fitted = (modeled, self._fit(values, quality))
         fits, costs, bases, span, reach, limit = self._fitted[1]
         fallback: tuple[float, dict[str, Any]] | None = None
         proposal: dict[str, Any] = {}
@@ -281,7 +253,7 @@ class LayerwiseSampler(BaseSampler):
             if self._rng.random() < JITTER:
                 proposal = self._jitter(proposal)
                 row = None
-            if _key(proposal) in seen or not self._feasible(proposal):
+            if recipe_key(proposal) in seen or not self._feasible(proposal):
                 continue
             row = self._row(proposal) if row is None else row
             encoded_proposal = Encoded.of([row], len(self._groups))
@@ -295,17 +267,16 @@ class LayerwiseSampler(BaseSampler):
                 fallback = (excess, proposal)
         return fallback[1] if fallback is not None else self._jitter(proposal)
 
-    def _fit(
-        self, finished: Sequence[FrozenTrial], values: np.ndarray, quality: list[int]
-    ) -> Fitted:
-        """The model of every objective on a bootstrap sample of the finished trials, each one's
-        cost of every (group, option), the objectives' spans, the trust region and limits."""
-        encoded = self._encode(finished)
+    def _fit(self, values: np.ndarray, quality: list[int]) -> Fitted:
+        """The model of every objective on a bootstrap sample of the modeled trials (``values``:
+        theirs, minimized), each one's cost of every (group, option), the objectives' spans, the
+        trust region and limits."""
+        encoded = self._history.encoded
         one_hot = np.eye(self._n_combos)[encoded.combo]
-        kept = np.ones(len(finished), dtype=bool)
+        kept = np.ones(len(values), dtype=bool)
         for j in quality:
             kept &= _better(values[:, j])
-        rows = np.flatnonzero(kept) if kept.sum() >= 2 else np.arange(len(finished))
+        rows = np.flatnonzero(kept) if kept.sum() >= 2 else np.arange(len(values))
         sample = Sample.of(rows[self._rng.integers(len(rows), size=len(rows))])  # bootstrap
         fits = [
             self._shapes.setdefault(j, ShapeSearch()).fit(
@@ -367,20 +338,17 @@ class LayerwiseSampler(BaseSampler):
         row = None if self._codec.global_method else (amounts, structured.astype(float), combo)
         return self._decode(amounts, structured, combo), row
 
-    def _exchange(
-        self, finished: Sequence[FrozenTrial], loss: np.ndarray, seen: set[Key]
-    ) -> dict[str, Any] | None:
+    def _exchange(self, loss: np.ndarray, seen: Asked) -> dict[str, Any] | None:
         """The most accurate feasible trial with one layer group pruned more and another less,
         its sparsity kept: a local step near the constraint, where the additive model (fitted
         on the better half of the trials, most of them far from it) is least reliable."""
-        feasible = [
-            i for i, t in enumerate(finished) if "order" in t.params and self._feasible(t.params)
-        ]
-        if len(self._groups) < 2 or not feasible:
+        feasible = np.flatnonzero(self._history.feasible)
+        if len(self._groups) < 2 or not feasible.size:
             return None
-        best = min(feasible, key=lambda i: loss[i])
-        amounts, structured, combo = self._row(finished[best].params)
-        start = np.array(amounts)
+        best = int(feasible[np.argmin(loss[feasible])])
+        encoded = self._history.encoded
+        structured, combo = encoded.structured[best], int(encoded.combo[best])
+        start = encoded.amounts[best].copy()
         for _ in range(PROPOSALS):
             up, down = self._rng.choice(len(self._groups), size=2, replace=False)
             moved = start.copy()
@@ -391,7 +359,7 @@ class LayerwiseSampler(BaseSampler):
             steps = np.floor(gained / (self._shares[down] * self._step) + 1e-9)
             moved[down] = max(self._grid[0], moved[down] - steps * self._step)
             params = self._decode(np.round(moved, 6), np.array(structured), combo)
-            if _key(params) not in seen and self._feasible(params):
+            if recipe_key(params) not in seen and self._feasible(params):
                 return params
         return None
 
@@ -419,7 +387,3 @@ def _better(loss: np.ndarray) -> np.ndarray:
     kept = loss <= np.quantile(loss, FIT_FRACTION)
     above = loss < loss.max()
     return above if kept.all() and above.sum() >= 2 else kept
-
-
-def _key(params: dict[str, Any]) -> Key:
-    return tuple(sorted(params.items()))

@@ -241,14 +241,14 @@ class ThinStart:
     def ask(
         self,
         directions: Sequence[StudyDirection],
-        values: Sequence[Sequence[float]],
+        values: np.ndarray,
         finished: Encoded,
         running: Sequence[Row],
         propose: Propose,
         rng: np.random.Generator | None = None,
     ) -> dict[str, Any] | None:
         """The next uniform recipe, or None once ``n_uniform`` were asked (or none is left):
-        the model's turn. ``values``: the finished trials' objectives, as Optuna has them;
+        the model's turn. ``values``: the finished trials' objectives, as Optuna has them (rows);
         ``finished``: their rows; ``propose``: the parameters of a recipe, or None where it was
         asked before or breaks a constraint."""
         neighbour = False

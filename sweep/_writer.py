@@ -3,7 +3,9 @@
 The loop hands over records (a trial asked, a trial finished) and config updates, and goes on
 asking, submitting and collecting: this thread commits whatever has accumulated, in one
 transaction each time. A commit to PostgreSQL across a cluster or an fsync on a busy disk then
-costs the loop nothing, and the busier the sweep, the more records each commit carries. Between
+costs the loop nothing. Commits start at most every ``COMMIT_INTERVAL_S``: the busier the sweep,
+the more records each carries, and a driver at hundreds of completions a second does not spend
+its CPU on a commit (a sweep lookup, the fencing check, a transaction) per trial. Between
 writes the thread touches the sweep's row every ``SWEEP_HEARTBEAT_S`` (a sign of life for
 ``sweep status`` and for other drivers), also while the loop is busy elsewhere.
 
@@ -30,6 +32,9 @@ log = logging.getLogger("sweep")
 WRITE_RETRIES = 8
 FIRST_PAUSE_S = 0.5
 LONGEST_PAUSE_S = 30.0
+# A record waits at most this long for its commit; a driver SIGKILLed in that window leaves the
+# trial RUNNING (or unasked) in the store, and `sweep resume` runs it again.
+COMMIT_INTERVAL_S = 0.1
 # Written is a callback on the writer's thread: the numbers whose records are now stored.
 WrittenFn = Callable[[Collection[int]], None]
 
@@ -49,6 +54,7 @@ class StoreWriter:
         self._error: BaseException | None = None
         self._failures = 0
         self._retry_at = 0.0
+        self._written_at = -COMMIT_INTERVAL_S  # when the last write started
         self._beat_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"sweep-writer:{name}", daemon=True)
         self._thread.start()
@@ -56,14 +62,18 @@ class StoreWriter:
     # -- the loop's side ---------------------------------------------------------------------
     def record(self, record: TrialRecord) -> None:
         with self._lock:
+            waiting = self._pending()  # then the thread already knows when to write
             self._records[record.number] = record
-            self._lock.notify()
+            if not waiting:
+                self._lock.notify()
 
     def update_config(self, updates: Mapping[str, Any]) -> None:
         """Top-level keys of the sweep's stored config, written with the next commit."""
         with self._lock:
+            waiting = self._pending()
             self._config.update(updates)
-            self._lock.notify()
+            if not waiting:
+                self._lock.notify()
 
     def check(self) -> None:
         """Raise, in the caller's thread, the error that stopped the writer (if one did)."""
@@ -128,22 +138,34 @@ class StoreWriter:
             if written and self._on_written is not None and records:
                 self._on_written([record.number for record in records])
 
+    def _pending(self) -> bool:
+        return bool(self._records or self._config)
+
+    def _write_at(self) -> float:
+        """When the pending records are written: after a failure's pause, else the interval
+        since the last write (at once when closing)."""
+        if self._closing:
+            return self._retry_at
+        return max(self._retry_at, self._written_at + COMMIT_INTERVAL_S)
+
     def _due(self) -> bool:
-        """Something to do now: a write (unless pausing after a failure), a heartbeat, the end."""
+        """Something to do now: a write (unless pausing after a failure, or the last write was
+        less than the interval ago), a heartbeat, the end."""
         if self._error is not None:
             return True
         now = time.monotonic()
-        if self._records or self._config:
-            return now >= self._retry_at
+        if self._pending():
+            return now >= self._write_at()
         return self._closing or now - self._beat_at >= heartbeat_s()
 
     def _wait_s(self) -> float:
         now = time.monotonic()
-        if self._records or self._config:
-            return max(0.0, self._retry_at - now)
+        if self._pending():
+            return max(0.0, self._write_at() - now)
         return max(0.0, heartbeat_s() - (now - self._beat_at))
 
     def _write(self, records: list[TrialRecord], config: dict[str, Any]) -> bool:
+        self._written_at = time.monotonic()
         try:
             if config:
                 self._store.update_sweep_config(self._name, config)

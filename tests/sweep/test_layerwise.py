@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from storage import Store
 from sweep import ConfigError, parse_config, run_sweep
 from sweep._config import DEFAULT_OBJECTIVES as DEFAULTS
 from sweep._feasible import FeasibleSampler
-from sweep._layerwise import LayerwiseSampler
+from sweep._layerwise import REFIT_GROWTH, LayerwiseSampler
 from sweep._layerwise_startup import bisection_order, uniform_candidates, uniform_options
 from sweep._quality import fp32_reference, hypervolume_curve, losses, reference_point
 from sweep._samplers import ask_recipe, make_sampler, startup_trials
@@ -173,6 +175,53 @@ def test_a_burst_of_asks_shares_one_fit_and_a_new_result_refits(
     for _ in range(4):
         ask_recipe(study, space)
     assert len(fits) == before + 1
+
+
+def test_a_large_sweep_refits_once_its_trials_grew_by_a_percent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 300 trials one more result changes the model little, and fitting at every completion
+    cost a busy driver most of its time: the model is fitted again once the modeled trials grew
+    by REFIT_GROWTH (3 or 4 trials here), each fit a fresh bootstrap."""
+    study, space = _setup(sampler_settings={"n_startup_trials": 10, "uniform_startup": 5})
+    _run(study, space, 300)
+    fitted_on: list[int] = []
+    fit = LayerwiseSampler._fit
+
+    def counted(self: LayerwiseSampler, values: np.ndarray, quality: list[int]) -> object:
+        fitted_on.append(len(values))
+        return fit(self, values, quality)
+
+    monkeypatch.setattr(LayerwiseSampler, "_fit", counted)
+    _run(study, space, 12)  # one at a time: a new result before every ask
+    assert len(fitted_on) >= 3
+    gaps = [later - earlier for earlier, later in itertools.pairwise(fitted_on)]
+    assert gaps == [math.ceil(REFIT_GROWTH * n) for n in fitted_on[:-1]], fitted_on
+    assert min(gaps) == 3
+
+
+def test_the_modeled_trials_are_kept_in_number_order_whatever_order_they_finish_in() -> None:
+    study, space = _setup(sampler_settings={"n_startup_trials": 4, "uniform_startup": 2})
+    _run(study, space, 6)
+    flight = [ask_recipe(study, space) for _ in range(3)]
+    for trial, recipe in [flight[2], flight[0], flight[1]]:
+        metrics = TASK.analytic_metrics(recipe)
+        study.tell(trial, [metrics[name] for name in OBJECTIVES])
+    ask_recipe(study, space)  # reads the three new results
+    sampler = study.sampler
+    assert isinstance(sampler, LayerwiseSampler)
+    history = sampler._history
+    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.number for t in history.modeled] == [t.number for t in finished]
+    assert history.values.tolist() == [t.values for t in finished]
+    for i, trial in enumerate(finished):
+        amounts, structured, combo = sampler._codec.row(trial.params)
+        assert history.encoded.amounts[i].tolist() == amounts.tolist()
+        assert history.encoded.structured[i].tolist() == structured.tolist()
+        assert int(history.encoded.combo[i]) == combo
+    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    asked = history.asked(running)
+    assert all(tuple(sorted(t.params.items())) in asked for t in [*finished, *running])
 
 
 def test_a_seeded_sweep_asks_the_same_recipes_again() -> None:
