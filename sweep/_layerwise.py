@@ -44,7 +44,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from sweep._feasible import constrained_choice, feasible_levels, is_feasible, sparsity_interval
 from sweep._layerwise_history import Asked, History, recipe_key
@@ -164,11 +164,9 @@ class LayerwiseSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(finished) < self._n_startup and self._thin is None:
+        seen = self._history.refresh(study.get_trials(deepcopy=False))
+        if self._history.count < self._n_startup and self._thin is None:
             return self._startup(trial.number)
-        self._history.update(finished)
-        seen = self._history.asked(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if self._thin is not None:
             thin = self._thin_ask(study, seen)
             if thin is not None:
@@ -229,21 +227,22 @@ class LayerwiseSampler(BaseSampler):
     # -- proposals -----------------------------------------------------------------------------
     def _propose(self, study: optuna.Study, seen: Asked) -> dict[str, Any]:
         signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
-        values = self._history.values * signs
         quality = [j for j, d in enumerate(study.directions) if d == StudyDirection.MAXIMIZE]
         if self._interval is not None and quality and self._rng.random() < EXCHANGE:
-            exchanged = self._exchange(values[:, quality[0]], seen)
+            exchanged = self._exchange(
+                self._history.values[:, quality[0]] * signs[quality[0]], seen
+            )
             if exchanged is not None:
                 return exchanged
         # Asks between the same finished trials (a burst, when many slots free at once) share
         # one fit, each with its own trade-off weights; so do asks until the trials have grown
         # by REFIT_GROWTH.
-        modeled = len(values)
+        modeled = len(self._history.modeled)
         if self._fitted is None or modeled >= self._fitted[0] + max(
             1, math.ceil(REFIT_GROWTH * self._fitted[0])
         ):
             with one_blas_thread():
-                self._fitted = (modeled, self._fit(values, quality))
+                self._fitted = (modeled, self._fit(self._history.values * signs, quality))
         fits, costs, bases, span, reach, limit = self._fitted[1]
         fallback: tuple[float, dict[str, Any]] | None = None
         proposal: dict[str, Any] = {}

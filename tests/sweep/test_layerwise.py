@@ -200,7 +200,7 @@ def test_a_large_sweep_refits_once_its_trials_grew_by_a_percent(
     assert min(gaps) == 3
 
 
-def test_the_modeled_trials_are_kept_in_number_order_whatever_order_they_finish_in() -> None:
+def test_each_modeled_trial_keeps_its_own_row_and_values_whatever_order_they_finish_in() -> None:
     study, space = _setup(sampler_settings={"n_startup_trials": 4, "uniform_startup": 2})
     _run(study, space, 6)
     flight = [ask_recipe(study, space) for _ in range(3)]
@@ -212,16 +212,46 @@ def test_the_modeled_trials_are_kept_in_number_order_whatever_order_they_finish_
     assert isinstance(sampler, LayerwiseSampler)
     history = sampler._history
     finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert [t.number for t in history.modeled] == [t.number for t in finished]
-    assert history.values.tolist() == [t.values for t in finished]
-    for i, trial in enumerate(finished):
+    assert sorted(t.number for t in history.modeled) == [t.number for t in finished]
+    assert [t.number for t in history.modeled][-3:] == [6, 7, 8]  # read as one change
+    assert history.values.tolist() == [t.values for t in history.modeled]
+    for i, trial in enumerate(history.modeled):
         amounts, structured, combo = sampler._codec.row(trial.params)
         assert history.encoded.amounts[i].tolist() == amounts.tolist()
         assert history.encoded.structured[i].tolist() == structured.tolist()
         assert int(history.encoded.combo[i]) == combo
     running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    asked = history.asked(running)
+    asked = history.refresh(study.get_trials(deepcopy=False))
     assert all(tuple(sorted(t.params.items())) in asked for t in [*finished, *running])
+    assert history.count == len(finished)
+
+
+def test_only_complete_trials_are_modeled_and_each_is_read_once() -> None:
+    """A resumed study's trials (added at once), failed and pruned ones, an enqueued one that
+    waits: the sampler reads the COMPLETE ones, once, and looks again only at trials it saw
+    unfinished."""
+    study, space = _setup(sampler_settings={"n_startup_trials": 4, "uniform_startup": 2})
+    _run(study, space, 6)
+    resumed, _ = _setup(sampler_settings={"n_startup_trials": 4, "uniform_startup": 2})
+    for trial in study.trials:  # as `sweep resume` rebuilds its study
+        resumed.add_trial(trial)
+    failed, _ = ask_recipe(resumed, space)
+    resumed.tell(failed, state=optuna.trial.TrialState.FAIL)
+    pruned, _ = ask_recipe(resumed, space)
+    resumed.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    resumed.enqueue_trial(study.trials[0].params)
+    _run(resumed, space, 3)  # the enqueued trial first
+    ask_recipe(resumed, space)
+    sampler = resumed.sampler
+    assert isinstance(sampler, LayerwiseSampler)
+    history = sampler._history
+    complete = resumed.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert history.count == len(complete) == 9
+    assert sorted(t.number for t in history.modeled) == [t.number for t in complete]
+    assert len({t._trial_id for t in history.modeled}) == 9
+    # Left to look at again: the one trial running (the last asked), nothing finished.
+    running = resumed.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert sorted(history._open) == [t.number for t in running] == [len(resumed.trials) - 1]
 
 
 def test_a_seeded_sweep_asks_the_same_recipes_again() -> None:
