@@ -51,17 +51,21 @@ class History:
         self, codec: Codec, groups: int, feasible: Callable[[dict[str, Any]], bool] | None
     ) -> None:
         self._codec, self._groups, self._feasible = codec, groups, feasible
-        self.count = 0  # COMPLETE trials seen, modeled or not
         self.modeled: list[FrozenTrial] = []
         self._encoded = Encoded.of([], groups)
         self._values = np.zeros((0, 0))
         self._feasible_rows = np.zeros(0, dtype=bool)
         self._unread: list[FrozenTrial] = []  # modeled, not in the arrays yet
-        self._taken: set[int] = set()  # ids of the COMPLETE trials read
+        self._taken: set[int] = set()  # ids of the COMPLETE trials read, modeled or not
         self._listed = 0  # trials seen in the study's list so far
         self._open: set[int] = set()  # places in that list of the trials not finished then
         self._finished_keys: set[Key] = set()
         self._running_keys: dict[int, Key] = {}
+
+    @property
+    def count(self) -> int:
+        """COMPLETE trials read, modeled or not."""
+        return len(self._taken)
 
     @property
     def encoded(self) -> Encoded:
@@ -105,7 +109,6 @@ class History:
     def _take(self, finished: Sequence[FrozenTrial]) -> None:
         for trial in finished:
             self._taken.add(trial._trial_id)
-            self.count += 1
             params = trial.params
             if params:
                 self._finished_keys.add(recipe_key(params))
