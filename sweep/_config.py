@@ -200,7 +200,8 @@ class TrialSettings(_Strict):
     qat_epochs: int = Field(1, ge=1)
     calibration_batches: int = Field(8, ge=1)
     learning_rate: float = Field(1e-3, gt=0, lt=10)
-    round_to: int = Field(1, ge=1)
+    # None: the runtime's channel multiple (trials.CHANNEL_MULTIPLE; sweep.Space.round_to).
+    round_to: int | None = Field(None, ge=1)
     # A trial still running after this long is cancelled and recorded as FAIL.
     timeout_s: float | None = Field(None, gt=0)
 

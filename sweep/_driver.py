@@ -215,6 +215,10 @@ def stored_config(store: Store, name: str) -> SweepConfig:
     if isinstance(search, dict) and "amount_mode" not in search:
         # Stored before amount modes existed: those sweeps drew each layer's amount on its own.
         search = raw["search_space"] = {**search, "amount_mode": "independent"}
+    trial = raw.get("trial")
+    if isinstance(trial, dict) and "round_to" not in trial:
+        # Stored before round_to existed: those sweeps kept any channel count.
+        raw["trial"] = {**trial, "round_to": 1}
     amount = search.get("amount") if isinstance(search, dict) else None
     if (
         isinstance(search, dict)

@@ -67,7 +67,7 @@ def scan_recipes(
             finetune_epochs=finetune_epochs,
             calibration_batches=settings.calibration_batches,
             learning_rate=settings.learning_rate,
-            round_to=settings.round_to,
+            round_to=space.round_to,
         )
         recipes.append(base)
         for name in space.layers:

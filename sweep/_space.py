@@ -12,7 +12,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from sweep._config import ConfigError, SearchSpace, TrialSettings
-from trials import LayerSpec, Recipe
+from trials import CHANNEL_MULTIPLE, LayerSpec, Recipe
 
 AMOUNT_PREFIX = "amount:"
 OFFSET_PREFIX = "offset:"
@@ -119,6 +119,14 @@ class Space:
                 "search_space.constraints: the task's layer sizes are unknown; "
                 "remove max_sparsity/min_sparsity"
             )
+
+    @property
+    def round_to(self) -> int:
+        """Structured pruning keeps multiples of this many channels: ``trial.round_to``, else the
+        counts the runtime runs fast (:data:`trials.CHANNEL_MULTIPLE`: off multiples of 4, ONNX
+        Runtime's convolutions run up to 4x slower; scripts/bench_round_to.py)."""
+        given = self.trial.round_to
+        return CHANNEL_MULTIPLE[self.runtime] if given is None else given
 
     @cached_property
     def orders(self) -> list[str]:
@@ -281,7 +289,7 @@ class Space:
             qat_epochs=self.trial.qat_epochs,
             calibration_batches=self.trial.calibration_batches,
             learning_rate=self.trial.learning_rate,
-            round_to=self.trial.round_to,
+            round_to=self.round_to,
         )
 
     def distributions(self) -> dict[str, BaseDistribution]:

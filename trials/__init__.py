@@ -6,6 +6,7 @@ Public API::
     from trials import structured_prunable, structured_groups  # which layers can lose channels
     from trials import compress, save_int8, load_int8  # one recipe, its int8 model to a file
     from trials import to_portable, from_portable  # the runtime's model file, as bytes
+    from trials import CHANNEL_MULTIPLE  # channel counts each runtime runs fast (round_to)
     from trials import remeasure, Speedup  # a speedup with its 95% interval
 """
 
@@ -40,6 +41,7 @@ from trials._reference import (
 )
 from trials._remeasure import Speedup, remeasure
 from trials._runtime import (
+    CHANNEL_MULTIPLE,
     STANDALONE_LOAD,
     from_portable,
     has_dynamic_layers,
@@ -76,6 +78,7 @@ from trials._trial import (
 __all__ = [
     "BACKENDS",
     "BUILTIN_TASKS",
+    "CHANNEL_MULTIPLE",
     "GRANULARITIES",
     "LAYER_GRANULARITIES",
     "METHODS",

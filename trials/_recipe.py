@@ -86,7 +86,9 @@ class Recipe:
     :class:`LayerSpec`. Layers that are absent are left unpruned and use the global granularity.
     Layers with method ``structured`` are pruned first (they change shapes), then the
     ``unstructured`` ones on what remains. ``round_to`` (>= 1): structured pruning keeps a multiple
-    of this many output channels per layer, and at least this many (never zero).
+    of this many output channels per layer, and at least this many (never zero); a sweep's recipes
+    use the runtime's :data:`trials.CHANNEL_MULTIPLE` unless its config says otherwise (1, the
+    default here, is what recipes written before ``round_to`` meant).
     """
 
     layers: Mapping[str, LayerSpec] = field(default_factory=dict)

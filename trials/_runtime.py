@@ -29,6 +29,12 @@ from trials._recipe import RUNTIMES, Recipe, RecipeError
 # The file each runtime's model is saved as, and how to run it without this project.
 SUFFIXES = {"onnxruntime": ".onnx"}
 STANDALONE_LOAD = {"onnxruntime": "onnxruntime.InferenceSession({path!r})"}
+# The channel counts each runtime's CPU convolutions run fast: a sweep's structured pruning keeps
+# multiples of this (``trial.round_to``'s default). ONNX Runtime's fp32 depthwise convolutions run
+# 2-4x slower at counts off a multiple of 4, its int8 ones 10-25%, Linear layers the same at any
+# count (scripts/bench_round_to.py); rounding to 1 made 30% structured pruning 3-4x slower than
+# the unpruned fp32 model on two depthwise CNNs.
+CHANNEL_MULTIPLE = {"onnxruntime": 4}
 # Fractions of the QAT schedule after which activation ranges, then any BatchNorm that could
 # not be folded, are frozen: the last steps train against the ranges the model will run with.
 OBSERVER_FREEZE_AT = 0.5

@@ -115,3 +115,12 @@ def test_a_stored_sweep_with_a_max_off_the_grid_resumes_as_it_searched(tmp_path:
     config["search_space"]["amount"] = {"min": 0.0, "max": 0.98, "step": 0.05, "spread": 0.2}
     store.create_sweep("old", config, {"accuracy": "max"})
     assert stored_config(store, "old").search_space.amount.max == 0.95
+
+
+def test_a_sweep_stored_before_round_to_keeps_any_channel_count(tmp_path: Path) -> None:
+    """Its recipes kept any channel count: resumed, it must not start rounding to 4."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    config = parse_config({"name": "old", "task": "digits"}).model_dump(mode="json")
+    assert config["trial"].pop("round_to") is None  # the runtime's, resolved by sweep.Space
+    store.create_sweep("old", config, {"accuracy": "max"})
+    assert stored_config(store, "old").trial.round_to == 1

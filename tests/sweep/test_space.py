@@ -4,7 +4,7 @@ import pytest
 from sweep import ConfigError, parse_config
 from sweep._remote import describe_task
 from sweep._space import Space, select_layers
-from trials import Recipe
+from trials import CHANNEL_MULTIPLE, Recipe
 
 LAYERS = ["stem", "block1.conv", "block1.dw", "block2.conv", "classifier"]
 
@@ -120,6 +120,17 @@ def test_round_to_reaches_the_recipe() -> None:
     assert space.suggest(study.ask()).round_to == 8
     with pytest.raises(ConfigError, match=r"trial\.round_to"):
         parse_config({"name": "x", "task": "digits", "trial": {"round_to": 0}})
+
+
+def test_round_to_follows_the_runtime_unless_given() -> None:
+    """Structured pruning keeps the channel counts ONNX Runtime runs fast (multiples of 4); a
+    config that names round_to, even as 1, keeps it."""
+    assert CHANNEL_MULTIPLE["onnxruntime"] == 4
+    for trial, expected in (({}, 4), ({"finetune_epochs": 2}, 4), ({"round_to": 1}, 1)):
+        config = parse_config({"name": "x", "task": "digits", "trial": trial})
+        space = Space(tuple(LAYERS), config.search_space, config.trial)
+        assert space.round_to == expected
+        assert space.suggest(optuna.create_study().ask()).round_to == expected
 
 
 def test_describe_task_reports_structured_prunable_layers() -> None:
