@@ -135,6 +135,7 @@ def _describe(
         dynamic_layers=info.dynamic_layers,
         layer_params=info.layer_params,
         model_params=info.params,
+        coupled=tuple(tuple(group) for group in info.coupled),
     )
     return space, info
 

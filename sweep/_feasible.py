@@ -11,7 +11,7 @@ layers' bounds allow).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -212,17 +212,22 @@ class FeasibleSampler(BaseSampler):
 
 
 def constrained_choice(
-    costs: np.ndarray, amounts: np.ndarray, shares: np.ndarray, interval: tuple[float, float]
+    costs: np.ndarray,
+    amounts: np.ndarray,
+    shares: np.ndarray,
+    interval: tuple[float, float],
+    choose: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Per group (row), the option (column) of least total cost whose amounts' weighted sum
     (``shares``: each group's share of the searched weights) lies within ``interval``, by a
     Lagrange multiplier on the sparsity: exact for the additive costs the layerwise model has,
     up to the grid. Unreachable options have an infinite cost; where the interval cannot be
-    met, the nearest sparsity the options reach is chosen."""
+    met, the nearest sparsity the options reach is chosen. ``choose``: the options of least
+    cost in a table of costs, where groups do not choose alone (the default: each row's least)."""
 
     def picks(multiplier: float) -> tuple[np.ndarray, float]:
         adjusted = costs - multiplier * shares[:, None] * amounts
-        chosen = np.argmin(adjusted, axis=1)
+        chosen = np.argmin(adjusted, axis=1) if choose is None else choose(adjusted)
         sparsity = float(np.sum(shares * amounts[np.arange(len(shares)), chosen]))
         return chosen, sparsity
 

@@ -21,6 +21,14 @@ Model, for objective ``j`` in its minimized form, over layer groups ``l`` (tied 
 - objectives minimized (size, latency, ...): ``b_j[order, granularity] + sum_l c_jl(m_l) * a_l``,
   by ridge regression.
 
+Layers that structured pruning couples (``Space.coupled``: an attention module's q/k/v, the
+layers added into one residual stream) lose channels together, by the largest amount among them:
+the model and the proposals treat such layers as one unit, structured whole at one amount or not
+at all (:mod:`sweep._layerwise_units`). Modeled per layer, a Transformer's 8 residual layers put
+the whole stream's loss on whichever asked most, and the sampler kept asking recipes that
+collapsed the accuracy to chance (most of its trials on ``transformer``, where it lost to
+``tpe``).
+
 Proposals stay in a trust region: no layer more than ``TRUST`` grid steps above its highest
 amount among the better half of the trials, where the model was fitted; a proposal predicted to
 be worse than that half in an accuracy-like objective is not asked (the next draw is).
@@ -55,14 +63,15 @@ from sweep._layerwise_model import (
     Row,
     Sample,
     ShapeSearch,
+    better_trials,
     fit_linear,
     one_blas_thread,
 )
 from sweep._layerwise_startup import ThinStart, is_thin, spread_order
+from sweep._layerwise_units import choose, exchange, jitter, movers
 from sweep._space import AMOUNT_PREFIX, Space
 
 STARTUP_NOISE = 0.15  # how far startup trials move each layer from their uniform level
-FIT_FRACTION = 0.5  # accuracy-like objectives are fitted on this best fraction of the trials
 TRUST = 2  # grid steps a layer may go past its highest amount among the better trials
 PROPOSALS = 16  # weight draws tried before a recipe not asked before is found
 JITTER = 0.25  # chance that a proposal moves one or two layers by one or two grid steps
@@ -129,6 +138,8 @@ class LayerwiseSampler(BaseSampler):
         self._codec = Codec(space, float(self._grid[0]))
         self._row, self._decode = self._codec.row, self._codec.decode
         self._can_structure, self._n_combos = self._codec.can_structure, self._codec.n_combos
+        self._units = self._codec.units
+        self._searched = np.array([AMOUNT_PREFIX + g in self._distributions for g in self._groups])
         self._history = History(
             self._codec, len(self._groups), self._feasible if self._interval is not None else None
         )
@@ -143,10 +154,9 @@ class LayerwiseSampler(BaseSampler):
         self._thin: ThinStart | None = None
         if budget is not None and is_thin(n_startup_trials, wanted_startup):
             levels = self._grid[np.isin(self._grid, allowed)] if allowed else self._grid
-            searched = [AMOUNT_PREFIX + g in self._distributions for g in self._groups]
             self._thin = ThinStart(
                 levels, self._codec.orders, self._codec.granularities, budget, caps=self._caps,
-                searched=np.array(searched), structurable=self._can_structure,
+                searched=self._searched, structurable=self._can_structure,
             )  # fmt: skip
 
     def reseed_rng(self) -> None:
@@ -200,7 +210,10 @@ class LayerwiseSampler(BaseSampler):
             reach = max(1, round(STARTUP_NOISE / self._step))
             amounts = amounts + self._step * self._rng.integers(-reach, reach + 1, len(amounts))
             structured = (self._rng.random(len(amounts)) < 0.3) & self._can_structure
-        amounts = np.clip(amounts, self._grid[0], self._caps)
+            for unit in self._units:  # a coupled unit is structured whole or not at all
+                structured[unit] = structured[unit[0]]
+        amounts, flags = self._codec.couple(np.clip(amounts, self._grid[0], self._caps), structured)
+        structured = flags > 0
         combo = int(self._rng.integers(self._n_combos))
         return self._decode(amounts, structured, combo)
 
@@ -274,7 +287,7 @@ class LayerwiseSampler(BaseSampler):
         one_hot = np.eye(self._n_combos)[encoded.combo]
         kept = np.ones(len(values), dtype=bool)
         for j in quality:
-            kept &= _better(values[:, j])
+            kept &= better_trials(values[:, j])
         rows = np.flatnonzero(kept) if kept.sum() >= 2 else np.arange(len(values))
         sample = Sample.of(rows[self._rng.integers(len(rows), size=len(rows))])  # bootstrap
         fits = [
@@ -328,61 +341,52 @@ class LayerwiseSampler(BaseSampler):
             reached = np.where(np.isfinite(options), amounts, -np.inf).max(axis=1)
             if float(self._shares @ reached) < self._interval[0]:
                 options = table(self._caps)  # the constraint asks for more than the trust region
-            chosen = constrained_choice(options, amounts, self._shares, self._interval)
+            chosen = constrained_choice(
+                options, amounts, self._shares, self._interval, choose=self._choose
+            )
         else:
-            chosen = np.argmin(options, axis=1)
+            chosen = self._choose(options)
         # The layers' choices do not depend on (order, granularity): only the bases do.
         combo = int(np.argmin(weights @ bases))
         amounts, structured = self._option_amounts[chosen], self._option_structured[chosen]
         row = None if self._codec.global_method else (amounts, structured.astype(float), combo)
         return self._decode(amounts, structured, combo), row
 
+    def _choose(self, costs: np.ndarray) -> np.ndarray:
+        return choose(costs, self._units, len(self._grid))  # unstructured options come first
+
     def _exchange(self, loss: np.ndarray, seen: Asked) -> dict[str, Any] | None:
-        """The most accurate feasible trial with one layer group pruned more and another less,
-        its sparsity kept: a local step near the constraint, where the additive model (fitted
-        on the better half of the trials, most of them far from it) is least reliable."""
+        """The most accurate feasible trial with one layer group (or structured unit) pruned
+        more and another less, its sparsity kept: a local step near the constraint, where the
+        additive model (fitted on the better half of the trials, most of them far from it) is
+        least reliable."""
         feasible = np.flatnonzero(self._history.feasible)
-        if len(self._groups) < 2 or not feasible.size:
+        if not feasible.size:
             return None
         best = int(feasible[np.argmin(loss[feasible])])
         encoded = self._history.encoded
-        structured, combo = encoded.structured[best], int(encoded.combo[best])
-        start = encoded.amounts[best].copy()
+        start, structured = encoded.amounts[best], encoded.structured[best]
+        moving = movers(self._units, structured, self._searched)
         for _ in range(PROPOSALS):
-            up, down = self._rng.choice(len(self._groups), size=2, replace=False)
-            moved = start.copy()
-            moved[up] = min(self._caps[up], moved[up] + self._step * self._rng.integers(1, 3))
-            gained = (moved[up] - start[up]) * self._shares[up]
-            if gained <= 0 or self._shares[down] <= 0:
+            moved = exchange(
+                start, moving, self._shares, self._caps, self._grid[0], self._step, self._rng
+            )
+            if moved is None:
                 continue
-            steps = np.floor(gained / (self._shares[down] * self._step) + 1e-9)
-            moved[down] = max(self._grid[0], moved[down] - steps * self._step)
-            params = self._decode(np.round(moved, 6), np.array(structured), combo)
+            params = self._decode(moved, structured, int(encoded.combo[best]))
             if recipe_key(params) not in seen and self._feasible(params):
                 return params
         return None
 
     def _jitter(self, params: dict[str, Any]) -> dict[str, Any]:
-        moved = dict(params)
-        names = [name for name in moved if name.startswith(AMOUNT_PREFIX)]
-        for name in self._rng.permutation(names)[: self._rng.integers(1, 3)] if names else []:
-            distribution = self._distributions[name]
-            step = self._step * int(self._rng.choice([-2, -1, 1, 2]))
-            high = getattr(distribution, "high", moved[name])
-            moved[name] = round(float(np.clip(moved[name] + step, self._grid[0], high)), 6)
-        return moved
+        amounts, structured, combo = self._row(params)
+        moving = movers(self._units, structured, self._searched)
+        if not moving:
+            return params
+        moved = jitter(amounts, moving, self._caps, self._grid[0], self._step, self._rng)
+        return self._decode(moved, structured, combo)
 
     def _feasible(self, params: dict[str, Any]) -> bool:
         if self._interval is None:  # no constraint: every recipe is (and building one is slow)
             return True
         return is_feasible(self._space, self._space.suggest(optuna.trial.FixedTrial(params)))
-
-
-def _better(loss: np.ndarray) -> np.ndarray:
-    """The trials an accuracy-like model is fitted on: the better FIT_FRACTION, or those above
-    the floor where that reaches it. In a deep model most first trials can be on the floor (at
-    100 layers of ``synthetic``, every uniform level from 0.3 up): fitted on it, the model
-    proposed nothing else for the rest of the sweep (scripts/bench_depth.py)."""
-    kept = loss <= np.quantile(loss, FIT_FRACTION)
-    above = loss < loss.max()
-    return above if kept.all() and above.sum() >= 2 else kept

@@ -22,6 +22,7 @@ from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.optimize import nnls
 from threadpoolctl import ThreadpoolController
 
+from sweep._layerwise_units import coupled_units
 from sweep._space import AMOUNT_PREFIX, METHOD_PARAM, METHOD_PREFIX, UNSTRUCTURED, Space
 
 EXPONENTS = (1.5, 2.0, 3.0, 4.0, 6.0)  # g: how convex a layer's accuracy cost is in its amount
@@ -37,6 +38,7 @@ PIVOTS = 50  # block principal pivoting steps before falling back to scipy's NNL
 SHAPE_WORK = 4.8e7
 CHALLENGE_EVERY = 4
 STRUCTURED = "structured"
+FIT_FRACTION = 0.5  # accuracy-like objectives are fitted on this best fraction of the trials
 
 _threads: ThreadpoolController | None = None
 
@@ -79,6 +81,7 @@ class Codec:
         self.n_combos = len(self.orders) * len(self.granularities)
         self.distributions = space.distributions()
         self.low = low
+        self.units = coupled_units(space, self.groups, self.can_structure)
 
     def row(self, values: dict[str, Any]) -> Row:
         """One recipe's amounts, structured flags and (order, granularity) index."""
@@ -93,7 +96,21 @@ class Codec:
             structured.append(bool(self.can_structure[col]) and STRUCTURED in methods)
         order = self.orders.index(values["order"])
         combo = order * len(self.granularities) + self.granularities.index(values["granularity"])
-        return np.array(amounts), np.array(structured, dtype=float), combo
+        coupled_amounts, coupled = self.couple(np.array(amounts), np.array(structured, dtype=float))
+        return coupled_amounts, coupled, combo
+
+    def couple(self, amounts: np.ndarray, structured: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A row as structured pruning applies it: every group of a coupled unit
+        (:mod:`sweep._layerwise_units`) with a structured member is structured, by the largest
+        amount a structured member asks for. (What an unstructured member's own amount adds on
+        the weights that remain is not modeled; the sampler asks no such recipe.)"""
+        amounts, structured = amounts.copy(), structured.copy()
+        for unit in self.units:
+            on = structured[unit] > 0
+            if on.any():
+                amounts[unit] = amounts[unit][on].max()
+                structured[unit] = 1.0
+        return amounts, structured
 
     def decode(self, amounts: np.ndarray, structured: np.ndarray, combo: int) -> dict[str, Any]:
         """The parameters of a row (with one method for all layers: the majority's)."""
@@ -326,3 +343,13 @@ class ShapeSearch:
         best = min(tried, key=lambda scored: scored[0])[1]
         self._kept = (best.exponent, best.factor)
         return best
+
+
+def better_trials(loss: np.ndarray) -> np.ndarray:
+    """The trials an accuracy-like model is fitted on: the better FIT_FRACTION, or those above
+    the floor where that reaches it. In a deep model most first trials can be on the floor (at
+    100 layers of ``synthetic``, every uniform level from 0.3 up): fitted on it, the model
+    proposed nothing else for the rest of the sweep (scripts/bench_depth.py)."""
+    kept = loss <= np.quantile(loss, FIT_FRACTION)
+    above = loss < loss.max()
+    return above if kept.all() and above.sum() >= 2 else kept

@@ -38,6 +38,7 @@ from trials import (
     reporting_phases,
     run_trial,
     runtime_version,
+    structured_groups,
     structured_prunable,
     to_portable,
 )
@@ -67,6 +68,9 @@ class TaskInfo:
     structured_prunable: dict[str, str | None] = field(default_factory=dict)
     # layer -> its weight count (for search_space.constraints).
     layer_params: dict[str, int] = field(default_factory=dict)
+    # Layers that structured pruning removes output channels from together, two or more each
+    # (trials.structured_groups: attention q/k/v, convs added in a residual).
+    coupled: list[list[str]] = field(default_factory=list)
     # Whether order prune_dynamic has layers to quantize (Linear, LSTM).
     dynamic_layers: bool = False
     # The fp32 model's file in the runtime: (size_bytes, compressed_bytes); None for analytic tasks.
@@ -101,9 +105,15 @@ def _describe_task(spec: str, settings: dict[str, Any], runtime: str) -> TaskInf
     if isinstance(task, AnalyticTask):
         metrics = task.analytic_metrics(Recipe())
         prunable: dict[str, str | None] = dict.fromkeys(layers)  # simulated: any method goes
+        coupled: list[list[str]] = []  # an analytic model couples nothing
     else:
         metrics = task.evaluate(model, torch.device("cpu"))
         prunable = structured_prunable(model, task.example_input())
+        coupled = [
+            list(group)
+            for group in structured_groups(model, task.example_input())
+            if len(group) > 1 and all(prunable.get(name) is None for name in group)
+        ]
         report_phase(f"exporting the model for {runtime}")
         try:
             fp32 = reference_model(model, task.example_input(), runtime)
@@ -117,6 +127,7 @@ def _describe_task(spec: str, settings: dict[str, Any], runtime: str) -> TaskInf
         params=sum(p.numel() for p in model.parameters()),
         structured_prunable=prunable,
         layer_params={name: model.get_parameter(f"{name}.weight").numel() for name in layers},
+        coupled=coupled,
         dynamic_layers=has_dynamic_layers(model),
         fp32_sizes=fp32_sizes,
     )

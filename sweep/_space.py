@@ -86,6 +86,10 @@ class Space:
 
     ``layer_params`` (weights per layer) and ``model_params`` (the fp32 model's parameters)
     estimate a recipe's sparsity and parameter count for ``search.constraints``.
+
+    ``coupled``: groups of layers whose output channels structured pruning removes together
+    (:func:`trials.structured_groups`, those of two or more): a group loses the largest amount
+    its structured members ask for, in every member. The layerwise sampler models a group so.
     """
 
     layers: tuple[str, ...]
@@ -101,6 +105,7 @@ class Space:
     upper: Mapping[str, float] = field(default_factory=dict)
     layer_params: Mapping[str, int] = field(default_factory=dict)
     model_params: int = 0
+    coupled: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         self.owners  # noqa: B018 - validates the tie groups now, as a config error

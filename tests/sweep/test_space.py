@@ -138,6 +138,16 @@ def test_describe_task_reports_structured_prunable_layers() -> None:
     assert list(info.structured_prunable) == info.layers
     assert info.structured_prunable["fc"] == "its output channels are the model's output"
     assert all(info.structured_prunable[n] is None for n in ("conv1.0", "conv2.0", "conv3.0"))
+    assert info.coupled == []  # a plain chain of convs couples no two layers
+
+
+def test_describe_task_reports_the_layers_structured_pruning_couples() -> None:
+    """A Transformer's q/k/v lose the same heads; every block's attention output and fc2 add
+    into the residual stream, and lose the same channels (the head is the model's output)."""
+    info = describe_task("transformer", {"width": 32, "depth": 2, "n_train": 500})
+    attention = [[f"blocks.{b}.attention.{p}" for p in "qkv"] for b in range(2)]
+    residual = [f"blocks.{b}.{name}" for b in range(2) for name in ("attention.out", "fc2")]
+    assert sorted(info.coupled) == sorted([*attention, residual])
 
 
 # -- amount modes, tie groups, constraints --------------------------------------------------------
