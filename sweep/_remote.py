@@ -38,8 +38,7 @@ from trials import (
     reporting_phases,
     run_trial,
     runtime_version,
-    structured_groups,
-    structured_prunable,
+    structured_layout,
     to_portable,
 )
 
@@ -69,7 +68,7 @@ class TaskInfo:
     # layer -> its weight count (for search_space.constraints).
     layer_params: dict[str, int] = field(default_factory=dict)
     # Layers that structured pruning removes output channels from together, two or more each
-    # (trials.structured_groups: attention q/k/v, convs added in a residual).
+    # (trials.structured_layout: attention q/k/v, convs added in a residual).
     coupled: list[list[str]] = field(default_factory=list)
     # Whether order prune_dynamic has layers to quantize (Linear, LSTM).
     dynamic_layers: bool = False
@@ -108,10 +107,10 @@ def _describe_task(spec: str, settings: dict[str, Any], runtime: str) -> TaskInf
         coupled: list[list[str]] = []  # an analytic model couples nothing
     else:
         metrics = task.evaluate(model, torch.device("cpu"))
-        prunable = structured_prunable(model, task.example_input())
+        prunable, groups = structured_layout(model, task.example_input())
         coupled = [
             list(group)
-            for group in structured_groups(model, task.example_input())
+            for group in groups
             if len(group) > 1 and all(prunable.get(name) is None for name in group)
         ]
         report_phase(f"exporting the model for {runtime}")

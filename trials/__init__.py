@@ -52,7 +52,12 @@ from trials._runtime import (
     SUFFIXES as RUNTIME_SUFFIXES,
 )
 from trials._saved import load_int8, read_int8, save_int8
-from trials._structured import kept_channels, structured_groups, structured_prunable
+from trials._structured import (
+    kept_channels,
+    structured_groups,
+    structured_layout,
+    structured_prunable,
+)
 from trials._task import (
     BUILTIN_TASKS,
     AnalyticTask,
@@ -129,6 +134,7 @@ __all__ = [
     "runtime_version",
     "save_int8",
     "structured_groups",
+    "structured_layout",
     "structured_prunable",
     "task_file",
     "to_portable",

@@ -323,14 +323,26 @@ def structured_prunable(model: nn.Module, example_input: torch.Tensor) -> dict[s
     """Every Conv/Linear layer of ``model`` → ``None`` if its output channels can be removed, else
     a one-line reason why not (see the module docstring for what is reported). The model is not
     changed; ``example_input`` is a batch like the task's (only its first item is used)."""
-    reasons = _analyse(model, example_input).reasons
-    return {name: reasons[name] for name in prunable_layers(model)}
+    return structured_layout(model, example_input)[0]
 
 
 def structured_groups(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, ...]]:
     """The coupled groups of layers (in model order) whose output channels are pruned together."""
-    groups = _analyse(model, example_input).groups
-    return list(dict.fromkeys(groups[name] for name in prunable_layers(model) if name in groups))
+    return structured_layout(model, example_input)[1]
+
+
+def structured_layout(
+    model: nn.Module, example_input: torch.Tensor
+) -> tuple[dict[str, str | None], list[tuple[str, ...]]]:
+    """:func:`structured_prunable` and :func:`structured_groups` from one analysis: the model's
+    graph is traced and dry-run once, not once for each."""
+    analysis = _analyse(model, example_input)
+    layers = prunable_layers(model)
+    groups = analysis.groups
+    return (
+        {name: analysis.reasons[name] for name in layers},
+        list(dict.fromkeys(groups[name] for name in layers if name in groups)),
+    )
 
 
 def _importance(graph: Any, group: Any, channels: int) -> torch.Tensor:
