@@ -112,6 +112,7 @@ def remeasure(
     if min_rounds < 2 or passes < 1:
         raise ValueError(f"min_rounds must be >= 2 and passes >= 1, got {min_rounds}, {passes}")
     batch = _measure.example_batch(example, spec.batch_size).cpu()
+    fp32, int8 = _measure.as_timed(fp32), _measure.as_timed(int8)
     fp32_ms: list[float] = []
     int8_ms: list[float] = []
     started = time.monotonic()

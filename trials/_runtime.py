@@ -61,7 +61,8 @@ def _check(runtime: str) -> None:
 
 def _reduce_range(recipe: Recipe) -> bool:
     # The x86 backend keeps weights to 7 bits, so that the u8 x s8 products of CPUs without
-    # VNNI cannot saturate (as PyTorch's fbgemm did); onednn and qnnpack use the full 8 bits.
+    # VNNI cannot saturate (as PyTorch's fbgemm did); onednn and qnnpack use the full 8 bits,
+    # which a worker without VNNI still evaluates exactly (trials._onnx.kernels).
     return recipe.backend == "x86"
 
 

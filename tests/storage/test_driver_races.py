@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from storage import Store, SweepNotFoundError
 from tests.sweep.cli_runner import interruptible
@@ -64,6 +66,46 @@ def _wait_complete(url: str, count: int, timeout: float = 120) -> None:
     raise AssertionError(f"fewer than {count} trials completed in {timeout} s")
 
 
+def _holds_a_transaction(url: str) -> bool:
+    """Whether some other connection is inside a transaction on the store: SQLite's write lock
+    is taken (WAL: readers never block), or a PostgreSQL backend has a transaction open."""
+    if url.startswith("sqlite:///"):
+        connection = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0.5)
+        connection.isolation_level = None
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            connection.close()
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            busy = connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
+                "AND backend_type = 'client backend'"
+            ).scalar_one()
+        return bool(busy)
+    finally:
+        engine.dispose()
+
+
+def _stop_between_transactions(pid: int, url: str) -> None:
+    """SIGSTOP the driver at a moment it is inside no transaction. One stopped inside a write
+    holds SQLite's write lock (or PostgreSQL's row locks) until it runs again, and no process can
+    write to the store meanwhile: that is the database's locking, not a takeover's concern."""
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        if not _holds_a_transaction(url):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the driver was inside a transaction at 100 tries to stop it")
+
+
 def _one_error(err: str, expected: str) -> None:
     assert "Traceback" not in err, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -99,7 +141,7 @@ def test_a_stopped_driver_taken_over_cannot_write(
     config = _config(tmp_path, n_trials=8, seconds=1.0)
     first = _sweep(tmp_path, "launch", str(config), "--storage", fresh_url)
     _wait_complete(fresh_url, 2)
-    os.kill(first.pid, signal.SIGSTOP)
+    _stop_between_transactions(first.pid, fresh_url)
     try:
         time.sleep(6 * float(HEARTBEAT_S) + 1.0)  # past the stale limit
         argv = (

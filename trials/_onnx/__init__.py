@@ -7,7 +7,8 @@ with the same shapes only swaps its weights in (unstructured pruning and fine-tu
 values, not shapes). The onnxscript optimizer then folds BatchNorm into the convolutions and
 constant-folds, and ONNX Runtime's own quantizer writes a QDQ int8 model: static (calibrated
 activations, for ``prune_ptq`` and ``prune_qat``) or dynamic (int8 weights, activations quantized
-at run time, for ``prune_dynamic``).
+at run time, for ``prune_dynamic``). On a CPU whose int8 kernels saturate (x86 without VNNI), a
+model evaluates through an exact twin of its file (:mod:`trials._onnx.kernels`).
 """
 
 from trials._onnx.export import ExportError, float_graph
