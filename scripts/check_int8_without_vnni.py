@@ -2,10 +2,10 @@
 
 Runs a built-in task's default recipe here (``onednn``: full 8-bit weights), keeps its int8
 model file and the validation split, then scores the model under ``qemu-x86_64 -cpu Haswell``
-(AVX2, no VNNI), through ONNX Runtime alone: the model file as that CPU runs it, and the twin
-the engine evaluates there (``trials._onnx.kernels.exact_twin``). The same scoring runs on this
-machine too. Needs qemu-user (Debian: ``apt-get install qemu-user``); the emulated part takes
-about a minute.
+(AVX2, no VNNI) through ``OnnxModel``, as the engine does: the model file as that CPU runs it
+(``as_filed``, what timing runs), and what the engine evaluates there (its exact twin,
+``trials._onnx.kernels.exact_twin``). The same scoring runs on this machine too. Needs qemu-user
+(Debian: ``apt-get install qemu-user``); the emulated part takes about a minute.
 
 Prints one JSON object and writes it to ``scripts/results/check_int8_without_vnni.json``.
 
@@ -33,30 +33,21 @@ RESULT = ROOT / "scripts" / "results" / "check_int8_without_vnni.json"
 _SCORE = """
 import json, sys
 import numpy as np
-import onnx
-import onnxruntime as ort
-from trials._onnx.kernels import exact_twin, int8_saturates
-from trials._onnx.model import batch_slices, fixed_batch, padded
+import torch
+from trials._onnx import OnnxModel
+from trials._onnx.kernels import int8_saturates
 
-data = open(sys.argv[1], "rb").read()
-inputs, labels = np.load(sys.argv[2]), np.load(sys.argv[3])
+model = OnnxModel(open(sys.argv[1], "rb").read())
+inputs, labels = torch.from_numpy(np.load(sys.argv[2])), np.load(sys.argv[3])
 
-def accuracy(graph):
-    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    batch = fixed_batch(onnx.load_model_from_string(graph)) or 256
-    predicted = [
-        session.run(None, {name: padded(part, batch)})[0][: len(part)].argmax(1)
-        for part in batch_slices(inputs, batch)
-    ]
-    return float((np.concatenate(predicted) == labels).mean())
+def accuracy(run):
+    with torch.no_grad():
+        return float((run(inputs).argmax(1).numpy() == labels).mean())
 
-twin = exact_twin(onnx.load_model_from_string(data))
-evaluated = twin.SerializeToString() if twin is not None else data
 print(json.dumps({
     "saturates": int8_saturates(),
-    "model_file_accuracy": accuracy(data),
-    "evaluated_accuracy": accuracy(evaluated),
+    "model_file_accuracy": accuracy(model.as_filed()),  # as timing runs it
+    "evaluated_accuracy": accuracy(model),  # as every reported accuracy is computed
 }))
 """
 

@@ -54,10 +54,14 @@ def int8_saturates() -> bool:
     return bool((product != 255 * 127 * depth).any())
 
 
-def exact_twin(graph: onnx.ModelProto) -> onnx.ModelProto | None:
-    """What evaluates ``graph`` exactly on this CPU: its :func:`unsigned_twin` where this CPU's
-    int8 kernels saturate, None where they compute ``graph`` itself exactly."""
-    return unsigned_twin(graph) if int8_saturates() else None
+def exact_twin(data: bytes) -> bytes | None:
+    """What evaluates the model file ``data`` exactly on this CPU: its :func:`unsigned_twin`
+    where this CPU's int8 kernels saturate, None where they compute the file itself exactly (the
+    file is parsed only on such CPUs)."""
+    if not int8_saturates():
+        return None
+    twin = unsigned_twin(onnx.load_model_from_string(data))
+    return None if twin is None else twin.SerializeToString()
 
 
 def unsigned_twin(graph: onnx.ModelProto) -> onnx.ModelProto | None:

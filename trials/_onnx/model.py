@@ -77,8 +77,7 @@ class OnnxModel(nn.Module):
     def _run_data(self) -> bytes:
         """The graph that runs: the file, or its exact twin (made on first use)."""
         if self._run is None:
-            twin = kernels.exact_twin(onnx.load_model_from_string(self.data))
-            self._run = self.data if twin is None else twin.SerializeToString()
+            self._run = kernels.exact_twin(self.data) or self.data
         return self._run
 
     def session(self, threads: int) -> ort.InferenceSession:
