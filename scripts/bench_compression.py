@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import torch
+from machine import measured_on
 
 import trials
 from trials import LatencySpec, LayerSpec, Recipe, Task, load_task, prunable_layers, run_trial
@@ -90,6 +91,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": 1,
         "tasks": {name: bench_task(name, args.amounts, args.repeats) for name in args.tasks},
+        "measured_on": measured_on(),
     }
     print(json.dumps(report, indent=2))
 

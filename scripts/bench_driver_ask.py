@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import optuna
 from bench_search import _synthetic_space
+from machine import measured_on
 
 from sweep import parse_config
 from sweep._samplers import ask_recipe, make_sampler
@@ -88,7 +88,7 @@ def main() -> None:
             round(a / b, 2)
             for a, b in zip(per_sampler["layerwise"], per_sampler["random"], strict=True)
         ],
-        "machine": f"{platform.machine()}, Python {platform.python_version()}",
+        "measured_on": measured_on(),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

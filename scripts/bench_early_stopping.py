@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import ray
+from machine import measured_on
 
 from storage import Store
 from sweep import connect_ray, parse_config, run_sweep
@@ -184,10 +183,6 @@ def _mean(per_seed: dict[str, dict[str, dict[str, Any]]], key: str) -> dict[str,
     }
 
 
-def _machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
@@ -232,7 +227,7 @@ def main() -> None:
         "epochs_saved_fraction": _mean(per_seed, "epochs_saved_fraction"),
         "wall_saved_fraction": _mean(per_seed, "wall_saved_fraction"),
         "hypervolume_ratio": _mean(per_seed, "hypervolume_ratio"),
-        "machine": _machine(),
+        "measured_on": measured_on(),
     }
     text = json.dumps(report, indent=2)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

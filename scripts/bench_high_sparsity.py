@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
+from machine import measured_on
 
 from storage import Store
 from sweep import _bounds, _sensitivity, connect_ray, parse_config, run_sweep
@@ -260,6 +261,7 @@ def main() -> None:
         else:
             results[task] = bench_real(task, samplers, seeds, args.trials, args.min_sparsity)
             results[task].update(trials=args.trials, task_settings=TASK_SETTINGS.get(task, {}))
+    results["measured_on"] = measured_on()
     text = json.dumps(results, indent=2)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 import optuna
 import ray
+from machine import measured_on
 
 import sweep._loop
 from storage import Store
@@ -135,6 +136,7 @@ def main() -> None:
             "overhead_fraction": (baseline - ideal) / ideal,
             "scheduling_ms_per_trial": 1000 * baseline_many / args.many,
         },
+        "measured_on": measured_on(),
     }
     print(json.dumps(report, indent=2))
 

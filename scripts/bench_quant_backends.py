@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from unittest import mock
 
 import torch
+from machine import measured_on
 from torch import nn
 
 import trials
@@ -376,6 +377,7 @@ def main() -> None:
         "wall_s": time.perf_counter() - start,
         "tasks": {name: result for name, (result, _) in results.items()},
         "summary": {name: summary for name, (_, summary) in results.items()},
+        "measured_on": measured_on(),
     }
     print(json.dumps(report, indent=2))
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import measured_on
 from torch import nn
 
 from trials import (
@@ -156,6 +157,7 @@ def main() -> None:
         "torch_threads": 1,
         "layers": bench_layers(args.repeats),
         "models": bench_models(args.repeats, args.amount),
+        "measured_on": measured_on(),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")

@@ -48,7 +48,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from machine import measured_on
 
 CPUS_PER_NODE = 4
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scaling.json"
@@ -338,10 +338,6 @@ def _series(
     return per_k
 
 
-def _machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
@@ -375,7 +371,7 @@ def main() -> None:
         child = ["--child-capacity", str(args.capacity), "--capacity-trials"]
         child += [str(args.capacity_trials), "--sampler", args.sampler]
         capacity = _run_child(child, 0)
-        capacity["machine"] = _machine()
+        capacity["measured_on"] = measured_on()
         _write(capacity, args.output)
         return
     if args.ks[0] != 1:
@@ -401,7 +397,7 @@ def main() -> None:
                 "efficiency": {k: v["efficiency"] for k, v in series["random"].items()},
             }
         report[f"load_{load}"] = one
-    report["machine"] = _machine()
+    report["measured_on"] = measured_on()
     _write(report, args.output)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from machine import measured_on
 from ray.cluster_utils import Cluster
 
 from storage import Store
@@ -103,6 +104,7 @@ def main() -> None:
         "fp32_latency_ratio_a_over_b": found["target_a"]["baseline"]["median_ms"]
         / found["target_b"]["baseline"]["median_ms"],
     }
+    result["measured_on"] = measured_on()
     text = json.dumps(result, indent=2)
     print(text)
     if args.output is not None:
