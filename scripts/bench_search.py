@@ -42,14 +42,14 @@ from typing import Any
 
 import numpy as np
 import optuna
+from machine import measured_on
 
 from storage import Store
 from sweep import _quality, connect_ray, parse_config, run_sweep
 from sweep._config import SweepConfig
 from sweep._samplers import ask_recipe, enqueue_uniform, make_sampler, startup_trials
 from sweep._space import Space
-from trials import Recipe, environment, runtime_version
-from trials._onnx.kernels import int8_saturates
+from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
 RESULTS = Path(__file__).parent / "results"
@@ -180,15 +180,6 @@ def _run_real(config: SweepConfig, store: Store) -> Rows:
     frame = store.trials(config.name, states=["COMPLETE"])
     print(f"  {config.name}: {len(frame)} trials in {time.monotonic() - started:.0f} s", flush=True)
     return [dict(metrics) for metrics in frame["metrics"]]
-
-
-def _machine() -> dict[str, str | bool]:
-    """The CPU a task's trials were measured on, and whether its int8 kernels saturate (then
-    models evaluate through their exact twin): runs compare only on like machines."""
-    return {
-        **environment("onednn", 1, runtime_version("onnxruntime")),
-        "int8_saturates": int8_saturates(),
-    }
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -396,7 +387,7 @@ def main() -> None:
         seeds = range(args.deep_seeds if deep else args.digits_seeds)
         trials = args.deep_trials if deep else args.digits_trials
         scored = bench_real(task, samplers, seeds, trials, uniform_step=0.2 if deep else 0.1)
-        results["tasks"][task] = {**scored, "seeds": len(seeds), "measured_on": _machine()}
+        results["tasks"][task] = {**scored, "seeds": len(seeds), "measured_on": measured_on()}
         results["tasks"][task]["wall_s"] = round(time.monotonic() - started_task, 1)
     results[f"wall_s_{args.tasks}"] = round(time.monotonic() - started, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,7 @@ def _describe(
         layer_params=info.layer_params,
         model_params=info.params,
         coupled=tuple(tuple(group) for group in info.coupled),
+        removable=info.removable,
     )
     return space, info
 

@@ -19,7 +19,10 @@ Model, for objective ``j`` in its minimized form, over layer groups ``l`` (tied 
   models, where fitting every (``g``, ``k``) at every ask is too slow, the pair is kept from ask
   to ask and compared with a few others at each (:class:`sweep._layerwise_model.ShapeSearch`);
 - objectives minimized (size, latency, ...): ``b_j[order, granularity] + sum_l c_jl(m_l) * a_l``,
-  by ridge regression.
+  each slope a pooled part shared by all groups plus the group's own deviation, shrunk by a
+  ridge that leave-one-out cross-validation chooses (:mod:`sweep._layerwise_linear`). A
+  structured amount enters every model as the share of the group's channels (heads) it removes,
+  as the engine rounds them (:meth:`sweep._layerwise_model.Codec.effective`).
 
 Layers that structured pruning couples (``Space.coupled``: an attention module's q/k/v, the
 layers added into one residual stream) lose channels together, by the largest amount among them:
@@ -30,8 +33,13 @@ collapsed the accuracy to chance (most of its trials on ``transformer``, where i
 ``tpe``).
 
 Proposals stay in a trust region: no layer more than ``TRUST`` grid steps above its highest
-amount among the better half of the trials, where the model was fitted; a proposal predicted to
-be worse than that half in an accuracy-like objective is not asked (the next draw is).
+amount among the better half of the trials, where the model was fitted, and no more of all the
+weights removed than the most one of those trials removed, plus as much (each layer's highest
+came from its own trials: all at once, the sampler's proposals on ``resnet`` removed 64-84% of
+the weights and a third of them collapsed the accuracy to chance), nor more than nine in ten of
+the trials that collapsed it removed (``COLLAPSE_QUANTILE``: where half the trials fell, the
+better half is no guide); a proposal predicted to be worse than that half in an accuracy-like
+objective is not asked (the next draw is).
 
 Before ``n_startup_trials`` trials have finished, it asks uniform recipes at evenly spaced levels
 (``uniform_startup`` of them), then the same levels with each layer moved at random by up to
@@ -45,7 +53,7 @@ budget instead, then the model and uniform neighbours of the front by turns (thi
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
@@ -56,6 +64,7 @@ from optuna.trial import FrozenTrial
 
 from sweep._feasible import constrained_choice, feasible_levels, is_feasible, sparsity_interval
 from sweep._layerwise_history import Asked, History, recipe_key
+from sweep._layerwise_linear import ShrunkLinear
 from sweep._layerwise_model import (
     Codec,
     Encoded,
@@ -64,15 +73,15 @@ from sweep._layerwise_model import (
     Sample,
     ShapeSearch,
     better_trials,
-    fit_linear,
     one_blas_thread,
 )
-from sweep._layerwise_startup import ThinStart, is_thin, spread_order
+from sweep._layerwise_startup import ThinStart, collapsed, is_thin, spread_order
 from sweep._layerwise_units import choose, exchange, jitter, movers
 from sweep._space import AMOUNT_PREFIX, Space
 
 STARTUP_NOISE = 0.15  # how far startup trials move each layer from their uniform level
 TRUST = 2  # grid steps a layer may go past its highest amount among the better trials
+COLLAPSE_QUANTILE = 0.1  # of the collapsed trials' removed weights: proposals remove less
 PROPOSALS = 16  # weight draws tried before a recipe not asked before is found
 JITTER = 0.25  # chance that a proposal moves one or two layers by one or two grid steps
 EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move instead
@@ -81,8 +90,19 @@ EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move
 # driver at hundreds of completions a second most of its time (issue 18). Each fit is a fresh
 # bootstrap; asks between fits differ by their trade-off weights, as asks in a burst always did.
 REFIT_GROWTH = 0.01
+
+
+class Trust(NamedTuple):
+    """Where the model is trusted (see the module docstring): per layer group, the most a
+    proposal may remove of it, and the most of all the weights (their sparsity, each structured
+    amount counted as the channels it removes)."""
+
+    reach: np.ndarray
+    removed: float
+
+
 # A fit: the models, their costs and bases, the objectives' spans, the trust region, the limits.
-Fitted = tuple[list[Fit], np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, float]]
+Fitted = tuple[list[Fit], np.ndarray, np.ndarray, np.ndarray, Trust, dict[int, float]]
 
 
 class LayerwiseSampler(BaseSampler):
@@ -113,9 +133,8 @@ class LayerwiseSampler(BaseSampler):
         self._n_uniform = max(1, min(uniform_startup, n_startup_trials))
         self._distributions = space.distributions()
         self._groups = list(dict.fromkeys(space.owners.values()))
-        low, high, step = space.base_grid()
-        self._grid = np.round(low + step * np.arange(round((high - low) / step) + 1), 6)
-        self._step = step
+        self._codec = Codec(space)
+        self._grid, self._step = self._codec.grid, self._codec.step
         # Uniform levels: evenly spaced above the grid's minimum, or over the levels whose
         # uniform recipe meets the constraints.
         allowed = feasible_levels(space)
@@ -135,7 +154,6 @@ class LayerwiseSampler(BaseSampler):
             dtype=float,
         )
         self._shares = weights / max(1.0, float(sum(space.layer_params.values())))
-        self._codec = Codec(space, float(self._grid[0]))
         self._row, self._decode = self._codec.row, self._codec.decode
         self._can_structure, self._n_combos = self._codec.can_structure, self._codec.n_combos
         self._units = self._codec.units
@@ -148,8 +166,14 @@ class LayerwiseSampler(BaseSampler):
         methods = 2 if self._can_structure.any() else 1
         self._option_amounts = np.tile(self._grid, methods)
         self._option_structured = np.arange(len(self._option_amounts)) >= len(self._grid)
+        # What each option removes, per group: its amount unstructured, the share of the
+        # group's channels it removes structured (the model's terms: Codec.effective).
+        self._option_removed = np.hstack(
+            [np.broadcast_to(self._grid, self._codec.removed.shape), self._codec.removed]
+        )[:, : len(self._option_amounts)]
         self._structurable = ~self._option_structured | self._can_structure[:, None]
         self._shapes: dict[int, ShapeSearch] = {}  # per accuracy-like objective
+        self._linear: dict[int, ShrunkLinear] = {}  # per other objective
         self._fitted: tuple[int, Fitted] | None = None  # the last fit, and its modeled trials
         self._thin: ThinStart | None = None
         if budget is not None and is_thin(n_startup_trials, wanted_startup):
@@ -256,19 +280,19 @@ class LayerwiseSampler(BaseSampler):
         ):
             with one_blas_thread():
                 self._fitted = (modeled, self._fit(self._history.values * signs, quality))
-        fits, costs, bases, span, reach, limit = self._fitted[1]
+        fits, costs, bases, span, trust, limit = self._fitted[1]
         fallback: tuple[float, dict[str, Any]] | None = None
         proposal: dict[str, Any] = {}
         for _ in range(PROPOSALS):
             weights = self._rng.dirichlet(np.ones(len(fits))) / span
-            proposal, row = self._allocate(costs, bases, weights, reach)
+            proposal, row = self._allocate(costs, bases, weights, trust)
             if self._rng.random() < JITTER:
                 proposal = self._jitter(proposal)
                 row = None
             if recipe_key(proposal) in seen or not self._feasible(proposal):
                 continue
             row = self._row(proposal) if row is None else row
-            encoded_proposal = Encoded.of([row], len(self._groups))
+            encoded_proposal = self._codec.effective(Encoded.of([row], len(self._groups)))
             excess = max(
                 (float(fits[j].predict(encoded_proposal)[0]) - limit[j] for j in quality),
                 default=0.0,
@@ -283,7 +307,7 @@ class LayerwiseSampler(BaseSampler):
         """The model of every objective on a bootstrap sample of the modeled trials (``values``:
         theirs, minimized), each one's cost of every (group, option), the objectives' spans, the
         trust region and limits."""
-        encoded = self._history.encoded
+        encoded = self._codec.effective(self._history.encoded)  # as the model sees trials
         one_hot = np.eye(self._n_combos)[encoded.combo]
         kept = np.ones(len(values), dtype=bool)
         for j in quality:
@@ -295,7 +319,9 @@ class LayerwiseSampler(BaseSampler):
                 encoded, one_hot, values[:, j] - values[kept, j].min(), sample
             )
             if j in quality
-            else fit_linear(encoded, one_hot, values[:, j], sample)
+            else self._linear.setdefault(j, ShrunkLinear(self._shares)).fit(
+                encoded, one_hot, values[:, j], sample
+            )
             for j in range(values.shape[1])
         ]
         low, high = values[kept].min(axis=0), values[kept].max(axis=0)
@@ -303,6 +329,19 @@ class LayerwiseSampler(BaseSampler):
         # A trust region: the model is fitted where the better trials are, so no layer goes
         # more than TRUST grid steps past the highest amount it had in one of them.
         reach = encoded.amounts[kept].max(axis=0) + TRUST * self._step
+        # ... and none removes more of all the weights than the most one of them did, plus as
+        # much: each layer's reach came from its own trials, and all of them at once collapsed
+        # the accuracy to chance (resnet, where a trial's removed weights told its collapse
+        # apart with an AUC of 0.97).
+        removed_weights = encoded.amounts @ self._shares
+        removed = float(removed_weights[kept].max()) + TRUST * self._step
+        # ... nor as much as the trials that collapsed the accuracy mostly did: the better half
+        # is no guide where half the trials fell (the model's proposals on resnet, 64-84% of
+        # the weights removed, collapsed a third of them: trials' removed weights told their
+        # collapse apart with an AUC of 0.97).
+        fell = collapsed(-values[:, quality[0]]) if quality else np.zeros(len(values), bool)
+        if fell.any():
+            removed = min(removed, float(np.quantile(removed_weights[fell], COLLAPSE_QUANTILE)))
         # The model is fitted on the better part of the trials: a proposal it predicts to fall
         # outside that part (a model ruined for size) is an extrapolation, and useless anyway.
         limit = {j: high[j] - low[j] for j in quality}
@@ -310,42 +349,49 @@ class LayerwiseSampler(BaseSampler):
         # from draw to draw, the fits do not.
         costs = np.stack([self._option_costs(fit) for fit in fits])
         bases = np.stack([fit.base for fit in fits])
-        return fits, costs, bases, span, reach, limit
+        return fits, costs, bases, span, Trust(reach, removed), limit
 
     def _option_costs(self, fit: Fit) -> np.ndarray:
         """(groups, options): the model's cost of each group's every (amount, method)."""
         unstructured = fit.layer_costs(self._grid, False)
         if len(self._option_amounts) == len(self._grid):
             return unstructured
-        return np.hstack([unstructured, fit.layer_costs(self._grid, True)])
+        return np.hstack([unstructured, fit.layer_costs(self._codec.removed, True)])
 
     def _allocate(
-        self, costs: np.ndarray, bases: np.ndarray, weights: np.ndarray, reach: np.ndarray
+        self, costs: np.ndarray, bases: np.ndarray, weights: np.ndarray, trust: Trust
     ) -> tuple[dict[str, Any], Row | None]:
-        """The recipe that minimizes sum_j weights_j * model_j, within ``reach`` and the
+        """The recipe that minimizes sum_j weights_j * model_j, within ``trust`` and the
         constraints: layer by layer, since the model is additive (a Lagrange multiplier on the
-        sparsity keeps the constraints), and the (order, granularity) of the lowest bases.
+        sparsity keeps the constraints, or else the trust region's), and the (order,
+        granularity) of the lowest bases.
         ``costs``: (objectives, groups, options), from :meth:`_option_costs`. Returns its
         parameters and its row (None with one method for all layers: the majority's)."""
         weighted = np.tensordot(weights, costs, axes=1)
 
-        def table(limit: np.ndarray) -> np.ndarray:
-            # Per layer group, the weighted model's cost of every (amount, method) option.
-            top = np.minimum(self._caps, limit)[:, None] + 1e-9
-            allowed = self._structurable & (self._option_amounts[None, :] <= top)
+        def table(trust: np.ndarray | None) -> np.ndarray:
+            # Per layer group, the weighted model's cost of every (amount, method) option: its
+            # amount within the group's cap, and what it removes within the trust region.
+            allowed = self._structurable & (
+                self._option_amounts[None, :] <= self._caps[:, None] + 1e-9
+            )
+            if trust is not None:
+                allowed &= self._option_removed <= trust[:, None] + 1e-9
             return np.where(allowed, weighted, np.inf)
 
-        options = table(reach)
+        options = table(trust.reach)
         amounts = np.broadcast_to(self._option_amounts, options.shape)
         if self._interval is not None:
             reached = np.where(np.isfinite(options), amounts, -np.inf).max(axis=1)
             if float(self._shares @ reached) < self._interval[0]:
-                options = table(self._caps)  # the constraint asks for more than the trust region
+                options = table(None)  # the constraint asks for more than the trust region
             chosen = constrained_choice(
                 options, amounts, self._shares, self._interval, choose=self._choose
             )
         else:
-            chosen = self._choose(options)
+            chosen = constrained_choice(
+                options, self._option_removed, self._shares, (0.0, trust.removed), self._choose
+            )
         # The layers' choices do not depend on (order, granularity): only the bases do.
         combo = int(np.argmin(weights @ bases))
         amounts, structured = self._option_amounts[chosen], self._option_structured[chosen]

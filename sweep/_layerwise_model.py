@@ -28,7 +28,6 @@ from sweep._space import AMOUNT_PREFIX, METHOD_PARAM, METHOD_PREFIX, UNSTRUCTURE
 EXPONENTS = (1.5, 2.0, 3.0, 4.0, 6.0)  # g: how convex a layer's accuracy cost is in its amount
 STRUCTURED_FACTORS = (1.0, 1.25, 1.6, 2.0)  # k: structured pruning costs as a k-times amount
 SHAPES = tuple((e, f) for e in EXPONENTS for f in STRUCTURED_FACTORS)
-RIDGE = 1e-3  # linear models: on the objective divided by its standard deviation
 CONVEX_RIDGE = 1e-4  # convex models: on the objective less its best value
 PIVOTS = 50  # block principal pivoting steps before falling back to scipy's NNLS
 # Work (rows x features^2 multiply-adds, the normal equations' cost) of the convex fits of one
@@ -66,7 +65,7 @@ class Codec:
     parameter: a group's layers take one method, read from (and written to) every member that
     has the choice."""
 
-    def __init__(self, space: Space, low: float) -> None:
+    def __init__(self, space: Space) -> None:
         self.groups = list(dict.fromkeys(space.owners.values()))
         self.members = {
             group: [name for name in space.layers if space.owners[name] == group]
@@ -80,8 +79,36 @@ class Codec:
         self.granularities = list(space.search.granularities)
         self.n_combos = len(self.orders) * len(self.granularities)
         self.distributions = space.distributions()
-        self.low = low
         self.units = coupled_units(space, self.groups, self.can_structure)
+        self._space = space
+        low, high, self.step = space.base_grid()
+        self.grid = np.round(low + self.step * np.arange(round((high - low) / self.step) + 1), 6)
+        self.low = float(self.grid[0])  # a group's amount where it is not searched
+        # Each group's removed share at each grid amount (rows: groups): what a structured
+        # recipe's row is modeled by.
+        self.removed = np.array([[self._removed(g, a) for a in self.grid] for g in self.groups])
+
+    def _removed(self, group: str, amount: float) -> float:
+        """The share of ``group``'s channels that structured pruning by ``amount`` removes
+        (:meth:`sweep._space.Space.removed_share`; tied layers: weighted by their weights)."""
+        members = self.members[group]
+        weights = np.array([max(1, self._space.layer_params.get(n, 0)) for n in members], float)
+        shares = [self._space.removed_share(n, amount) for n in members]
+        return float(weights @ shares / weights.sum())
+
+    def effective(self, encoded: Encoded) -> Encoded:
+        """``encoded`` with each structured amount replaced by the share it removes."""
+        amounts = encoded.amounts
+        index = np.rint((amounts - self.grid[0]) / self.step).astype(int)
+        on_grid = (index >= 0) & (index < len(self.grid))
+        index = np.clip(index, 0, len(self.grid) - 1)
+        on_grid &= np.isclose(self.grid[index], amounts, atol=1e-9)
+        rows = np.arange(amounts.shape[1])[None, :]
+        shares = np.where(on_grid, self.removed[rows, index], amounts)
+        structured = encoded.structured > 0
+        for i, j in zip(*np.nonzero(structured & ~on_grid), strict=True):  # a re-run recipe's
+            shares[i, j] = self._removed(self.groups[j], float(amounts[i, j]))
+        return Encoded(np.where(structured, shares, amounts), encoded.structured, encoded.combo)
 
     def row(self, values: dict[str, Any]) -> Row:
         """One recipe's amounts, structured flags and (order, granularity) index."""
@@ -171,12 +198,14 @@ class Fit:
     factor: float = 1.0  # convex only: structured as a factor-times amount
 
     def layer_costs(self, amounts: np.ndarray, structured: bool) -> np.ndarray:
-        """(groups, len(amounts)): each group's cost at each amount, by one method."""
+        """(groups, k): each group's cost at each of ``amounts``, by one method; ``amounts``:
+        (k,), the same for every group, or (groups, k)."""
+        amounts = np.broadcast_to(amounts, (len(self.weight), amounts.shape[-1]))
         if self.exponent == 1.0:
             slope = self.structured_slope if structured else self.weight
-            return slope[:, None] * amounts[None, :]
+            return slope[:, None] * amounts
         scale = self.factor if structured else 1.0
-        return self.weight[:, None] * ((scale * amounts) ** self.exponent)[None, :]
+        return self.weight[:, None] * (scale * amounts) ** self.exponent
 
     def predict(self, encoded: Encoded) -> np.ndarray:
         structured = encoded.structured > 0
@@ -278,28 +307,13 @@ def fit_convex(
     return error, Fit(base, coef[2 * combos :], unused, exponent, factor), support
 
 
-def fit_linear(encoded: Encoded, one_hot: np.ndarray, y: np.ndarray, sample: Sample) -> Fit:
-    """Ridge regression of ``y`` on the bases and each group's amount, per method."""
-    rows, counts = sample.rows, sample.counts
-    amounts, structured = encoded.amounts[rows], encoded.structured[rows]
-    features = np.hstack([one_hot[rows], amounts * (1 - structured), amounts * structured])
-    mean = counts @ y[rows] / counts.sum()
-    scale = float(np.sqrt(counts @ (y[rows] - mean) ** 2 / counts.sum())) or 1.0
-    root = np.sqrt(counts)
-    weighted, target = root[:, None] * features, root * y[rows] / scale
-    if weighted.shape[0] < weighted.shape[1]:
-        # Fewer rows than features (deep models): the same solution from the smaller system,
-        # X^T (X X^T + r I)^-1 y = (X^T X + r I)^-1 X^T y.
-        coef = weighted.T @ _solve(_gram(weighted.T, RIDGE), target)
-    else:
-        coef = _solve(_gram(weighted, RIDGE), weighted.T @ target)
-    coef = coef * scale
-    combos, groups = one_hot.shape[1], encoded.amounts.shape[1]
-    return Fit(
-        base=coef[:combos],
-        weight=coef[combos : combos + groups],
-        structured_slope=coef[combos + groups :],
-    )
+def ridge_solve(features: np.ndarray, target: np.ndarray, strength: float) -> np.ndarray:
+    """argmin ||features x - target||^2 + strength ||x||^2, from whichever normal equations are
+    smaller: with fewer rows than features (deep models), the same solution as
+    X^T (X X^T + r I)^-1 y = (X^T X + r I)^-1 X^T y."""
+    if features.shape[0] < features.shape[1]:
+        return features.T @ _solve(_gram(features.T, strength), target)
+    return _solve(_gram(features, strength), features.T @ target)
 
 
 class ShapeSearch:

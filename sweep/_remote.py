@@ -19,6 +19,7 @@ from trials import (
     LatencyStats,
     Recipe,
     Reference,
+    Removable,
     Task,
     TaskError,
     TrialError,
@@ -70,6 +71,9 @@ class TaskInfo:
     # Layers that structured pruning removes output channels from together, two or more each
     # (trials.structured_layout: attention q/k/v, convs added in a residual).
     coupled: list[list[str]] = field(default_factory=list)
+    # Each layer that can lose output channels: how many channels (attention heads) it has, so
+    # that the layerwise sampler models the share a structured amount really removes.
+    removable: dict[str, Removable] = field(default_factory=dict)
     # Whether order prune_dynamic has layers to quantize (Linear, LSTM).
     dynamic_layers: bool = False
     # The fp32 model's file in the runtime: (size_bytes, compressed_bytes); None for analytic tasks.
@@ -105,9 +109,10 @@ def _describe_task(spec: str, settings: dict[str, Any], runtime: str) -> TaskInf
         metrics = task.analytic_metrics(Recipe())
         prunable: dict[str, str | None] = dict.fromkeys(layers)  # simulated: any method goes
         coupled: list[list[str]] = []  # an analytic model couples nothing
+        removable: dict[str, Removable] = {}  # its structured amounts remove exactly that
     else:
         metrics = task.evaluate(model, torch.device("cpu"))
-        prunable, groups = structured_layout(model, task.example_input())
+        prunable, groups, removable = structured_layout(model, task.example_input())
         coupled = [
             list(group)
             for group in groups
@@ -127,6 +132,7 @@ def _describe_task(spec: str, settings: dict[str, Any], runtime: str) -> TaskInf
         structured_prunable=prunable,
         layer_params={name: model.get_parameter(f"{name}.weight").numel() for name in layers},
         coupled=coupled,
+        removable=removable,
         dynamic_layers=has_dynamic_layers(model),
         fp32_sizes=fp32_sizes,
     )

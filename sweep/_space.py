@@ -12,7 +12,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from sweep._config import ConfigError, SearchSpace, TrialSettings
-from trials import CHANNEL_MULTIPLE, LayerSpec, Recipe
+from trials import CHANNEL_MULTIPLE, LayerSpec, Recipe, Removable
 
 AMOUNT_PREFIX = "amount:"
 OFFSET_PREFIX = "offset:"
@@ -106,6 +106,9 @@ class Space:
     layer_params: Mapping[str, int] = field(default_factory=dict)
     model_params: int = 0
     coupled: tuple[tuple[str, ...], ...] = ()
+    # What structured pruning removes from each layer that can lose channels
+    # (trials.structured_layout); a layer absent from it is modeled by its amount.
+    removable: Mapping[str, Removable] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.owners  # noqa: B018 - validates the tie groups now, as a config error
@@ -124,6 +127,12 @@ class Space:
                 "search_space.constraints: the task's layer sizes are unknown; "
                 "remove max_sparsity/min_sparsity"
             )
+
+    def removed_share(self, name: str, amount: float) -> float:
+        """The share of ``name``'s output channels (heads) that structured pruning by
+        ``amount`` removes, as the engine rounds them; ``amount`` where that is unknown."""
+        removable = self.removable.get(name)
+        return amount if removable is None else removable.removed_share(amount, self.round_to)
 
     @property
     def round_to(self) -> int:

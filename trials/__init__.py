@@ -10,6 +10,7 @@ Public API::
     from trials import remeasure, Speedup  # a speedup with its 95% interval
 """
 
+from trials._channels import Removable, kept_channels
 from trials._measure import (
     LatencySpec,
     LatencyStats,
@@ -53,7 +54,7 @@ from trials._runtime import (
 )
 from trials._saved import load_int8, read_int8, save_int8
 from trials._structured import (
-    kept_channels,
+    StructuredLayout,
     structured_groups,
     structured_layout,
     structured_prunable,
@@ -101,7 +102,9 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "Reference",
+    "Removable",
     "Speedup",
+    "StructuredLayout",
     "Task",
     "TaskError",
     "TrialError",

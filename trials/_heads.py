@@ -86,7 +86,12 @@ def find_heads(
 
 def kept_heads(heads: Heads, amount: float) -> int:
     """Heads left after structured pruning by ``amount`` (at least one)."""
-    return min(heads.count, max(1, heads.count - round(amount * heads.count)))
+    return kept_head_count(heads.count, amount)
+
+
+def kept_head_count(count: int, amount: float) -> int:
+    """Of ``count`` heads, those left after structured pruning by ``amount`` (at least one)."""
+    return min(count, max(1, count - round(amount * count)))
 
 
 def head_channels(heads: Heads, importance: torch.Tensor, remove: int) -> list[int]:

@@ -38,16 +38,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from trials._channels import Removable, kept_channels
 from trials._heads import Heads, find_heads, head_channels, kept_heads, set_head_count
 from trials._pruning import PRUNABLE_TYPES, prunable_layers
 from trials._recipe import Recipe, RecipeError
@@ -55,13 +55,12 @@ from trials._recipe import Recipe, RecipeError
 STRUCTURED = "structured"
 
 
-def kept_channels(channels: int, amount: float, round_to: int = 1) -> int:
-    """How many of ``channels`` output channels survive structured pruning by ``amount``."""
-    if amount <= 0.0 or channels <= 1:
-        return channels
-    kept = channels - round(amount * channels)
-    kept = round_to * math.floor(kept / round_to + 0.5)
-    return min(channels, max(kept, round_to, 1))
+class StructuredLayout(NamedTuple):
+    """What one analysis of a model says about structured pruning (:func:`structured_layout`)."""
+
+    prunable: dict[str, str | None]  # :func:`structured_prunable`
+    groups: list[tuple[str, ...]]  # :func:`structured_groups`
+    removable: dict[str, Removable]  # each layer that can lose channels: what it can lose
 
 
 @dataclass
@@ -331,17 +330,22 @@ def structured_groups(model: nn.Module, example_input: torch.Tensor) -> list[tup
     return structured_layout(model, example_input)[1]
 
 
-def structured_layout(
-    model: nn.Module, example_input: torch.Tensor
-) -> tuple[dict[str, str | None], list[tuple[str, ...]]]:
-    """:func:`structured_prunable` and :func:`structured_groups` from one analysis: the model's
-    graph is traced and dry-run once, not once for each."""
+def structured_layout(model: nn.Module, example_input: torch.Tensor) -> StructuredLayout:
+    """:func:`structured_prunable`, :func:`structured_groups` and what each layer that can lose
+    channels has to lose, from one analysis: the model's graph is traced and dry-run once."""
     analysis = _analyse(model, example_input)
     layers = prunable_layers(model)
     groups = analysis.groups
-    return (
+    removable = {}
+    for name in layers:
+        if analysis.reasons[name] is None and name in groups:
+            heads = analysis.heads.get(groups[name])
+            count = heads.count if heads else _channels(analysis, name)
+            removable[name] = Removable(count, heads=heads is not None)
+    return StructuredLayout(
         {name: analysis.reasons[name] for name in layers},
         list(dict.fromkeys(groups[name] for name in layers if name in groups)),
+        removable,
     )
 
 

@@ -9,14 +9,12 @@ from scipy.optimize import nnls
 
 from sweep._layerwise_model import (
     CONVEX_RIDGE,
-    RIDGE,
     SHAPE_WORK,
     SHAPES,
     Encoded,
     Sample,
     ShapeSearch,
     fit_convex,
-    fit_linear,
     nnls_gram,
 )
 
@@ -69,24 +67,6 @@ def test_a_bootstrap_sample_as_weights_fits_what_its_repeated_rows_fit() -> None
     assert np.allclose(fit.base, coef[:COMBOS] - coef[COMBOS : 2 * COMBOS], atol=1e-8)
     assert error == pytest.approx(float(np.mean((features @ coef - loss[drawn]) ** 2)))
     assert np.allclose(fit.predict(encoded.take(drawn)), features @ coef)
-
-
-def _linear_features(encoded: Encoded, one_hot: np.ndarray) -> np.ndarray:
-    amounts, structured = encoded.amounts, encoded.structured
-    return np.hstack([one_hot, amounts * (1 - structured), amounts * structured])
-
-
-@pytest.mark.parametrize("trials", [20, 200])  # fewer rows than features, and more
-def test_the_linear_fit_is_the_ridge_regression_of_the_repeated_rows(trials: int) -> None:
-    encoded, one_hot, _ = _trials(trials, 30, seed=2)
-    size = encoded.amounts @ np.linspace(1.0, 3.0, 30) + 5.0
-    drawn = np.random.default_rng(3).integers(trials, size=trials)
-    fit = fit_linear(encoded, one_hot, size, Sample.of(drawn))
-    features = _linear_features(encoded, one_hot)
-    scale = float(np.std(size[drawn]))
-    gram = features[drawn].T @ features[drawn] + RIDGE * np.eye(features.shape[1])
-    coef = np.linalg.solve(gram, features[drawn].T @ size[drawn] / scale) * scale
-    assert np.allclose(fit.predict(encoded), features @ coef)
 
 
 def test_every_shape_is_fitted_while_cheap_then_the_kept_one_and_challengers() -> None:

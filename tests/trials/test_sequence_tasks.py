@@ -14,12 +14,14 @@ from trials import (
     LatencySpec,
     LayerSpec,
     Recipe,
+    Removable,
     Task,
     apply_recipe,
     load_task,
     prunable_layers,
     run_trial,
     structured_groups,
+    structured_layout,
 )
 from trials import structured_prunable as structured
 from trials.tasks.sequences import CLASSES, LABEL_NOISE, Encoder, generate
@@ -84,6 +86,12 @@ def test_attention_projections_lose_whole_heads() -> None:
     assert ("blocks.0.attention.q", "blocks.0.attention.k", "blocks.0.attention.v") in (
         structured_groups(model, example)
     )
+    # What the sampler models a structured amount by: the share of heads that go, not of
+    # channels (0.3 of 4 heads is 1 head, a quarter of the channels).
+    removable = structured_layout(model, example).removable
+    assert removable["blocks.0.attention.q"] == Removable(4, heads=True)
+    assert removable["blocks.0.attention.q"].removed_share(0.3, round_to=4) == 0.25
+    assert removable["blocks.0.attention.q"].removed_share(0.5, round_to=4) == 0.5
     # The pruned model computes what the original does with the dropped heads' values zeroed:
     # the kept heads are untouched (same head width, same softmax scale).
     reference = copy.deepcopy(model)

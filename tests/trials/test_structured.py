@@ -25,6 +25,7 @@ from trials import (
     kept_channels,
     run_trial,
     structured_groups,
+    structured_layout,
     structured_prunable,
 )
 from trials._train import train
@@ -260,6 +261,26 @@ def test_removes_exactly_the_expected_channels(name: str, round_to: int) -> None
     # Coupled layers end up with the same channel count.
     for group in case.groups:
         assert len({_out_channels(model, layer) for layer in group}) == 1, group
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_the_layout_says_what_share_of_each_layer_an_amount_removes(
+    name: str, round_to: int
+) -> None:
+    """``Removable.removed_share`` (what the layerwise sampler models a structured amount by)
+    is the share of channels that pruning really removes, rounding included."""
+    case = CASES[name]
+    model, example = _model(case)
+    layout = structured_layout(model, example)
+    assert set(layout.removable) == {n for n, why in layout.prunable.items() if why is None}
+    apply_recipe(model, _structured(case.amounts, round_to=round_to), example)
+    for layer in case.kept[round_to]:
+        group = next(g for g in layout.groups if layer in g)
+        amount = max(case.amounts.get(member, 0.0) for member in group)
+        removable = layout.removable[layer]
+        removed = 1 - _out_channels(model, layer) / removable.count
+        assert removable.removed_share(amount, round_to) == pytest.approx(removed), layer
 
 
 @pytest.mark.parametrize("name", list(CASES))
