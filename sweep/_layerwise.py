@@ -39,7 +39,7 @@ came from its own trials: all at once, the sampler's proposals on ``resnet`` rem
 the weights and a third of them collapsed the accuracy to chance), nor more than nine in ten of
 the trials that collapsed it removed (``COLLAPSE_QUANTILE``: where half the trials fell, the
 better half is no guide); a proposal predicted to be worse than that half in an accuracy-like
-objective is not asked (the next draw is).
+objective is not asked (the next draw is). See :mod:`sweep._layerwise_trust`.
 
 Before ``n_startup_trials`` trials have finished, it asks uniform recipes at evenly spaced levels
 (``uniform_startup`` of them), then the same levels with each layer moved at random by up to
@@ -53,7 +53,7 @@ budget instead, then the model and uniform neighbours of the front by turns (thi
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import optuna
@@ -76,12 +76,11 @@ from sweep._layerwise_model import (
     one_blas_thread,
 )
 from sweep._layerwise_startup import ThinStart, collapsed, is_thin, spread_order
+from sweep._layerwise_trust import Trust, trust_region
 from sweep._layerwise_units import choose, exchange, jitter, movers
 from sweep._space import AMOUNT_PREFIX, Space
 
 STARTUP_NOISE = 0.15  # how far startup trials move each layer from their uniform level
-TRUST = 2  # grid steps a layer may go past its highest amount among the better trials
-COLLAPSE_QUANTILE = 0.1  # of the collapsed trials' removed weights: proposals remove less
 PROPOSALS = 16  # weight draws tried before a recipe not asked before is found
 JITTER = 0.25  # chance that a proposal moves one or two layers by one or two grid steps
 EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move instead
@@ -90,15 +89,6 @@ EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move
 # driver at hundreds of completions a second most of its time (issue 18). Each fit is a fresh
 # bootstrap; asks between fits differ by their trade-off weights, as asks in a burst always did.
 REFIT_GROWTH = 0.01
-
-
-class Trust(NamedTuple):
-    """Where the model is trusted (see the module docstring): per layer group, the most a
-    proposal may remove of it, and the most of all the weights (their sparsity, each structured
-    amount counted as the channels it removes)."""
-
-    reach: np.ndarray
-    removed: float
 
 
 # A fit: the models, their costs and bases, the objectives' spans, the trust region, the limits.
@@ -326,22 +316,8 @@ class LayerwiseSampler(BaseSampler):
         ]
         low, high = values[kept].min(axis=0), values[kept].max(axis=0)
         span = np.where(high > low, high - low, 1.0)
-        # A trust region: the model is fitted where the better trials are, so no layer goes
-        # more than TRUST grid steps past the highest amount it had in one of them.
-        reach = encoded.amounts[kept].max(axis=0) + TRUST * self._step
-        # ... and none removes more of all the weights than the most one of them did, plus as
-        # much: each layer's reach came from its own trials, and all of them at once collapsed
-        # the accuracy to chance (resnet, where a trial's removed weights told its collapse
-        # apart with an AUC of 0.97).
-        removed_weights = encoded.amounts @ self._shares
-        removed = float(removed_weights[kept].max()) + TRUST * self._step
-        # ... nor as much as the trials that collapsed the accuracy mostly did: the better half
-        # is no guide where half the trials fell (the model's proposals on resnet, 64-84% of
-        # the weights removed, collapsed a third of them: trials' removed weights told their
-        # collapse apart with an AUC of 0.97).
         fell = collapsed(-values[:, quality[0]]) if quality else np.zeros(len(values), bool)
-        if fell.any():
-            removed = min(removed, float(np.quantile(removed_weights[fell], COLLAPSE_QUANTILE)))
+        trust = trust_region(encoded.amounts, kept, fell, self._shares, self._step)
         # The model is fitted on the better part of the trials: a proposal it predicts to fall
         # outside that part (a model ruined for size) is an extrapolation, and useless anyway.
         limit = {j: high[j] - low[j] for j in quality}
@@ -349,7 +325,7 @@ class LayerwiseSampler(BaseSampler):
         # from draw to draw, the fits do not.
         costs = np.stack([self._option_costs(fit) for fit in fits])
         bases = np.stack([fit.base for fit in fits])
-        return fits, costs, bases, span, Trust(reach, removed), limit
+        return fits, costs, bases, span, trust, limit
 
     def _option_costs(self, fit: Fit) -> np.ndarray:
         """(groups, options): the model's cost of each group's every (amount, method)."""

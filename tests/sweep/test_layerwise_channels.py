@@ -10,8 +10,9 @@ import optuna
 import pytest
 
 from sweep import parse_config
-from sweep._layerwise import TRUST, LayerwiseSampler
+from sweep._layerwise import LayerwiseSampler
 from sweep._layerwise_model import Encoded
+from sweep._layerwise_trust import TRUST
 from sweep._samplers import ask_recipe
 from sweep._space import METHOD_PREFIX, Space
 from trials import Removable
