@@ -35,14 +35,17 @@ class Removable:
     count: int
     heads: bool = False
 
+    def kept(self, amount: float, round_to: int = 1) -> int:
+        """How many of the channels (heads) structured pruning by ``amount`` keeps: what the
+        engine prunes to (trials._structured), and what the sampler models."""
+        if self.heads:
+            return kept_head_count(self.count, amount)
+        return kept_channels(self.count, amount, round_to)
+
     def removed_share(self, amount: float, round_to: int = 1) -> float:
         """The share of the channels (heads) that structured pruning by ``amount`` removes:
         not ``amount`` itself, since whole channels go, rounded to multiples of ``round_to``
         (8 channels at ``round_to`` 4 lose none below 0.375 and half from there)."""
         if self.count <= 0:
             return 0.0
-        if self.heads:
-            kept = kept_head_count(self.count, amount)
-        else:
-            kept = kept_channels(self.count, amount, round_to)
-        return 1.0 - kept / self.count
+        return 1.0 - self.kept(amount, round_to) / self.count

@@ -84,11 +84,6 @@ def find_heads(
     return Heads(parent, attribute, count, channels // count)
 
 
-def kept_heads(heads: Heads, amount: float) -> int:
-    """Heads left after structured pruning by ``amount`` (at least one)."""
-    return kept_head_count(heads.count, amount)
-
-
 def kept_head_count(count: int, amount: float) -> int:
     """Of ``count`` heads, those left after structured pruning by ``amount`` (at least one)."""
     return min(count, max(1, count - round(amount * count)))

@@ -47,8 +47,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from trials._channels import Removable, kept_channels
-from trials._heads import Heads, find_heads, head_channels, kept_heads, set_head_count
+from trials._channels import Removable
+from trials._heads import Heads, find_heads, head_channels, set_head_count
 from trials._pruning import PRUNABLE_TYPES, prunable_layers
 from trials._recipe import Recipe, RecipeError
 
@@ -287,7 +287,9 @@ def _dry_run(model: nn.Module, example: torch.Tensor, analysis: _Analysis) -> No
     roots = [
         (group[0], analysis.heads.get(group))
         for name, group in analysis.groups.items()
-        if group[0] == name and analysis.reasons[name] is None and _removable(analysis, group)
+        if group[0] == name
+        and analysis.reasons[name] is None
+        and _removable(analysis, group).count > 1
     ]
     if not roots:
         return
@@ -312,10 +314,10 @@ def _channels(analysis: _Analysis, name: str) -> int:
     return int(_weight(analysis.modules[name]).shape[0])
 
 
-def _removable(analysis: _Analysis, group: tuple[str, ...]) -> bool:
-    """Whether the group has more than one channel (an attention group: head) to lose."""
+def _removable(analysis: _Analysis, group: tuple[str, ...]) -> Removable:
+    """What the group has to lose: its output channels, or an attention group's heads."""
     heads = analysis.heads.get(group)
-    return heads.count > 1 if heads else _channels(analysis, group[0]) > 1
+    return Removable(heads.count, heads=True) if heads else Removable(_channels(analysis, group[0]))
 
 
 def structured_prunable(model: nn.Module, example_input: torch.Tensor) -> dict[str, str | None]:
@@ -336,16 +338,14 @@ def structured_layout(model: nn.Module, example_input: torch.Tensor) -> Structur
     analysis = _analyse(model, example_input)
     layers = prunable_layers(model)
     groups = analysis.groups
-    removable = {}
-    for name in layers:
-        if analysis.reasons[name] is None and name in groups:
-            heads = analysis.heads.get(groups[name])
-            count = heads.count if heads else _channels(analysis, name)
-            removable[name] = Removable(count, heads=heads is not None)
     return StructuredLayout(
         {name: analysis.reasons[name] for name in layers},
         list(dict.fromkeys(groups[name] for name in layers if name in groups)),
-        removable,
+        {
+            name: _removable(analysis, groups[name])
+            for name in layers
+            if analysis.reasons[name] is None and name in groups
+        },
     )
 
 
@@ -408,11 +408,9 @@ def prune_structured(
         for group, amount in group_amounts(recipe, groups).items():
             root = analysis.modules[group[0]]
             channels = before[group[0]]
+            removable = _removable(analysis, group)
+            remove = removable.count - removable.kept(amount, recipe.round_to)
             heads = analysis.heads.get(group)
-            if heads:
-                remove = heads.count - kept_heads(heads, amount)
-            else:
-                remove = channels - kept_channels(channels, amount, recipe.round_to)
             if remove <= 0:
                 continue
             importance = _importance(graph, _full_group(graph, root), channels)
