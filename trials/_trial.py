@@ -25,7 +25,7 @@ from trials._reference import (
     measurements,
     reference_model,
 )
-from trials._structured import prune_structured
+from trials._structured_prune import prune_structured
 from trials._task import AnalyticTask, Batch, Task
 from trials._train import TrialError, train
 

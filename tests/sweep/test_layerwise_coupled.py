@@ -40,7 +40,7 @@ def _space(coupled: tuple[tuple[str, ...], ...] = COUPLED, **search: object) -> 
 
 def _as_pruned(recipe: Recipe) -> Recipe:
     """What structured pruning does to ``recipe``: a coupled group loses the largest amount its
-    structured members ask for, in every member (trials._structured.group_amounts)."""
+    structured members ask for, in every member (trials._structured_prune.group_amounts)."""
     data = recipe.to_dict()
     layers = data["layers"]
     for group in COUPLED:
