@@ -33,13 +33,15 @@ collapsed the accuracy to chance (most of its trials on ``transformer``, where i
 ``tpe``).
 
 Proposals stay in a trust region: no layer more than ``TRUST`` grid steps above its highest
-amount among the better half of the trials, where the model was fitted, and no more of all the
-weights removed than the most one of those trials removed, plus as much (each layer's highest
-came from its own trials: all at once, the sampler's proposals on ``resnet`` removed 64-84% of
-the weights and a third of them collapsed the accuracy to chance), nor more than nine in ten of
-the trials that collapsed it removed (``COLLAPSE_QUANTILE``: where half the trials fell, the
-better half is no guide); a proposal predicted to be worse than that half in an accuracy-like
-objective is not asked (the next draw is). See :mod:`sweep._layerwise_trust`.
+amount among the better half of the trials, where the model was fitted; and, since each layer's
+highest came from its own trials and all at once collapsed the accuracy to chance (the
+sampler's proposals on ``resnet`` removed 64-84% of the weights, a third of them collapsed),
+within a model of that collapse: a logistic regression on the same per-layer terms, whose
+log-odds the allocation keeps below a ``COLLAPSE_RISK`` chance (:mod:`sweep._layerwise_collapse`;
+until a few trials collapsed and a few held, no more of all the weights removed than the better
+trials removed, plus as much, nor than nine in ten of the collapsed ones). A proposal predicted
+to be worse than the better half in an accuracy-like objective is not asked (the next draw is).
+See :mod:`sweep._layerwise_trust`.
 
 Before ``n_startup_trials`` trials have finished, it asks uniform recipes at evenly spaced levels
 (``uniform_startup`` of them), then the same levels with each layer moved at random by up to
@@ -62,7 +64,8 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
-from sweep._feasible import constrained_choice, feasible_levels, is_feasible, sparsity_interval
+from sweep._feasible import feasible_levels, is_feasible, sparsity_interval
+from sweep._layerwise_collapse import CollapseModel
 from sweep._layerwise_history import Asked, History, recipe_key
 from sweep._layerwise_linear import ShrunkLinear
 from sweep._layerwise_model import (
@@ -75,9 +78,10 @@ from sweep._layerwise_model import (
     better_trials,
     one_blas_thread,
 )
+from sweep._layerwise_options import Options
 from sweep._layerwise_startup import ThinStart, collapsed, is_thin, spread_order
 from sweep._layerwise_trust import Trust, trust_region
-from sweep._layerwise_units import choose, exchange, jitter, movers
+from sweep._layerwise_units import exchange, jitter, movers
 from sweep._space import AMOUNT_PREFIX, Space
 
 STARTUP_NOISE = 0.15  # how far startup trials move each layer from their uniform level
@@ -151,19 +155,10 @@ class LayerwiseSampler(BaseSampler):
         self._history = History(
             self._codec, len(self._groups), self._feasible if self._interval is not None else None
         )
-        # The (amount, method) options of every group, as the columns of the allocation's cost
-        # table: every amount unstructured, then every amount structured where any group can be.
-        methods = 2 if self._can_structure.any() else 1
-        self._option_amounts = np.tile(self._grid, methods)
-        self._option_structured = np.arange(len(self._option_amounts)) >= len(self._grid)
-        # What each option removes, per group: its amount unstructured, the share of the
-        # group's channels it removes structured (the model's terms: Codec.effective).
-        self._option_removed = np.hstack(
-            [np.broadcast_to(self._grid, self._codec.removed.shape), self._codec.removed]
-        )[:, : len(self._option_amounts)]
-        self._structurable = ~self._option_structured | self._can_structure[:, None]
+        self._options = Options(self._codec, self._caps, self._shares, self._interval)
         self._shapes: dict[int, ShapeSearch] = {}  # per accuracy-like objective
         self._linear: dict[int, ShrunkLinear] = {}  # per other objective
+        self._collapse = CollapseModel(self._shares)
         self._fitted: tuple[int, Fitted] | None = None  # the last fit, and its modeled trials
         self._thin: ThinStart | None = None
         if budget is not None and is_thin(n_startup_trials, wanted_startup):
@@ -317,65 +312,31 @@ class LayerwiseSampler(BaseSampler):
         low, high = values[kept].min(axis=0), values[kept].max(axis=0)
         span = np.where(high > low, high - low, 1.0)
         fell = collapsed(-values[:, quality[0]]) if quality else np.zeros(len(values), bool)
-        trust = trust_region(encoded.amounts, kept, fell, self._shares, self._step)
+        collapse = self._collapse.fit(encoded, fell, self._n_combos) if quality else None
+        trust = trust_region(encoded.amounts, kept, fell, self._shares, self._step, collapse)
         # The model is fitted on the better part of the trials: a proposal it predicts to fall
         # outside that part (a model ruined for size) is an extrapolation, and useless anyway.
         limit = {j: high[j] - low[j] for j in quality}
         # Each objective's cost of every (group, option), and its bases: the weights change
         # from draw to draw, the fits do not.
-        costs = np.stack([self._option_costs(fit) for fit in fits])
+        costs = np.stack([self._options.costs(fit) for fit in fits])
         bases = np.stack([fit.base for fit in fits])
         return fits, costs, bases, span, trust, limit
-
-    def _option_costs(self, fit: Fit) -> np.ndarray:
-        """(groups, options): the model's cost of each group's every (amount, method)."""
-        unstructured = fit.layer_costs(self._grid, False)
-        if len(self._option_amounts) == len(self._grid):
-            return unstructured
-        return np.hstack([unstructured, fit.layer_costs(self._codec.removed, True)])
 
     def _allocate(
         self, costs: np.ndarray, bases: np.ndarray, weights: np.ndarray, trust: Trust
     ) -> tuple[dict[str, Any], Row | None]:
-        """The recipe that minimizes sum_j weights_j * model_j, within ``trust`` and the
-        constraints: layer by layer, since the model is additive (a Lagrange multiplier on the
-        sparsity keeps the constraints, or else the trust region's), and the (order,
-        granularity) of the lowest bases.
-        ``costs``: (objectives, groups, options), from :meth:`_option_costs`. Returns its
-        parameters and its row (None with one method for all layers: the majority's)."""
-        weighted = np.tensordot(weights, costs, axes=1)
-
-        def table(trust: np.ndarray | None) -> np.ndarray:
-            # Per layer group, the weighted model's cost of every (amount, method) option: its
-            # amount within the group's cap, and what it removes within the trust region.
-            allowed = self._structurable & (
-                self._option_amounts[None, :] <= self._caps[:, None] + 1e-9
-            )
-            if trust is not None:
-                allowed &= self._option_removed <= trust[:, None] + 1e-9
-            return np.where(allowed, weighted, np.inf)
-
-        options = table(trust.reach)
-        amounts = np.broadcast_to(self._option_amounts, options.shape)
-        if self._interval is not None:
-            reached = np.where(np.isfinite(options), amounts, -np.inf).max(axis=1)
-            if float(self._shares @ reached) < self._interval[0]:
-                options = table(None)  # the constraint asks for more than the trust region
-            chosen = constrained_choice(
-                options, amounts, self._shares, self._interval, choose=self._choose
-            )
-        else:
-            chosen = constrained_choice(
-                options, self._option_removed, self._shares, (0.0, trust.removed), self._choose
-            )
+        """The recipe that minimizes sum_j weights_j * model_j within ``trust`` and the
+        constraints (layer by layer, since the model is additive: :meth:`sweep._layerwise_options.
+        Options.allocate`), and the (order, granularity) of the lowest bases. ``costs``:
+        (objectives, groups, options). Returns its parameters and its row (None with one method
+        for all layers: the majority's)."""
+        chosen = self._options.allocate(np.tensordot(weights, costs, axes=1), trust)
         # The layers' choices do not depend on (order, granularity): only the bases do.
         combo = int(np.argmin(weights @ bases))
-        amounts, structured = self._option_amounts[chosen], self._option_structured[chosen]
+        amounts, structured = self._options.amounts[chosen], self._options.structured[chosen]
         row = None if self._codec.global_method else (amounts, structured.astype(float), combo)
         return self._decode(amounts, structured, combo), row
-
-    def _choose(self, costs: np.ndarray) -> np.ndarray:
-        return choose(costs, self._units, len(self._grid))  # unstructured options come first
 
     def _exchange(self, loss: np.ndarray, seen: Asked) -> dict[str, Any] | None:
         """The most accurate feasible trial with one layer group (or structured unit) pruned

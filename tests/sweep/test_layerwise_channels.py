@@ -12,7 +12,7 @@ import pytest
 from sweep import parse_config
 from sweep._layerwise import LayerwiseSampler
 from sweep._layerwise_model import Encoded
-from sweep._layerwise_trust import TRUST
+from sweep._layerwise_trust import TRUST, trust_region
 from sweep._samplers import ask_recipe
 from sweep._space import METHOD_PREFIX, Space
 from trials import Removable
@@ -150,7 +150,8 @@ def test_no_proposal_removes_more_of_the_weights_than_the_better_trials_did_and_
 
 def test_nor_as_much_as_the_trials_that_collapsed_the_accuracy() -> None:
     """Past a third of the weights, the accuracy falls to chance: the asks stay below what
-    nearly all the collapsed trials removed, though better trials went a step further."""
+    nearly all the collapsed trials removed, though better trials went a step further (the
+    collapse model, fitted on them, learns the shared slope)."""
     sampler = _sampler()
     study, removed = _study_of(
         sampler, [0.0, 0.1, 0.3, 0.5, 0.7], lambda r: 0.9 if r < 0.35 else 0.1
@@ -159,3 +160,53 @@ def test_nor_as_much_as_the_trials_that_collapsed_the_accuracy() -> None:
     assert 5 <= fell.sum() <= 20
     asked = _asked(sampler, study)
     assert float(np.median(asked)) <= float(np.quantile(removed[fell], 0.1)) + 1e-9
+
+
+def test_proposals_leave_the_layer_that_collapses_the_accuracy_and_prune_the_others() -> None:
+    """One layer of five collapses the accuracy past 0.35; the others may lose most of their
+    weights. A bound on the weights removed in all (below what the collapsed trials removed)
+    kept every layer low (a median of 0.35 over the others); the per-layer model of collapse
+    keeps that one low and prunes the others past it."""
+    sampler = _sampler()
+    rng = np.random.default_rng(3)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    distributions = sampler._space.distributions()
+    sensitive = LAYERS.index("layer03")
+    for _ in range(60):
+        levels = rng.choice([0.0, 0.1, 0.3, 0.5, 0.7], size=5)
+        removed = float(sampler._shares @ levels)
+        fell = levels[sensitive] > 0.35
+        params = _params(dict(zip(LAYERS, levels, strict=True)), set())
+        accuracy = (0.1 if fell else 0.9) + rng.normal(0, 1e-3)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: distributions[k] for k in params},
+                values=[accuracy, 1000.0 * (1 - removed)],
+            )
+        )
+    asked = []
+    for _ in range(20):
+        before = len(study.trials)
+        _asked(sampler, study, count=1)
+        asked.append(study.trials[before].params)
+    mine = np.array([p[f"amount:{LAYERS[sensitive]}"] for p in asked])
+    others = np.array([[p[f"amount:{n}"] for n in LAYERS if n != LAYERS[sensitive]] for p in asked])
+    assert float(np.mean(mine <= 0.35)) >= 0.8
+    assert float(np.median(others.mean(axis=1))) >= 0.45
+
+
+def test_until_the_collapse_model_is_fitted_the_bound_is_on_the_weights_removed_in_all() -> None:
+    """Two collapsed trials are too few for the collapse model: the bound is the better trials'
+    most removed plus two steps, and below nine in ten of what the collapsed ones removed."""
+    amounts = np.array([[0.1, 0.1], [0.2, 0.2], [0.3, 0.1], [0.3, 0.2], [0.8, 0.4]])
+    shares = np.array([0.5, 0.5])
+    better = np.array([True, True, True, False, False])
+    fell = np.array([False, False, False, True, True])
+    trust = trust_region(amounts, better, fell, shares, 0.05)
+    assert trust.collapse is None
+    np.testing.assert_allclose(trust.reach, [0.4, 0.3])
+    # The collapsed trials removed 0.25 and 0.6: their 10th percentile, under 0.2 + two steps.
+    assert trust.removed == pytest.approx(0.25 + 0.1 * (0.6 - 0.25))
+    trust = trust_region(amounts, better, np.zeros(5, dtype=bool), shares, 0.05)
+    assert trust.removed == pytest.approx(0.2 + 2 * 0.05)
