@@ -313,7 +313,8 @@ class LayerwiseSampler(BaseSampler):
         span = np.where(high > low, high - low, 1.0)
         fell = collapsed(-values[:, quality[0]]) if quality else np.zeros(len(values), bool)
         collapse = self._collapse.fit(encoded, fell, self._n_combos) if quality else None
-        trust = trust_region(encoded.amounts, kept, fell, self._shares, self._step, collapse)
+        bound = None if collapse is None else self._options.risk_bound(collapse)
+        trust = trust_region(encoded.amounts, kept, fell, self._shares, self._step, bound)
         # The model is fitted on the better part of the trials: a proposal it predicts to fall
         # outside that part (a model ruined for size) is an extrapolation, and useless anyway.
         limit = {j: high[j] - low[j] for j in quality}

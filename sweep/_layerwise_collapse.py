@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
-from scipy.special import expit, log_expit
+from scipy.special import expit, log_expit, logit
 
 from sweep._layerwise_linear import POOL_SCALES, RESELECT_GROWTH, SELECT_ROWS, deviations, pooled
 from sweep._layerwise_model import Encoded, Fit
 
 COLLAPSE_RISK = 0.2  # proposals' highest predicted chance of collapsing the accuracy
+SAFE = float(logit(COLLAPSE_RISK))  # the log-odds of collapse proposals stay within
 MIN_EACH = 3  # collapsed and kept trials each, before the model is fitted (else no bound)
 # Prior strengths the leave-one-out chooses among, as multiples of the mean squared norm of a
 # trial's own-slope features: at 1, a typical trial's log-odds have a prior spread of about one.

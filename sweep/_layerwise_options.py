@@ -5,15 +5,12 @@ trust region and the constraints."""
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logit
 
 from sweep._feasible import constrained_choice
-from sweep._layerwise_collapse import COLLAPSE_RISK
+from sweep._layerwise_collapse import SAFE
 from sweep._layerwise_model import Codec, Fit
-from sweep._layerwise_trust import Trust
+from sweep._layerwise_trust import RiskBound, Trust
 from sweep._layerwise_units import choose
-
-SAFE = float(logit(COLLAPSE_RISK))  # the log-odds of collapse proposals stay within
 
 
 class Options:
@@ -49,6 +46,11 @@ class Options:
             return unstructured
         return np.hstack([unstructured, fit.layer_costs(self._codec.removed, True)])
 
+    def risk_bound(self, collapse: Fit) -> RiskBound:
+        """The collapse model's (``collapse``: its log-odds) bound on the allocation: computed
+        once per fit, not at every proposal."""
+        return RiskBound(self.costs(collapse), SAFE - float(collapse.base[0]))
+
     def choose(self, costs: np.ndarray) -> np.ndarray:
         """Per group, the option of least cost, coupled units choosing together."""
         return choose(costs, self._codec.units, len(self._codec.grid))  # unstructured first
@@ -73,10 +75,9 @@ class Options:
                 options = table(None)  # the constraint asks for more than the trust region
             return constrained_choice(options, amounts, self._shares, self._interval, self.choose)
         if trust.collapse is not None:
-            risk = self.costs(trust.collapse)
-            room = SAFE - float(trust.collapse.base[0])
+            risk = trust.collapse
             return constrained_choice(
-                options, risk, np.ones(len(risk)), (-np.inf, room), self.choose
+                options, risk.costs, np.ones(len(risk.costs)), (-np.inf, risk.room), self.choose
             )
         return constrained_choice(
             options, self.removed, self._shares, (0.0, trust.removed), self.choose

@@ -9,10 +9,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sweep._layerwise_model import Fit
-
 TRUST = 2  # grid steps a layer may go past its highest amount among the better trials
 COLLAPSE_QUANTILE = 0.1  # of the collapsed trials' removed weights: proposals remove less
+
+
+class RiskBound(NamedTuple):
+    """The collapse model's log-odds terms of every (group, option) of the allocation, and the
+    most their sum may be (the log-odds of :data:`sweep._layerwise_collapse.SAFE` less the
+    model's offset)."""
+
+    costs: np.ndarray
+    room: float
 
 
 class Trust(NamedTuple):
@@ -23,7 +30,7 @@ class Trust(NamedTuple):
 
     reach: np.ndarray
     removed: float
-    collapse: Fit | None = None
+    collapse: RiskBound | None = None
 
 
 def trust_region(
@@ -32,11 +39,12 @@ def trust_region(
     fell: np.ndarray,
     shares: np.ndarray,
     step: float,
-    collapse: Fit | None = None,
+    collapse: RiskBound | None = None,
 ) -> Trust:
     """The trust region of trials with (effective) ``amounts`` (rows), of which ``better`` the
     model was fitted on and ``fell`` collapsed the accuracy; ``shares``: each group's share of
-    the weights; ``step``: the amount grid's; ``collapse``: the collapse model, where fitted."""
+    the weights; ``step``: the amount grid's; ``collapse``: the collapse model's bound, where
+    fitted."""
     # The model is fitted where the better trials are, so no layer goes more than TRUST grid
     # steps past the highest amount it had in one of them ...
     reach = amounts[better].max(axis=0) + TRUST * step

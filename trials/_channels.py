@@ -37,7 +37,7 @@ class Removable:
 
     def kept(self, amount: float, round_to: int = 1) -> int:
         """How many of the channels (heads) structured pruning by ``amount`` keeps: what the
-        engine prunes to (trials._structured), and what the sampler models."""
+        engine prunes to (trials._structured_prune), and what the sampler models."""
         if self.heads:
             return kept_head_count(self.count, amount)
         return kept_channels(self.count, amount, round_to)

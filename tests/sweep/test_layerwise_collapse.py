@@ -7,9 +7,8 @@ import numpy as np
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from sweep._layerwise_collapse import CollapseModel, fit_dual, loo_log_loss
+from sweep._layerwise_collapse import SAFE, CollapseModel, fit_dual, loo_log_loss
 from sweep._layerwise_model import Encoded
-from sweep._layerwise_options import SAFE
 
 
 def _data(rows: int, columns: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
