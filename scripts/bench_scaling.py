@@ -60,6 +60,8 @@ from machine import measured_on
 
 CPUS_PER_NODE = 4
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scaling.json"
+# A child's result line is marked: Ray's processes write their logs to the same stdout.
+RESULT_MARK = "child-result: "
 
 
 def _config(name: str, trials: int, seconds: float, sampler: str | None) -> dict[str, Any]:
@@ -315,7 +317,10 @@ def _run_child(args: list[str], load: int) -> dict[str, Any]:
     finally:
         if spinners is not None:
             spinners.stop()
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    marked = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if len(marked) != 1:
+        sys.exit(f"the child printed {len(marked)} result lines, expected 1")
+    result: dict[str, Any] = json.loads(marked[0].removeprefix(RESULT_MARK))
     return result
 
 
@@ -361,11 +366,13 @@ def main() -> None:
 
         _submission.MAX_PRESTARTED = 0
     if args.child is not None:
-        print(json.dumps(measure_one(args.child, args.seconds, args.waves, args.sampler)))
+        result = measure_one(args.child, args.seconds, args.waves, args.sampler)
+        print(RESULT_MARK + json.dumps(result), flush=True)
         return
     if args.child_capacity is not None:
         sampler = None if args.sampler == "both" else args.sampler
-        print(json.dumps(measure_capacity(args.child_capacity, args.capacity_trials, sampler)))
+        result = measure_capacity(args.child_capacity, args.capacity_trials, sampler)
+        print(RESULT_MARK + json.dumps(result), flush=True)
         return
     if args.capacity is not None:
         child = ["--child-capacity", str(args.capacity), "--capacity-trials"]

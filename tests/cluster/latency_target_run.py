@@ -16,6 +16,7 @@ from ray.cluster_utils import Cluster
 
 from storage import Store
 from sweep import parse_config, run_sweep
+from tests.cluster.cluster_runner import report
 
 SWEEP = {
     "task": "digits",
@@ -65,32 +66,30 @@ def main() -> None:
     # More threads than the target node has cores: found when the baseline is timed, before
     # any trial (a measurement holds no CPU of the node, so this would otherwise just run).
     threads = launch("threads", {"target": "target_test", "threads": 512})
-    print(
-        json.dumps(
-            {
-                "states": list(trials["state"]),
-                "latency_nodes": list(trials["latency_node"]),
-                "workers": list(trials["worker"]),
-                "measured_on": list(trials["measured_on"]),
-                "latency_ms": list(trials["latency_ms"]),
-                "speedup": list(trials["speedup"]),
-                "speedup_low": [None if v != v else v for v in trials["speedup_low"]],
-                "speedup_high": [None if v != v else v for v in trials["speedup_high"]],
-                # The first timing of a trial the sweep timed again at its end.
-                "once": [
-                    (m.get("latency_ms_once", m["latency_ms"]), m.get("speedup_once", m["speedup"]))
-                    for m in trials["metrics"]
-                ],
-                "baseline": store.get_sweep("timed").config["latency_baseline"],
-                "trainer": trainer.node_id,
-                "target": target.node_id,
-                "missing_rc": cli.returncode,
-                "missing_stderr": cli.stderr,
-                "threads_rc": threads.returncode,
-                "threads_stderr": threads.stderr,
-                "sweeps": [s.name for s in store.list_sweeps()],
-            }
-        )
+    report(
+        {
+            "states": list(trials["state"]),
+            "latency_nodes": list(trials["latency_node"]),
+            "workers": list(trials["worker"]),
+            "measured_on": list(trials["measured_on"]),
+            "latency_ms": list(trials["latency_ms"]),
+            "speedup": list(trials["speedup"]),
+            "speedup_low": [None if v != v else v for v in trials["speedup_low"]],
+            "speedup_high": [None if v != v else v for v in trials["speedup_high"]],
+            # The first timing of a trial the sweep timed again at its end.
+            "once": [
+                (m.get("latency_ms_once", m["latency_ms"]), m.get("speedup_once", m["speedup"]))
+                for m in trials["metrics"]
+            ],
+            "baseline": store.get_sweep("timed").config["latency_baseline"],
+            "trainer": trainer.node_id,
+            "target": target.node_id,
+            "missing_rc": cli.returncode,
+            "missing_stderr": cli.stderr,
+            "threads_rc": threads.returncode,
+            "threads_stderr": threads.stderr,
+            "sweeps": [s.name for s in store.list_sweeps()],
+        }
     )
     ray.shutdown()
     cluster.shutdown()

@@ -3,7 +3,6 @@ where a worker node dies while trials run on it. Prints the stored trials as JSO
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import threading
@@ -15,6 +14,7 @@ from ray.cluster_utils import Cluster
 
 from storage import Store
 from sweep import parse_config, run_sweep
+from tests.cluster.cluster_runner import report
 
 
 def main() -> None:
@@ -50,18 +50,16 @@ def main() -> None:
     cluster.add_node(num_cpus=1)  # and a replacement joins
     sweep.join(timeout=240)
     trials = store.trials("nodes")
-    print(
-        json.dumps(
-            [
-                {
-                    "number": int(r["number"]),
-                    "state": r["state"],
-                    "attempt": int(r["attempt"]),
-                    "error": r["error"],
-                }
-                for r in trials.to_dict(orient="records")
-            ]
-        )
+    report(
+        [
+            {
+                "number": int(r["number"]),
+                "state": r["state"],
+                "attempt": int(r["attempt"]),
+                "error": r["error"],
+            }
+            for r in trials.to_dict(orient="records")
+        ]
     )
     ray.shutdown()
     cluster.shutdown()

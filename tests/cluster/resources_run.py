@@ -5,7 +5,6 @@ driver can import, so the sweep works only if it is shipped to the workers. Prin
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from ray.cluster_utils import Cluster
 
 from storage import Store
 from sweep import ConfigError, connect_ray, parse_config, run_sweep
+from tests.cluster.cluster_runner import report
 
 MODULE = '''"""A user's task module, outside any installed package."""
 import os
@@ -66,18 +66,16 @@ def main() -> None:
     def shipped_from() -> str:
         return str(importlib.import_module("shipped_task").HERE)
 
-    print(
-        json.dumps(
-            {
-                "states": list(trials["state"]),
-                "marked_nodes": sorted(p.name for p in markers.iterdir()),
-                "fast_node": fast.node_id,
-                "user_folder": str(workdir / "user_code"),
-                "worker_imports_from": ray.get(shipped_from.remote()),
-                "errors": errors,
-                "sweeps": [s.name for s in store.list_sweeps()],
-            }
-        )
+    report(
+        {
+            "states": list(trials["state"]),
+            "marked_nodes": sorted(p.name for p in markers.iterdir()),
+            "fast_node": fast.node_id,
+            "user_folder": str(workdir / "user_code"),
+            "worker_imports_from": ray.get(shipped_from.remote()),
+            "errors": errors,
+            "sweeps": [s.name for s in store.list_sweeps()],
+        }
     )
     ray.shutdown()
     cluster.shutdown()

@@ -17,6 +17,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from storage import Store
+from tests.cluster.cluster_runner import report
 
 MODELS = """
 from torch import nn
@@ -105,18 +106,16 @@ def main() -> None:
         timeout=300,
         env=env,
     )
-    print(
-        json.dumps(
-            {
-                "codes": {name: run.returncode for name, run in runs.items()},
-                "stderr": {name: run.stderr[-3000:] for name, run in runs.items()},
-                "states": {
-                    name: list(store.trials(name)["state"]) for name in ("by_file", "by_module")
-                },
-                "stray_ran": marker.exists(),
-                "model_bytes": (folder / "model.onnx").stat().st_size,
-            }
-        )
+    report(
+        {
+            "codes": {name: run.returncode for name, run in runs.items()},
+            "stderr": {name: run.stderr[-3000:] for name, run in runs.items()},
+            "states": {
+                name: list(store.trials(name)["state"]) for name in ("by_file", "by_module")
+            },
+            "stray_ran": marker.exists(),
+            "model_bytes": (folder / "model.onnx").stat().st_size,
+        }
     )
     ray.shutdown()
     cluster.shutdown()

@@ -5,7 +5,6 @@ backlog it prevents)."""
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from ray.cluster_utils import Cluster
 
 from storage import Store
 from sweep import Progress, _submission, parse_config, run_sweep
+from tests.cluster.cluster_runner import report
 
 TRAINING_SLOTS = 3
 SWEEP = {
@@ -46,15 +46,13 @@ def main() -> None:
 
     run_sweep(parse_config(SWEEP), store, on_progress=seen)
     trials = store.trials("paced")
-    print(
-        json.dumps(
-            {
-                "states": list(trials["state"]),
-                "latency_nodes": sorted(set(trials["latency_node"])),
-                "max_waiting": max(waiting),
-                "bound": _submission.TARGET_BACKLOG * 1 + TRAINING_SLOTS + 1,
-            }
-        )
+    report(
+        {
+            "states": list(trials["state"]),
+            "latency_nodes": sorted(set(trials["latency_node"])),
+            "max_waiting": max(waiting),
+            "bound": _submission.TARGET_BACKLOG * 1 + TRAINING_SLOTS + 1,
+        }
     )
     ray.shutdown()
     cluster.shutdown()
