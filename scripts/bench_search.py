@@ -69,8 +69,8 @@ Rows = list[dict[str, float]]
 
 def _config(task: str, variant: str, seed: int, n_trials: int, **extra: Any) -> SweepConfig:
     """``variant``: a sampler name, optionally with ``-s<N>`` (n_startup_trials), ``-step<X>``
-    (the amount grid's step), ``-spread<X>`` (the amount spread) and ``-ind`` (amount_mode
-    independent), e.g. ``tpe-s20-step0.1``."""
+    (the amount grid's step), ``-spread<X>`` (the amount spread), ``-ind`` (amount_mode
+    independent) and ``-drop<X>`` (``sampler_settings.max_drop``), e.g. ``tpe-s20-step0.1``."""
     sampler, *options = variant.split("-")
     data: dict[str, Any] = {
         "name": f"{task}-{variant}-{seed}",
@@ -91,6 +91,9 @@ def _config(task: str, variant: str, seed: int, n_trials: int, **extra: Any) -> 
         elif option.startswith("u"):
             settings = dict(data.get("sampler_settings", {}))
             data["sampler_settings"] = {**settings, "uniform_startup": int(option[1:])}
+        elif option.startswith("drop"):
+            settings = dict(data.get("sampler_settings", {}))
+            data["sampler_settings"] = {**settings, "max_drop": float(option[len("drop") :])}
         elif option == "ind":
             space["amount_mode"] = "independent"
         elif option.startswith("s"):

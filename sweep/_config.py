@@ -188,6 +188,9 @@ class SamplerSettings(_Strict):
     # evenly spaced levels, so the search starts from the best cheap answer. None: 10 (tpe, in
     # amount_mode relative); 10, or half the number of searched layers + 5 if more (layerwise).
     uniform_startup: int | None = Field(None, ge=0)
+    # layerwise: a recipe its model predicts to score more than this below the best trial's
+    # ``accuracy`` objective is not asked. None: no window of its own (the better trials' spread).
+    max_drop: float | None = Field(None, gt=0, le=1)
 
 
 class Budget(_Strict):
@@ -334,6 +337,22 @@ class SweepConfig(_Strict):
         mode = "independent" if own else "relative"
         search = self.search_space.model_copy(update={"amount_mode": mode})
         return self.model_copy(update={"search_space": search})
+
+    @model_validator(mode="after")
+    def _max_drop(self) -> SweepConfig:
+        if self.sampler_settings.max_drop is None:
+            return self
+        if self.sampler != "layerwise":
+            raise ValueError(
+                "sampler_settings.max_drop: only sampler layerwise reads it; "
+                "set sampler: layerwise or leave max_drop out"
+            )
+        if self.objectives.get("accuracy") != "max":
+            raise ValueError(
+                "sampler_settings.max_drop: it bounds the accuracy objective; "
+                "add accuracy: max to objectives or leave max_drop out"
+            )
+        return self
 
     @field_validator("objectives")
     @classmethod

@@ -55,6 +55,7 @@ budget instead, then the model and uniform neighbours of the front by turns (thi
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -65,22 +66,17 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from sweep._feasible import feasible_levels, is_feasible, sparsity_interval
-from sweep._layerwise_collapse import CollapseModel
+from sweep._layerwise_fit import Fitted, Models
 from sweep._layerwise_history import Asked, History, recipe_key
-from sweep._layerwise_linear import ShrunkLinear
 from sweep._layerwise_model import (
     Codec,
     Encoded,
-    Fit,
     Row,
-    Sample,
-    ShapeSearch,
-    better_trials,
     one_blas_thread,
 )
 from sweep._layerwise_options import Options
-from sweep._layerwise_startup import ThinStart, collapsed, is_thin, spread_order
-from sweep._layerwise_trust import Trust, trust_region
+from sweep._layerwise_startup import ThinStart, is_thin, spread_order
+from sweep._layerwise_trust import Trust
 from sweep._layerwise_units import exchange, jitter, movers
 from sweep._space import AMOUNT_PREFIX, Space
 
@@ -95,10 +91,6 @@ EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move
 REFIT_GROWTH = 0.01
 
 
-# A fit: the models, their costs and bases, the objectives' spans, the trust region, the limits.
-Fitted = tuple[list[Fit], np.ndarray, np.ndarray, np.ndarray, Trust, dict[int, float]]
-
-
 class LayerwiseSampler(BaseSampler):
     """See the module docstring. Parameters are those of ``space`` in ``amount_mode:
     independent``; constraints (``search_space.constraints``) are respected where a feasible
@@ -108,7 +100,14 @@ class LayerwiseSampler(BaseSampler):
     would like, ``sweep._samplers.wanted_startup``): given both, and a ``n_startup_trials`` (the
     warm-up the budget leaves) short of the wanted one, the sampler starts in thin mode, since a
     model fitted on that few trials did worse than uniform recipes (issue 17). Without them it
-    always starts with ``n_startup_trials`` of warm-up."""
+    always starts with ``n_startup_trials`` of warm-up.
+
+    ``max_drop``: by objective index (an accuracy-like one), how far below the best trial a
+    proposal may be predicted to score (``sampler_settings.max_drop``); without it, as far as
+    the better half of the trials spreads.
+
+    ``deployed``: the indices of the objectives that the loaded model alone decides (its size,
+    its latency), modeled with a base per deployed form (:mod:`sweep._layerwise_fit`)."""
 
     def __init__(
         self,
@@ -119,6 +118,8 @@ class LayerwiseSampler(BaseSampler):
         uniform_startup: int = 10,
         budget: int | None = None,
         wanted_startup: int | None = None,
+        max_drop: Mapping[int, float] | None = None,
+        deployed: Collection[int] = (),
     ) -> None:
         self._space = space
         self._rng = np.random.default_rng(seed)
@@ -156,9 +157,7 @@ class LayerwiseSampler(BaseSampler):
             self._codec, len(self._groups), self._feasible if self._interval is not None else None
         )
         self._options = Options(self._codec, self._caps, self._shares, self._interval)
-        self._shapes: dict[int, ShapeSearch] = {}  # per accuracy-like objective
-        self._linear: dict[int, ShrunkLinear] = {}  # per other objective
-        self._collapse = CollapseModel(self._shares)
+        self._models = Models(self._codec, self._options, self._shares, max_drop or {}, deployed)
         self._fitted: tuple[int, Fitted] | None = None  # the last fit, and its modeled trials
         self._thin: ThinStart | None = None
         if budget is not None and is_thin(n_startup_trials, wanted_startup):
@@ -264,7 +263,10 @@ class LayerwiseSampler(BaseSampler):
             1, math.ceil(REFIT_GROWTH * self._fitted[0])
         ):
             with one_blas_thread():
-                self._fitted = (modeled, self._fit(self._history.values * signs, quality))
+                fitted = self._models.fit(
+                    self._history.encoded, self._history.values * signs, quality, self._rng
+                )
+            self._fitted = (modeled, fitted)
         fits, costs, bases, span, trust, limit = self._fitted[1]
         fallback: tuple[float, dict[str, Any]] | None = None
         proposal: dict[str, Any] = {}
@@ -287,42 +289,6 @@ class LayerwiseSampler(BaseSampler):
             if fallback is None or excess < fallback[0]:
                 fallback = (excess, proposal)
         return fallback[1] if fallback is not None else self._jitter(proposal)
-
-    def _fit(self, values: np.ndarray, quality: list[int]) -> Fitted:
-        """The model of every objective on a bootstrap sample of the modeled trials (``values``:
-        theirs, minimized), each one's cost of every (group, option), the objectives' spans, the
-        trust region and limits."""
-        encoded = self._codec.effective(self._history.encoded)  # as the model sees trials
-        one_hot = np.eye(self._n_combos)[encoded.combo]
-        kept = np.ones(len(values), dtype=bool)
-        for j in quality:
-            kept &= better_trials(values[:, j])
-        rows = np.flatnonzero(kept) if kept.sum() >= 2 else np.arange(len(values))
-        sample = Sample.of(rows[self._rng.integers(len(rows), size=len(rows))])  # bootstrap
-        fits = [
-            self._shapes.setdefault(j, ShapeSearch()).fit(
-                encoded, one_hot, values[:, j] - values[kept, j].min(), sample
-            )
-            if j in quality
-            else self._linear.setdefault(j, ShrunkLinear(self._shares)).fit(
-                encoded, one_hot, values[:, j], sample
-            )
-            for j in range(values.shape[1])
-        ]
-        low, high = values[kept].min(axis=0), values[kept].max(axis=0)
-        span = np.where(high > low, high - low, 1.0)
-        fell = collapsed(-values[:, quality[0]]) if quality else np.zeros(len(values), bool)
-        collapse = self._collapse.fit(encoded, fell, self._n_combos) if quality else None
-        bound = None if collapse is None else self._options.risk_bound(collapse)
-        trust = trust_region(encoded.amounts, kept, fell, self._shares, self._step, bound)
-        # The model is fitted on the better part of the trials: a proposal it predicts to fall
-        # outside that part (a model ruined for size) is an extrapolation, and useless anyway.
-        limit = {j: high[j] - low[j] for j in quality}
-        # Each objective's cost of every (group, option), and its bases: the weights change
-        # from draw to draw, the fits do not.
-        costs = np.stack([self._options.costs(fit) for fit in fits])
-        bases = np.stack([fit.base for fit in fits])
-        return fits, costs, bases, span, trust, limit
 
     def _allocate(
         self, costs: np.ndarray, bases: np.ndarray, weights: np.ndarray, trust: Trust

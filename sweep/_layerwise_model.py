@@ -12,9 +12,9 @@ structured factor at every ask costs too much, a few are compared per ask (:clas
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from threadpoolctl import ThreadpoolController
 
 from sweep._layerwise_units import coupled_units
 from sweep._space import AMOUNT_PREFIX, METHOD_PARAM, METHOD_PREFIX, UNSTRUCTURED, Space
+from trials import deployed_form
 
 EXPONENTS = (1.5, 2.0, 3.0, 4.0, 6.0)  # g: how convex a layer's accuracy cost is in its amount
 STRUCTURED_FACTORS = (1.0, 1.25, 1.6, 2.0)  # k: structured pruning costs as a k-times amount
@@ -78,6 +79,10 @@ class Codec:
         self.orders = list(space.orders)
         self.granularities = list(space.search.granularities)
         self.n_combos = len(self.orders) * len(self.granularities)
+        # Each combo's deployed form (trials.deployed_form): prune_ptq and prune_qat at one
+        # granularity load as the same graph, so their size and latency share one base.
+        forms = [deployed_form(o, g) for o in self.orders for g in self.granularities]
+        self.form = np.array([list(dict.fromkeys(forms)).index(name) for name in forms])
         self.distributions = space.distributions()
         self.units = coupled_units(space, self.groups, self.can_structure)
         self._space = space
@@ -216,6 +221,23 @@ class Fit:
             scale = np.where(structured, self.factor, 1.0)
             per_group = self.weight * (scale * encoded.amounts) ** self.exponent
         return self.base[encoded.combo] + per_group.sum(axis=1)
+
+    def with_unseen_bases(
+        self, encoded: Encoded, y: np.ndarray, sample: Sample, pick: Callable[[np.ndarray], Any]
+    ) -> Fit:
+        """This fit with the base of each combo that no row of ``sample`` ran taken from the
+        trials that ran it (``encoded``, ``y``: every modeled trial): ``pick`` of their values
+        less the model's per-group costs. Fitted on the better trials, an order absent from them
+        for being worse had a base of 0 there, the best value, and was asked again and again. A
+        combo that no trial ran keeps its base: untried, it may be good."""
+        ran = np.isin(np.arange(len(self.base)), encoded.combo[sample.rows])
+        residual = y - (self.predict(encoded) - self.base[encoded.combo])
+        base = self.base.copy()
+        for combo in np.flatnonzero(~ran):
+            mine = encoded.combo == combo
+            if mine.any():
+                base[combo] = float(pick(residual[mine]))
+        return replace(self, base=base)
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,23 @@ def make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampl
     return sampler if sparsity_interval(space) is None else FeasibleSampler(sampler, space)
 
 
+# Metrics that the loaded model alone decides, whatever trained it (trials.deployed_form): the
+# layerwise models give them one base per deployed form, not one per training order.
+DEPLOYED_METRICS = frozenset(
+    {"size_bytes", "compressed_bytes", "latency_ms", "params", "nonzero_params", "macs",
+     "sparsity", "zero_fraction", "removed_fraction"}
+)  # fmt: skip
+
+
+def _accuracy_window(config: SweepConfig) -> dict[int, float]:
+    """``sampler_settings.max_drop`` by the index of the objective it bounds: ``accuracy``."""
+    drop = config.sampler_settings.max_drop
+    names = list(config.objectives)
+    if drop is None or config.objectives.get("accuracy") != "max":
+        return {}
+    return {names.index("accuracy"): drop}
+
+
 def _make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampler:
     seed = config.seed
     uniform, startup = startup_trials(config, space)
@@ -204,6 +221,8 @@ def _make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSamp
             uniform_startup=uniform,
             budget=config.budget.n_trials,
             wanted_startup=wanted_startup(config, space)[1],
+            max_drop=_accuracy_window(config),
+            deployed=[j for j, name in enumerate(config.objectives) if name in DEPLOYED_METRICS],
         )
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)

@@ -32,6 +32,7 @@ from trials._recipe import (
     LayerSpec,
     Recipe,
     RecipeError,
+    deployed_form,
 )
 from trials._reference import (
     Reference,
@@ -113,6 +114,7 @@ __all__ = [
     "apply_recipe",
     "artifact_sizes",
     "compress",
+    "deployed_form",
     "enforce_masks",
     "environment",
     "example_batch",

@@ -50,6 +50,18 @@ def _check_count(field_name: str, value: object, minimum: int) -> None:
         raise RecipeError(f"{field_name}: {value!r} must be an integer >= {minimum}")
 
 
+def deployed_form(order: str, granularity: str) -> str:
+    """What the runtime loads for a recipe of ``order`` and ``granularity``, as far as its size
+    and speed go: ``prune_ptq`` and ``prune_qat`` export the same static int8 graph (their
+    weights' values differ, not their layout), ``prune_float`` a float graph whatever the
+    granularity."""
+    _check_choice("order", order, ORDERS)
+    _check_choice("granularity", granularity, GRANULARITIES)
+    if order == "prune_float":
+        return "float"
+    return f"{'dynamic' if order == 'prune_dynamic' else 'static'}_int8_{granularity}"
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """How one layer is compressed.

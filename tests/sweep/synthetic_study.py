@@ -1,13 +1,17 @@
 """An Optuna study over the search space of a ``synthetic`` task, built from config fields as the
-driver builds it (in-process ask/tell, no Ray)."""
+driver builds it (in-process ask/tell, no Ray); and a layerwise sampler over a task's layers, for
+studies whose trials a test writes itself."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import optuna
 
 from sweep import parse_config
+from sweep._layerwise import LayerwiseSampler
 from sweep._samplers import make_sampler
-from sweep._space import Space
+from sweep._space import METHOD_PREFIX, Space
 from trials.tasks.synthetic import SyntheticTask
 
 
@@ -28,3 +32,38 @@ def synthetic_study(task: SyntheticTask, **data: object) -> tuple[optuna.Study, 
         directions=["maximize", "minimize"], sampler=make_sampler(config, space)
     )
     return study, space
+
+
+def layerwise_sampler(
+    task: SyntheticTask, search_space: dict[str, Any] | None = None, **options: Any
+) -> LayerwiseSampler:
+    """A layerwise sampler over ``task``'s layers in ``search_space`` (default: the default
+    one), seed 0; ``options``: the sampler's keyword arguments."""
+    config = parse_config(
+        {
+            "name": "x",
+            "task": "synthetic",
+            "sampler": "layerwise",
+            "search_space": search_space or {},
+        }
+    )
+    sizes = {name: int(w) for name, w in zip(task.layer_names, task.weights, strict=True)}
+    space = Space(
+        tuple(task.layer_names),
+        config.search_space,
+        config.trial,
+        layer_params=sizes,
+        model_params=sum(sizes.values()),
+    )
+    return LayerwiseSampler(space, seed=0, **options)
+
+
+def unstructured_params(
+    amounts: dict[str, float], order: str = "prune_ptq", granularity: str = "per_channel"
+) -> dict[str, object]:
+    """The Optuna parameters of a recipe that prunes each layer of ``amounts`` unstructured."""
+    params: dict[str, object] = {"order": order, "granularity": granularity}
+    for name, amount in amounts.items():
+        params[f"amount:{name}"] = amount
+        params[METHOD_PREFIX + name] = "unstructured"
+    return params

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -16,6 +17,8 @@ from sweep import ConfigError, parse_config, run_sweep
 from sweep._config import DEFAULT_OBJECTIVES as DEFAULTS
 from sweep._feasible import FeasibleSampler
 from sweep._layerwise import REFIT_GROWTH, LayerwiseSampler
+from sweep._layerwise_fit import Models
+from sweep._layerwise_model import Encoded
 from sweep._layerwise_startup import bisection_order, uniform_candidates, uniform_options
 from sweep._quality import fp32_reference, hypervolume_curve, losses, reference_point
 from sweep._samplers import ask_recipe, make_sampler, startup_trials
@@ -158,13 +161,13 @@ def test_a_burst_of_asks_shares_one_fit_and_a_new_result_refits(
     study, space = _setup(sampler_settings={"n_startup_trials": 10, "uniform_startup": 5})
     _run(study, space, 30)
     fits: list[int] = []
-    fit = LayerwiseSampler._fit
+    fit = Models.fit
 
-    def counted(self: LayerwiseSampler, *args: object) -> object:
+    def counted(self: Models, *args: object) -> object:
         fits.append(len(study.trials))
         return fit(self, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(LayerwiseSampler, "_fit", counted)
+    monkeypatch.setattr(Models, "fit", counted)
     burst = [ask_recipe(study, space) for _ in range(8)]
     assert len({recipe.to_json() for _, recipe in burst}) == 8
     assert len(fits) == 1
@@ -186,13 +189,13 @@ def test_a_large_sweep_refits_once_its_trials_grew_by_a_percent(
     study, space = _setup(sampler_settings={"n_startup_trials": 10, "uniform_startup": 5})
     _run(study, space, 300)
     fitted_on: list[int] = []
-    fit = LayerwiseSampler._fit
+    fit = Models.fit
 
-    def counted(self: LayerwiseSampler, values: np.ndarray, quality: list[int]) -> object:
+    def counted(self: Models, history: Encoded, values: np.ndarray, *rest: Any) -> object:
         fitted_on.append(len(values))
-        return fit(self, values, quality)
+        return fit(self, history, values, *rest)
 
-    monkeypatch.setattr(LayerwiseSampler, "_fit", counted)
+    monkeypatch.setattr(Models, "fit", counted)
     _run(study, space, 12)  # one at a time: a new result before every ask
     assert len(fitted_on) >= 3
     gaps = [later - earlier for earlier, later in itertools.pairwise(fitted_on)]
