@@ -227,16 +227,23 @@ class Fit:
     ) -> Fit:
         """This fit with the base of each combo that no row of ``sample`` ran taken from the
         trials that ran it (``encoded``, ``y``: every modeled trial): ``pick`` of their values
-        less the model's per-group costs. Fitted on the better trials, an order absent from them
-        for being worse had a base of 0 there, the best value, and was asked again and again. A
-        combo that no trial ran keeps its base: untried, it may be good."""
+        less the model's per-group costs, over those whose costs are within what the fit saw
+        (else the one of least costs). Fitted on the better trials, an order absent from them
+        for being worse had a base of 0 there, the best value, and was asked again and again;
+        and past the fitted range the costs overshoot where the accuracy has collapsed (its
+        drop stops at chance), which made such an order's base negative. A combo that no trial
+        ran keeps its base: untried, it may be good."""
+        costs = self.predict(encoded) - self.base[encoded.combo]
+        seen = float(costs[sample.rows].max(initial=0.0))
         ran = np.isin(np.arange(len(self.base)), encoded.combo[sample.rows])
-        residual = y - (self.predict(encoded) - self.base[encoded.combo])
         base = self.base.copy()
         for combo in np.flatnonzero(~ran):
-            mine = encoded.combo == combo
-            if mine.any():
-                base[combo] = float(pick(residual[mine]))
+            mine = np.flatnonzero(encoded.combo == combo)
+            if not mine.size:
+                continue
+            within = mine[costs[mine] <= seen]
+            used = within if within.size else mine[[np.argmin(costs[mine])]]
+            base[combo] = float(pick(y[used] - costs[used]))
         return replace(self, base=base)
 
 

@@ -74,15 +74,18 @@ def test_the_order_that_loses_accuracy_is_not_asked_for_a_size_it_does_not_have(
 
 def test_an_order_absent_from_the_better_trials_is_based_on_its_own_trials() -> None:
     """Fitted on the better trials, the accuracy model gave an order none of them ran the best
-    base (0): worse for it, the order was asked again and again."""
+    base (0): worse for it, the order was asked again and again. Its base now comes from its own
+    trials within the amounts the fit saw: past them the model's costs overshoot a drop that
+    stops at chance, and made the base negative."""
     encoded = Encoded(
-        amounts=np.array([[0.1], [0.2], [0.1], [0.4]]),
-        structured=np.zeros((4, 1)),
-        combo=np.array([0, 0, 1, 1]),  # combo 2: never run
+        amounts=np.array([[0.1], [0.2], [0.1], [0.9], [0.8], [0.6]]),
+        structured=np.zeros((6, 1)),
+        combo=np.array([0, 0, 1, 1, 3, 3]),  # combo 2: never run
     )
-    fit = Fit(base=np.zeros(3), weight=np.array([0.5]), structured_slope=np.zeros(1))
-    drop = np.array([0.05, 0.10, 0.30, 0.50])  # combo 1: 0.25 worse at any amount
+    fit = Fit(base=np.zeros(4), weight=np.array([0.5]), structured_slope=np.zeros(1))
+    # Combo 1: 0.25 worse at any amount, and collapsed (0.35: chance) at 0.9. Combo 3: only
+    # past the fitted amounts (0.2 at most): its least pruned trial.
+    drop = np.array([0.05, 0.10, 0.30, 0.35, 0.50, 0.45])
     better = Sample.of(np.array([0, 1]))
     filled = fit.with_unseen_bases(encoded, drop, better, np.min)
-    assert filled.base.tolist() == pytest.approx([0.0, 0.25, 0.0])
-    assert fit.with_unseen_bases(encoded, drop, better, np.median).base[1] == pytest.approx(0.275)
+    assert filled.base.tolist() == pytest.approx([0.0, 0.25, 0.0, 0.15])
