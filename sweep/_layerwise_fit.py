@@ -12,11 +12,11 @@ Two things the trials alone taught the models badly, and what they are told inst
   granularity), a size model's bases took up what its shrunk slopes left of the amounts'
   effect, so an order whose trials had pruned more looked smaller at the same amounts: on
   ``resnet``, 37 KB (a sixth of the sizes' spread) between the two, and the sampler asked
-  ``prune_ptq``, 6 points less accurate at any amount, in 29 of its 68 modeled trials. The
-  objectives the loaded model alone decides (``deployed``) now have a base per deployed form.
-  And an order that no better trial ran (for being worse) had the best base there, 0, and was
-  asked again and again: it now takes its base from its own trials (:meth:`Fit.
-  with_unseen_bases`).
+  ``prune_ptq``, 6 points less accurate at any amount, in 21 of its 68 modeled trials (29 with
+  ``max_drop``). The objectives the loaded model alone decides (``deployed``) now have a base
+  per deployed form. And an order that no better trial ran (for being worse) had the best base
+  there, 0, and was asked again and again: it now takes its base from its own trials within the
+  amounts the fit saw (:meth:`Fit.with_unseen_bases`).
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ class Models:
         return fell
 
     def _fit_quality(self, j: int, encoded: Encoded, y: np.ndarray, sample: Sample) -> Fit:
-        """Objective ``j``'s convex model; a combo that no better trial ran: its best trial's
-        excess over what the model predicts from its amounts."""
+        """Objective ``j``'s convex model; a combo that no better trial ran: the least excess of
+        its own trials over what the model predicts from their amounts."""
         one_hot = np.eye(self._codec.n_combos)[encoded.combo]
         fit = self._shapes.setdefault(j, ShapeSearch()).fit(encoded, one_hot, y, sample)
         return fit.with_unseen_bases(encoded, y, sample, np.min)

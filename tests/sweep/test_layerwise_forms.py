@@ -7,9 +7,10 @@ import numpy as np
 import optuna
 import pytest
 
+from sweep._layerwise import LayerwiseSampler
 from sweep._layerwise_model import Encoded, Fit, Sample
 from sweep._samplers import ask_recipe
-from tests.sweep.synthetic_study import layerwise_sampler, unstructured_params
+from tests.sweep.synthetic_study import layerwise_sampler, synthetic_study, unstructured_params
 from trials import RecipeError, deployed_form
 from trials.tasks.synthetic import SyntheticTask
 
@@ -89,3 +90,10 @@ def test_an_order_absent_from_the_better_trials_is_based_on_its_own_trials() -> 
     better = Sample.of(np.array([0, 1]))
     filled = fit.with_unseen_bases(encoded, drop, better, np.min)
     assert filled.base.tolist() == pytest.approx([0.0, 0.25, 0.0, 0.15])
+
+
+def test_the_sweeps_size_and_latency_objectives_are_modeled_by_deployed_form() -> None:
+    objectives = {"accuracy": "max", "compressed_bytes": "min", "latency_ms": "min", "f1": "max"}
+    study, _ = synthetic_study(TASK, sampler="layerwise", objectives=objectives)
+    assert isinstance(study.sampler, LayerwiseSampler)
+    assert study.sampler._models._deployed == {1, 2}  # not accuracy, nor a task's own metric
