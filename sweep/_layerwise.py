@@ -40,8 +40,9 @@ within a model of that collapse: a logistic regression on the same per-layer ter
 log-odds the allocation keeps below a ``COLLAPSE_RISK`` chance (:mod:`sweep._layerwise_collapse`;
 until a few trials collapsed and a few held, no more of all the weights removed than the better
 trials removed, plus as much, nor than nine in ten of the collapsed ones). A proposal predicted
-to be worse than the better half in an accuracy-like objective is not asked (the next draw is).
-See :mod:`sweep._layerwise_trust`.
+to be worse than the better half in an accuracy-like objective, or below ``max_drop``, is not
+asked (the next draw is). See :mod:`sweep._layerwise_trust`; the models are fitted in
+:mod:`sweep._layerwise_fit`, size and latency with a base per deployed form.
 
 Before ``n_startup_trials`` trials have finished, it asks uniform recipes at evenly spaced levels
 (``uniform_startup`` of them), then the same levels with each layer moved at random by up to
