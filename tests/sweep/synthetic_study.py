@@ -8,26 +8,30 @@ from typing import Any
 
 import optuna
 
-from sweep import parse_config
+from sweep import SweepConfig, parse_config
 from sweep._layerwise import LayerwiseSampler
 from sweep._samplers import make_sampler
 from sweep._space import METHOD_PREFIX, Space
 from trials.tasks.synthetic import SyntheticTask
 
 
+def _space(task: SyntheticTask, config: SweepConfig) -> Space:
+    """``task``'s layers, with their weights, in ``config``'s search space."""
+    sizes = {name: int(w) for name, w in zip(task.layer_names, task.weights, strict=True)}
+    return Space(
+        tuple(task.layer_names),
+        config.search_space,
+        config.trial,
+        layer_params=sizes,
+        model_params=sum(sizes.values()),
+    )
+
+
 def synthetic_study(task: SyntheticTask, **data: object) -> tuple[optuna.Study, Space]:
     """The study (accuracy max, compressed_bytes min) and space of ``task`` for the config
     fields ``data`` (``sampler``, ``search_space``, ``sampler_settings``, ...)."""
     config = parse_config({"name": "x", "task": "synthetic", **data})
-    sizes = {name: int(w) for name, w in zip(task.layer_names, task.weights, strict=True)}
-    space = Space(
-        tuple(task.layer_names),
-        config.search_space,
-        config.trial,
-        {},
-        layer_params=sizes,
-        model_params=int(sum(sizes.values())),
-    )
+    space = _space(task, config)
     study = optuna.create_study(
         directions=["maximize", "minimize"], sampler=make_sampler(config, space)
     )
@@ -47,15 +51,7 @@ def layerwise_sampler(
             "search_space": search_space or {},
         }
     )
-    sizes = {name: int(w) for name, w in zip(task.layer_names, task.weights, strict=True)}
-    space = Space(
-        tuple(task.layer_names),
-        config.search_space,
-        config.trial,
-        layer_params=sizes,
-        model_params=sum(sizes.values()),
-    )
-    return LayerwiseSampler(space, seed=0, **options)
+    return LayerwiseSampler(_space(task, config), seed=0, **options)
 
 
 def unstructured_params(
