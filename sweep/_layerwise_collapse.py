@@ -37,7 +37,13 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 from scipy.special import expit, log_expit, logit
 
-from sweep._layerwise_linear import POOL_SCALES, RESELECT_GROWTH, SELECT_ROWS, deviations, pooled
+from sweep._layerwise_linear import (
+    POOL_SCALES,
+    RESELECT_GROWTH,
+    deviations,
+    pooled,
+    spread_rows,
+)
 from sweep._layerwise_model import Encoded, Fit
 
 COLLAPSE_RISK = 0.2  # proposals' highest predicted chance of collapsing the accuracy
@@ -130,18 +136,20 @@ class CollapseModel:
     def _kernel(shared: np.ndarray, own: np.ndarray, strength: float, pool: float) -> np.ndarray:
         return (pool**2 * shared + own) / strength + INTERCEPT_VARIANCE
 
-    def _choose(self, encoded: Encoded, labels: np.ndarray) -> tuple[float, float]:
-        rows = _spread(len(labels))
-        shared, own = self._kernels(encoded, rows)
-        unit = float(np.trace(own)) / len(rows) or 1.0
-        ones = np.ones(len(rows))
+    def _choose(
+        self, shared: np.ndarray, own: np.ndarray, labels: np.ndarray
+    ) -> tuple[float, float]:
+        """The prior of least approximate leave-one-out log-loss, on the rows whose Gram
+        matrices are ``shared`` and ``own`` and whose labels are ``labels``."""
+        unit = float(np.trace(own)) / len(labels) or 1.0
+        ones = np.ones(len(labels))
         best: tuple[float, float, float] | None = None
         for pool in POOL_SCALES:
             alpha = None
             for strength in STRENGTHS[::-1] * unit:  # strong to weak: each starts the next
                 kernel = self._kernel(shared, own, strength, pool)
-                alpha, free = fit_dual(kernel, labels[rows], ones, alpha)
-                score = loo_log_loss(kernel, labels[rows], alpha, free)
+                alpha, free = fit_dual(kernel, labels, ones, alpha)
+                score = loo_log_loss(kernel, labels, alpha, free)
                 if best is None or score < best[0]:
                     best = (score, strength, pool)
         return (best[1], best[2]) if best is not None else (unit, POOL_SCALES[-1])
@@ -156,12 +164,12 @@ class CollapseModel:
         if min(int(fell.sum()), int((~fell).sum())) < MIN_EACH:
             return None
         labels = fell.astype(float)
+        rows = spread_rows(len(labels))
+        shared_kernel, own_kernel = self._kernels(encoded, rows)
         if self.prior is None or len(labels) >= (1 + RESELECT_GROWTH) * self._chosen_at:
-            self.prior = self._choose(encoded, labels)
+            self.prior = self._choose(shared_kernel, own_kernel, labels[rows])
             self._chosen_at = len(labels)
         strength, pool = self.prior
-        rows = _spread(len(labels))
-        shared_kernel, own_kernel = self._kernels(encoded, rows)
         kernel = self._kernel(shared_kernel, own_kernel, strength, pool)
         alpha, _ = fit_dual(kernel, labels[rows], np.ones(len(rows)))
         part = encoded.take(rows)
@@ -178,8 +186,3 @@ class CollapseModel:
             weight=np.maximum(unstructured, 0.0),
             structured_slope=np.maximum(structured, 0.0),
         )
-
-
-def _spread(count: int) -> np.ndarray:
-    """At most ``SELECT_ROWS`` of ``count`` trials, evenly spread over them."""
-    return np.unique(np.linspace(0, count - 1, min(count, SELECT_ROWS)).round()).astype(int)

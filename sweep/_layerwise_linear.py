@@ -118,6 +118,12 @@ def _loo_scores(
     return scores
 
 
+def spread_rows(count: int) -> np.ndarray:
+    """At most ``SELECT_ROWS`` of ``count`` trials, evenly spread over them: the rows a
+    shrinkage is chosen on."""
+    return np.unique(np.linspace(0, count - 1, min(count, SELECT_ROWS)).round()).astype(int)
+
+
 def loo_ridge(one_hot: np.ndarray, shared: np.ndarray, own: np.ndarray, y: np.ndarray) -> Shrinkage:
     """The shrinkage of least leave-one-out error for ``y`` (every row once): the ridge on the
     groups' ``own`` columns (a multiple of their Gram matrix's mean eigenvalue, one of
@@ -151,8 +157,7 @@ class ShrunkLinear:
         scale = float(np.std(y)) or 1.0
         shared, own = pooled(encoded, self._shares), deviations(encoded)
         if self.shrinkage is None or len(y) >= (1 + RESELECT_GROWTH) * self._chosen_at:
-            some = np.unique(np.linspace(0, len(y) - 1, min(len(y), SELECT_ROWS)).round())
-            some = some.astype(int)
+            some = spread_rows(len(y))
             self.shrinkage = loo_ridge(one_hot[some], shared[some], own[some], y[some] / scale)
             self._chosen_at = len(y)
         pool = self.shrinkage.pool
