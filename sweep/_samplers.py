@@ -200,12 +200,10 @@ DEPLOYED_METRICS = frozenset(
 
 
 def _accuracy_window(config: SweepConfig) -> dict[int, float]:
-    """``sampler_settings.max_drop`` by the index of the objective it bounds: ``accuracy``."""
+    """``sampler_settings.max_drop`` by the index of the objective it bounds: ``accuracy``
+    (which ``SweepConfig`` requires, maximized, wherever ``max_drop`` is set)."""
     drop = config.sampler_settings.max_drop
-    names = list(config.objectives)
-    if drop is None or config.objectives.get("accuracy") != "max":
-        return {}
-    return {names.index("accuracy"): drop}
+    return {} if drop is None else {list(config.objectives).index("accuracy"): drop}
 
 
 def _make_sampler(config: SweepConfig, space: Space) -> optuna.samplers.BaseSampler:
