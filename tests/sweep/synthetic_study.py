@@ -63,3 +63,17 @@ def unstructured_params(
         params[f"amount:{name}"] = amount
         params[METHOD_PREFIX + name] = "unstructured"
     return params
+
+
+def add_finished(
+    study: optuna.Study, space: Space, params: dict[str, object], values: list[float]
+) -> None:
+    """Add a finished trial of ``params`` (Optuna parameters of ``space``) with ``values``."""
+    distributions = space.distributions()
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=params,
+            distributions={name: distributions[name] for name in params},
+            values=values,
+        )
+    )

@@ -15,6 +15,7 @@ from sweep._layerwise_model import Encoded
 from sweep._layerwise_trust import TRUST, trust_region
 from sweep._samplers import ask_recipe
 from sweep._space import METHOD_PREFIX, Space
+from tests.sweep.synthetic_study import add_finished
 from trials import Removable
 from trials.tasks.synthetic import SyntheticTask
 
@@ -100,18 +101,16 @@ def _study_of(
     and those shares."""
     rng = np.random.default_rng(3)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    distributions = sampler._space.distributions()
     removed = []
     for _ in range(40):
         amounts = dict(zip(LAYERS, rng.choice(levels, size=5), strict=True))
         removed.append(float(sampler._shares @ [amounts[name] for name in LAYERS]))
         params = _params(amounts, set())
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions={k: distributions[k] for k in params},
-                values=[accuracy(removed[-1]) + rng.normal(0, 1e-3), 1000.0 * (1 - removed[-1])],
-            )
+        add_finished(
+            study,
+            sampler._space,
+            params,
+            [accuracy(removed[-1]) + rng.normal(0, 1e-3), 1000.0 * (1 - removed[-1])],
         )
     return study, np.array(removed)
 
@@ -170,7 +169,6 @@ def test_proposals_leave_the_layer_that_collapses_the_accuracy_and_prune_the_oth
     sampler = _sampler()
     rng = np.random.default_rng(3)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    distributions = sampler._space.distributions()
     sensitive = LAYERS.index("layer03")
     for _ in range(60):
         levels = rng.choice([0.0, 0.1, 0.3, 0.5, 0.7], size=5)
@@ -178,13 +176,7 @@ def test_proposals_leave_the_layer_that_collapses_the_accuracy_and_prune_the_oth
         fell = levels[sensitive] > 0.35
         params = _params(dict(zip(LAYERS, levels, strict=True)), set())
         accuracy = (0.1 if fell else 0.9) + rng.normal(0, 1e-3)
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions={k: distributions[k] for k in params},
-                values=[accuracy, 1000.0 * (1 - removed)],
-            )
-        )
+        add_finished(study, sampler._space, params, [accuracy, 1000.0 * (1 - removed)])
     asked = []
     for _ in range(20):
         before = len(study.trials)

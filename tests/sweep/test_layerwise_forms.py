@@ -10,7 +10,12 @@ import pytest
 from sweep._layerwise import LayerwiseSampler
 from sweep._layerwise_model import Encoded, Fit, Sample
 from sweep._samplers import ask_recipe
-from tests.sweep.synthetic_study import layerwise_sampler, synthetic_study, unstructured_params
+from tests.sweep.synthetic_study import (
+    add_finished,
+    layerwise_sampler,
+    synthetic_study,
+    unstructured_params,
+)
 from trials import RecipeError, deployed_form
 from trials.tasks.synthetic import SyntheticTask
 
@@ -37,7 +42,6 @@ def _ptq_share(deployed: tuple[int, ...]) -> tuple[float, dict[tuple[str, str], 
     sampler = layerwise_sampler(TASK, {"orders": ["prune_ptq", "prune_qat"]}, deployed=deployed)
     rng = np.random.default_rng(0)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    distributions = sampler._space.distributions()
     for _ in range(60):
         ptq = bool(rng.random() < 0.5)
         levels = rng.choice([0.0, 0.1, 0.3, 0.5, 0.7], size=5) + (0.2 if ptq else 0.0)
@@ -47,13 +51,7 @@ def _ptq_share(deployed: tuple[int, ...]) -> tuple[float, dict[tuple[str, str], 
         order = "prune_ptq" if ptq else "prune_qat"
         granularity = str(rng.choice(["per_tensor", "per_channel"]))
         params = unstructured_params(dict(zip(LAYERS, levels, strict=True)), order, granularity)
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions={k: distributions[k] for k in params},
-                values=[accuracy, size],
-            )
-        )
+        add_finished(study, sampler._space, params, [accuracy, size])
     orders = []
     for _ in range(20):
         trial, recipe = ask_recipe(study, sampler._space)

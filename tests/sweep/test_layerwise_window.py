@@ -10,7 +10,12 @@ import pytest
 from sweep import ConfigError, parse_config
 from sweep._layerwise import LayerwiseSampler
 from sweep._samplers import ask_recipe
-from tests.sweep.synthetic_study import layerwise_sampler, synthetic_study, unstructured_params
+from tests.sweep.synthetic_study import (
+    add_finished,
+    layerwise_sampler,
+    synthetic_study,
+    unstructured_params,
+)
 from trials.tasks.synthetic import SyntheticTask
 
 OBJECTIVES = ("accuracy", "compressed_bytes")
@@ -42,17 +47,15 @@ def _asks_keep_the_big_layer_in(window: float | None, seed: int) -> tuple[float,
     big, fragile = FIVE.index("layer02"), FIVE.index("layer01")
     rng = np.random.default_rng(seed)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    distributions = sampler._space.distributions()
     for _ in range(60):
         levels = rng.choice([0.0, 0.1, 0.3, 0.5, 0.7], size=5)
         accuracy = 0.1 if levels[fragile] > 0.6 else 0.9 - 0.15 * (levels[big] > 0.35)
         params = unstructured_params(dict(zip(FIVE, levels, strict=True)))
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions={k: distributions[k] for k in params},
-                values=[accuracy + rng.normal(0, 1e-3), 1000.0 * (1 - sampler._shares @ levels)],
-            )
+        add_finished(
+            study,
+            sampler._space,
+            params,
+            [accuracy + rng.normal(0, 1e-3), 1000.0 * (1 - sampler._shares @ levels)],
         )
     asked = []
     for _ in range(20):
