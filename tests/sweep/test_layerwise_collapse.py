@@ -7,7 +7,13 @@ import numpy as np
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from sweep._layerwise_collapse import SAFE, CollapseModel, fit_dual, loo_log_loss
+from sweep._layerwise_collapse import (
+    SAFE,
+    CollapseModel,
+    fit_dual,
+    fitted_log_odds,
+    loo_log_loss,
+)
 from sweep._layerwise_model import Encoded
 
 
@@ -19,6 +25,12 @@ def _data(rows: int, columns: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return features, labels
 
 
+def _with_offset(features: np.ndarray, variance: float) -> np.ndarray:
+    """``features`` and a constant column whose prior variance is ``variance``: the kernel
+    ``features @ features.T + variance``."""
+    return np.hstack([features, np.full((len(features), 1), np.sqrt(variance))])
+
+
 def test_the_dual_fit_is_the_penalized_logistic_regression() -> None:
     """On the kernel ``X X^T / strength`` (plus a wide offset), the dual Newton fit's log-odds
     are scikit-learn's L2-penalized logistic regression's (C = 1 / strength), also with more
@@ -26,12 +38,27 @@ def test_the_dual_fit_is_the_penalized_logistic_regression() -> None:
     for rows, columns in ((80, 5), (30, 60)):
         features, labels = _data(rows, columns, seed=columns)
         strength = 2.0
-        kernel = features @ features.T / strength + 1e6
-        alpha, _ = fit_dual(kernel, labels, np.ones(rows))
+        scaled = _with_offset(features / np.sqrt(strength), 1e6)
+        alpha, _ = fit_dual(scaled, labels, np.ones(rows))
         reference = LogisticRegression(C=1 / strength, tol=1e-10, max_iter=10_000)
         reference.fit(features, labels)
         expected = reference.decision_function(features)
-        np.testing.assert_allclose(kernel @ alpha, expected, atol=2e-3)
+        np.testing.assert_allclose(fitted_log_odds(scaled, alpha), expected, atol=2e-3)
+
+
+def test_the_fit_is_the_same_in_the_features_size_and_in_the_trials() -> None:
+    """Fewer features than trials: the Newton steps are solved in the features' size (by the
+    Woodbury identity). Columns of zeros, which leave the kernel as it is, make the features
+    outnumber the trials and the steps solved in theirs: the same fit and leverage."""
+    features, labels = _data(90, 7, seed=3)
+    counts = np.random.default_rng(1).integers(1, 3, size=90).astype(float)
+    scaled = _with_offset(features, 100.0)
+    alpha, free = fit_dual(scaled, labels, counts)
+    padded = np.hstack([scaled, np.zeros((90, 90))])
+    alpha_dual, free_dual = fit_dual(padded, labels, counts)
+    np.testing.assert_allclose(alpha, alpha_dual, rtol=1e-6, atol=1e-8)
+    assert free is not None and free_dual is not None
+    np.testing.assert_allclose(free, free_dual, rtol=1e-6)
 
 
 def test_repeated_rows_weigh_as_counts() -> None:
@@ -39,24 +66,27 @@ def test_repeated_rows_weigh_as_counts() -> None:
     features, labels = _data(40, 6, seed=1)
     counts = np.random.default_rng(0).integers(1, 4, size=40).astype(float)
     repeated = np.repeat(np.arange(40), counts.astype(int))
-    kernel = features @ features.T + 100.0
-    alpha, _ = fit_dual(kernel, labels, counts)
-    full = features[repeated] @ features[repeated].T + 100.0
+    scaled = _with_offset(features, 100.0)
+    alpha, _ = fit_dual(scaled, labels, counts)
+    full = scaled[repeated]
     alpha_full, _ = fit_dual(full, labels[repeated], np.ones(len(repeated)))
-    np.testing.assert_allclose((kernel @ alpha)[repeated], full @ alpha_full, atol=1e-6)
+    np.testing.assert_allclose(
+        fitted_log_odds(scaled, alpha)[repeated], fitted_log_odds(full, alpha_full), atol=1e-6
+    )
 
 
 def test_the_leave_one_out_is_close_to_refitting_without_each_row() -> None:
     features, labels = _data(60, 4, seed=2)
-    kernel = features @ features.T + 100.0
-    alpha, free = fit_dual(kernel, labels, np.ones(60))
+    scaled = _with_offset(features, 100.0)
+    alpha, free = fit_dual(scaled, labels, np.ones(60))
+    assert free is not None
     exact = []
     for i in range(60):
         keep = np.arange(60) != i
-        alpha_i, _ = fit_dual(kernel[np.ix_(keep, keep)], labels[keep], np.ones(59))
-        log_odds = float(kernel[i, keep] @ alpha_i)
+        alpha_i, _ = fit_dual(scaled[keep], labels[keep], np.ones(59))
+        log_odds = float(scaled[i] @ (scaled[keep].T @ alpha_i))
         exact.append(-np.log(expit(log_odds if labels[i] else -log_odds)))
-    approximate = loo_log_loss(kernel, labels, alpha, free)
+    approximate = loo_log_loss(fitted_log_odds(scaled, alpha), labels, free)
     assert abs(approximate - float(np.mean(exact))) < 0.02 * float(np.mean(exact))
 
 
