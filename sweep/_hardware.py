@@ -1,8 +1,10 @@
 """Where a sweep's latencies were measured: hardware classes, and the fp32 reference on each.
 
 Latency compares only within one hardware class (``measured_on``). A trial on a class the sweep
-has not seen yet times the fp32 reference there too; the ledger keeps that timing, so that later
-trials on the class time only their own model, and hands the stored config what it learned.
+has not timed enough yet times the fp32 reference there too (its speedup is then a paired one);
+the ledger keeps those timings, and once it has ``REFERENCE_TIMINGS`` of a class their middle one
+is the class's reference: later trials there time only their own model. It hands the stored
+config what it learned.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ log = logging.getLogger("sweep")
 # latency per hardware class (median, min, max ms), timed by the first trial on each class.
 FP32_SIZES_KEY = "fp32_sizes"
 FP32_LATENCY_KEY = "fp32_latency"
+# fp32 timings a class's reference is the median of: trials time the fp32 model beside their own
+# until the class has this many. One timing taken in a loaded minute (2.76 ms against 1.36-1.44 ms
+# in the same hour) made every later trial's speedup on the class 1.9x; the middle of three is
+# off only when two of them are.
+REFERENCE_TIMINGS = 3
 
 
 def stored_latencies(reference: Reference) -> dict[str, list[float]]:
@@ -58,6 +65,7 @@ class HardwareLedger:
         if target is not None:
             self.classes.update(target.baselines)
         self._reference_changed = False  # the stored config must learn a class's fp32 timing
+        self._timings: dict[str, list[LatencyStats]] = {}  # per class still being timed
         self._baselines_changed = False  # ... or a latency target's new hardware class
 
     def timed_on_target(
@@ -76,14 +84,20 @@ class HardwareLedger:
         )
 
     def note(self, number: int, measured_on: str | None, timed: LatencyStats | None) -> None:
-        """Learn a trial's class (and the fp32 timing it took there, if the class had none);
-        say so when this sweep's latencies stop coming from one class."""
+        """Learn a trial's class (and the fp32 timing it took there, while the class has fewer
+        than ``REFERENCE_TIMINGS``: then the reference is their middle one); say so when this
+        sweep's latencies stop coming from one class."""
         if measured_on is None:
             return
         if timed is not None and measured_on not in self.reference.latencies:
-            latencies = {**self.reference.latencies, measured_on: timed}
-            self.reference = dataclasses.replace(self.reference, latencies=latencies)
-            self._reference_changed = True
+            timings = self._timings.setdefault(measured_on, [])
+            timings.append(timed)
+            if len(timings) >= REFERENCE_TIMINGS:
+                middle = sorted(timings, key=lambda stats: stats.median_ms)[len(timings) // 2]
+                latencies = {**self.reference.latencies, measured_on: middle}
+                self.reference = dataclasses.replace(self.reference, latencies=latencies)
+                self._reference_changed = True
+                del self._timings[measured_on]
         if measured_on in self.classes:
             return
         self.classes.add(measured_on)
