@@ -19,7 +19,7 @@ from trials import LatencySpec, LatencyStats, Reference, TrialResult, latency_me
 
 log = logging.getLogger("sweep")
 # Keys of a sweep's stored config: the fp32 model file's sizes, and the fp32 reference's
-# latency per hardware class (median, min, max ms), timed by the first trial on each class.
+# latency per hardware class (median, min, max ms), the middle of the first trials' timings.
 FP32_SIZES_KEY = "fp32_sizes"
 FP32_LATENCY_KEY = "fp32_latency"
 # fp32 timings a class's reference is the median of: trials time the fp32 model beside their own

@@ -1,9 +1,10 @@
 """What a trial's model is compared with: the fp32 baseline in the same runtime.
 
 The baseline does not change within a sweep: its task metrics and file sizes are measured once
-(when the sweep describes its task) and its latency once per hardware class (by the first trial
-that runs on the class, interleaved with that trial's model). A :class:`Reference` carries them
-to every trial, which then evaluates, exports and times only its own model.
+(when the sweep describes its task) and its latency per hardware class (by the first trials
+that run on the class, each interleaved with its own model; the sweep keeps the middle of their
+timings). A :class:`Reference` carries them to every trial, which then evaluates, exports and
+times only its own model.
 """
 
 from __future__ import annotations
