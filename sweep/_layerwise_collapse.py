@@ -35,6 +35,7 @@ bound on the per-layer terms, which the same Lagrange search as the constraints 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
@@ -82,46 +83,45 @@ class _Kernel:
             return self.gram @ alpha
         return self.features @ (self.features.T @ alpha)
 
-    def solver(self, weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        """``rhs -> (gram + diag(1 / weights))^-1 rhs``, factorized once."""
+    def _factor(self, weights: np.ndarray) -> tuple[Any, np.ndarray | None]:
+        """The Cholesky factor of ``gram + diag(1 / weights)`` (and None), or, in the features'
+        size, of ``I + F^T W F`` (and ``W F``), with ``W = diag(weights)``."""
         if self.gram is not None:
-            factor = cho_factor(self.gram + np.diag(1.0 / weights), check_finite=False)
-            return lambda rhs: np.asarray(cho_solve(factor, rhs, check_finite=False))
-        # (W^-1 + F F^T)^-1 = W - W F (I + F^T W F)^-1 F^T W, with W = diag(weights).
+            return cho_factor(self.gram + np.diag(1.0 / weights), check_finite=False), None
         weighted = weights[:, None] * self.features
         inner = np.eye(self.features.shape[1]) + self.features.T @ weighted
-        factor = cho_factor(inner, check_finite=False)
+        return cho_factor(inner, check_finite=False), weighted
+
+    def solver(self, weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """``rhs -> (gram + diag(1 / weights))^-1 rhs``, factorized once."""
+        factor, weighted = self._factor(weights)
+        if weighted is None:
+            return lambda rhs: np.asarray(cho_solve(factor, rhs, check_finite=False))
+        features = self.features
 
         def solve(rhs: np.ndarray) -> np.ndarray:
+            # (W^-1 + F F^T)^-1 = W - W F (I + F^T W F)^-1 F^T W: the Woodbury identity.
             scaled = weights * rhs
-            return scaled - weighted @ cho_solve(factor, self.features.T @ scaled)
+            return np.asarray(scaled - weighted @ cho_solve(factor, features.T @ scaled))
 
         return solve
 
     def inverse_diagonal(self, weights: np.ndarray) -> np.ndarray:
         """``diag((gram + diag(1 / weights))^-1)``."""
-        if self.gram is not None:
-            factor = cho_factor(self.gram + np.diag(1.0 / weights), check_finite=False)
+        factor, weighted = self._factor(weights)
+        if weighted is None:
             return np.diag(cho_solve(factor, np.eye(len(weights)), check_finite=False))
-        weighted = weights[:, None] * self.features
-        inner = np.eye(self.features.shape[1]) + self.features.T @ weighted
-        spread = cho_solve(cho_factor(inner, check_finite=False), weighted.T).T
+        spread = cho_solve(factor, weighted.T).T
         return np.asarray(weights - np.sum(weighted * spread, axis=1))
 
 
 def fit_dual(
-    features: np.ndarray,
-    labels: np.ndarray,
-    counts: np.ndarray,
-    start: np.ndarray | None = None,
-    *,
-    leverage: bool = True,
-) -> tuple[np.ndarray, np.ndarray | None]:
+    features: np.ndarray, labels: np.ndarray, counts: np.ndarray, start: np.ndarray | None = None
+) -> np.ndarray:
     """The penalized logistic regression of ``labels`` on ``features`` (scaled by the prior: the
     kernel is ``features @ features.T``; each row weighing ``counts``), by damped Newton (IRLS)
     on its dual coefficients: returns them (``alpha``; the log-odds are ``kernel @ alpha``,
-    :func:`fitted_log_odds`) and, with ``leverage``, ``diag((kernel + W^-1)^-1) / w`` at the
-    fit, from which the leave-one-out follows."""
+    :func:`fitted_log_odds`)."""
     kernel = _Kernel(features)
     alpha = np.zeros(len(labels)) if start is None else start.copy()
 
@@ -149,11 +149,16 @@ def fit_dual(
         current = objective(alpha)
         if change < TOLERANCE:
             break
-    if not leverage:
-        return alpha, None
+    return alpha
+
+
+def free_share(features: np.ndarray, counts: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``diag((kernel + W^-1)^-1) / w`` at :func:`fit_dual`'s fit ``alpha`` (``w``: its IRLS
+    weights), from which the leave-one-out follows (:func:`loo_log_loss`)."""
+    kernel = _Kernel(features)
     chance = expit(kernel.times(alpha))
     weights = counts * np.maximum(chance * (1 - chance), 1e-10)
-    return alpha, kernel.inverse_diagonal(weights) / weights
+    return kernel.inverse_diagonal(weights) / weights
 
 
 def fitted_log_odds(features: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -165,7 +170,7 @@ def loo_log_loss(log_odds: np.ndarray, labels: np.ndarray, free: np.ndarray) -> 
     """The approximate leave-one-out log-loss of a fit whose log-odds are ``log_odds`` (every
     row weighing one): each row's log-odds without it, from the weighted ridge of the last
     Newton step, whose hat matrix has ``1 - free`` on its diagonal (``free``: from
-    :func:`fit_dual`)."""
+    :func:`free_share`)."""
     chance = expit(log_odds)
     working = log_odds + (labels - chance) / np.maximum(chance * (1 - chance), 1e-10)
     leverage = 1.0 - free
@@ -206,9 +211,8 @@ class CollapseModel:
             alpha = None
             for strength in STRENGTHS[::-1] * unit:  # strong to weak: each starts the next
                 features = self._features(shared, own, strength, pool)
-                alpha, free = fit_dual(features, labels, ones, alpha)
-                if free is None:
-                    raise RuntimeError("fit_dual returned no leverage")
+                alpha = fit_dual(features, labels, ones, alpha)
+                free = free_share(features, ones, alpha)
                 score = loo_log_loss(fitted_log_odds(features, alpha), labels, free)
                 if best is None or score < best[0]:
                     best = (score, strength, pool)
@@ -231,7 +235,7 @@ class CollapseModel:
             self._chosen_at = len(labels)
         strength, pool = self.prior
         features = self._features(shared, own_features, strength, pool)
-        alpha, _ = fit_dual(features, labels[rows], np.ones(len(rows)), leverage=False)
+        alpha = fit_dual(features, labels[rows], np.ones(len(rows)))
         # The primal slopes: each block's prior variance times its features' share of alpha.
         common = pool**2 / strength * (shared.T @ alpha)
         own = (own_features.T @ alpha) / strength

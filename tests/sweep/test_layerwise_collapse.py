@@ -12,6 +12,7 @@ from sweep._layerwise_collapse import (
     CollapseModel,
     fit_dual,
     fitted_log_odds,
+    free_share,
     loo_log_loss,
 )
 from sweep._layerwise_model import Encoded
@@ -39,7 +40,7 @@ def test_the_dual_fit_is_the_penalized_logistic_regression() -> None:
         features, labels = _data(rows, columns, seed=columns)
         strength = 2.0
         scaled = _with_offset(features / np.sqrt(strength), 1e6)
-        alpha, _ = fit_dual(scaled, labels, np.ones(rows))
+        alpha = fit_dual(scaled, labels, np.ones(rows))
         reference = LogisticRegression(C=1 / strength, tol=1e-10, max_iter=10_000)
         reference.fit(features, labels)
         expected = reference.decision_function(features)
@@ -53,11 +54,11 @@ def test_the_fit_is_the_same_in_the_features_size_and_in_the_trials() -> None:
     features, labels = _data(90, 7, seed=3)
     counts = np.random.default_rng(1).integers(1, 3, size=90).astype(float)
     scaled = _with_offset(features, 100.0)
-    alpha, free = fit_dual(scaled, labels, counts)
+    alpha = fit_dual(scaled, labels, counts)
     padded = np.hstack([scaled, np.zeros((90, 90))])
-    alpha_dual, free_dual = fit_dual(padded, labels, counts)
+    alpha_dual = fit_dual(padded, labels, counts)
     np.testing.assert_allclose(alpha, alpha_dual, rtol=1e-6, atol=1e-8)
-    assert free is not None and free_dual is not None
+    free, free_dual = free_share(scaled, counts, alpha), free_share(padded, counts, alpha)
     np.testing.assert_allclose(free, free_dual, rtol=1e-6)
 
 
@@ -67,9 +68,9 @@ def test_repeated_rows_weigh_as_counts() -> None:
     counts = np.random.default_rng(0).integers(1, 4, size=40).astype(float)
     repeated = np.repeat(np.arange(40), counts.astype(int))
     scaled = _with_offset(features, 100.0)
-    alpha, _ = fit_dual(scaled, labels, counts)
+    alpha = fit_dual(scaled, labels, counts)
     full = scaled[repeated]
-    alpha_full, _ = fit_dual(full, labels[repeated], np.ones(len(repeated)))
+    alpha_full = fit_dual(full, labels[repeated], np.ones(len(repeated)))
     np.testing.assert_allclose(
         fitted_log_odds(scaled, alpha)[repeated], fitted_log_odds(full, alpha_full), atol=1e-6
     )
@@ -78,12 +79,12 @@ def test_repeated_rows_weigh_as_counts() -> None:
 def test_the_leave_one_out_is_close_to_refitting_without_each_row() -> None:
     features, labels = _data(60, 4, seed=2)
     scaled = _with_offset(features, 100.0)
-    alpha, free = fit_dual(scaled, labels, np.ones(60))
-    assert free is not None
+    alpha = fit_dual(scaled, labels, np.ones(60))
+    free = free_share(scaled, np.ones(60), alpha)
     exact = []
     for i in range(60):
         keep = np.arange(60) != i
-        alpha_i, _ = fit_dual(scaled[keep], labels[keep], np.ones(59))
+        alpha_i = fit_dual(scaled[keep], labels[keep], np.ones(59))
         log_odds = float(scaled[i] @ (scaled[keep].T @ alpha_i))
         exact.append(-np.log(expit(log_odds if labels[i] else -log_odds)))
     approximate = loo_log_loss(fitted_log_odds(scaled, alpha), labels, free)
