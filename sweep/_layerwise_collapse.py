@@ -120,8 +120,7 @@ def fit_dual(
 ) -> np.ndarray:
     """The penalized logistic regression of ``labels`` on ``features`` (scaled by the prior: the
     kernel is ``features @ features.T``; each row weighing ``counts``), by damped Newton (IRLS)
-    on its dual coefficients: returns them (``alpha``; the log-odds are ``kernel @ alpha``,
-    :func:`fitted_log_odds`)."""
+    on its dual coefficients: returns them (``alpha``; the log-odds are ``kernel @ alpha``)."""
     kernel = _Kernel(features)
     alpha = np.zeros(len(labels)) if start is None else start.copy()
 
@@ -152,27 +151,17 @@ def fit_dual(
     return alpha
 
 
-def free_share(features: np.ndarray, counts: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """``diag((kernel + W^-1)^-1) / w`` at :func:`fit_dual`'s fit ``alpha`` (``w``: its IRLS
-    weights), from which the leave-one-out follows (:func:`loo_log_loss`)."""
+def loo_log_loss(features: np.ndarray, labels: np.ndarray, alpha: np.ndarray) -> float:
+    """The approximate leave-one-out log-loss of :func:`fit_dual`'s fit ``alpha`` on
+    ``features`` (every row weighing one): each row's log-odds without it, from the weighted
+    ridge of the last Newton step, whose hat matrix has ``1 - free`` on its diagonal, with
+    ``free = diag((kernel + W^-1)^-1) / w`` at the fit's IRLS weights ``w``."""
     kernel = _Kernel(features)
-    chance = expit(kernel.times(alpha))
-    weights = counts * np.maximum(chance * (1 - chance), 1e-10)
-    return kernel.inverse_diagonal(weights) / weights
-
-
-def fitted_log_odds(features: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """The fitted log-odds of the rows of ``features`` from :func:`fit_dual`'s ``alpha``."""
-    return np.asarray(features @ (features.T @ alpha))
-
-
-def loo_log_loss(log_odds: np.ndarray, labels: np.ndarray, free: np.ndarray) -> float:
-    """The approximate leave-one-out log-loss of a fit whose log-odds are ``log_odds`` (every
-    row weighing one): each row's log-odds without it, from the weighted ridge of the last
-    Newton step, whose hat matrix has ``1 - free`` on its diagonal (``free``: from
-    :func:`free_share`)."""
+    log_odds = kernel.times(alpha)
     chance = expit(log_odds)
-    working = log_odds + (labels - chance) / np.maximum(chance * (1 - chance), 1e-10)
+    weights = np.maximum(chance * (1 - chance), 1e-10)
+    free = kernel.inverse_diagonal(weights) / weights
+    working = log_odds + (labels - chance) / weights
     leverage = 1.0 - free
     left_out = (log_odds - leverage * working) / np.maximum(free, 1e-12)
     return float(np.mean(_loss(labels, left_out)))
@@ -212,8 +201,7 @@ class CollapseModel:
             for strength in STRENGTHS[::-1] * unit:  # strong to weak: each starts the next
                 features = self._features(shared, own, strength, pool)
                 alpha = fit_dual(features, labels, ones, alpha)
-                free = free_share(features, ones, alpha)
-                score = loo_log_loss(fitted_log_odds(features, alpha), labels, free)
+                score = loo_log_loss(features, labels, alpha)
                 if best is None or score < best[0]:
                     best = (score, strength, pool)
         return (best[1], best[2]) if best is not None else (unit, POOL_SCALES[-1])

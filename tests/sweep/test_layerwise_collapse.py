@@ -4,17 +4,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from sweep._layerwise_collapse import (
-    SAFE,
-    CollapseModel,
-    fit_dual,
-    fitted_log_odds,
-    free_share,
-    loo_log_loss,
-)
+from sweep._layerwise_collapse import SAFE, CollapseModel, _Kernel, fit_dual, loo_log_loss
 from sweep._layerwise_model import Encoded
 
 
@@ -32,6 +26,11 @@ def _with_offset(features: np.ndarray, variance: float) -> np.ndarray:
     return np.hstack([features, np.full((len(features), 1), np.sqrt(variance))])
 
 
+def _log_odds(features: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The log-odds of a dual fit ``alpha`` on ``features``: ``features @ features.T @ alpha``."""
+    return features @ (features.T @ alpha)
+
+
 def test_the_dual_fit_is_the_penalized_logistic_regression() -> None:
     """On the kernel ``X X^T / strength`` (plus a wide offset), the dual Newton fit's log-odds
     are scikit-learn's L2-penalized logistic regression's (C = 1 / strength), also with more
@@ -44,7 +43,7 @@ def test_the_dual_fit_is_the_penalized_logistic_regression() -> None:
         reference = LogisticRegression(C=1 / strength, tol=1e-10, max_iter=10_000)
         reference.fit(features, labels)
         expected = reference.decision_function(features)
-        np.testing.assert_allclose(fitted_log_odds(scaled, alpha), expected, atol=2e-3)
+        np.testing.assert_allclose(_log_odds(scaled, alpha), expected, atol=2e-3)
 
 
 def test_the_fit_is_the_same_in_the_features_size_and_in_the_trials() -> None:
@@ -58,8 +57,15 @@ def test_the_fit_is_the_same_in_the_features_size_and_in_the_trials() -> None:
     padded = np.hstack([scaled, np.zeros((90, 90))])
     alpha_dual = fit_dual(padded, labels, counts)
     np.testing.assert_allclose(alpha, alpha_dual, rtol=1e-6, atol=1e-8)
-    free, free_dual = free_share(scaled, counts, alpha), free_share(padded, counts, alpha)
-    np.testing.assert_allclose(free, free_dual, rtol=1e-6)
+    chance = expit(_log_odds(scaled, alpha))
+    weights = counts * chance * (1 - chance)
+    np.testing.assert_allclose(
+        _Kernel(scaled).inverse_diagonal(weights),
+        _Kernel(padded).inverse_diagonal(weights),
+        rtol=1e-6,
+    )
+    score = loo_log_loss(scaled, labels, alpha)
+    assert score == pytest.approx(loo_log_loss(padded, labels, alpha), rel=1e-6)
 
 
 def test_repeated_rows_weigh_as_counts() -> None:
@@ -72,7 +78,7 @@ def test_repeated_rows_weigh_as_counts() -> None:
     full = scaled[repeated]
     alpha_full = fit_dual(full, labels[repeated], np.ones(len(repeated)))
     np.testing.assert_allclose(
-        fitted_log_odds(scaled, alpha)[repeated], fitted_log_odds(full, alpha_full), atol=1e-6
+        _log_odds(scaled, alpha)[repeated], _log_odds(full, alpha_full), atol=1e-6
     )
 
 
@@ -80,14 +86,13 @@ def test_the_leave_one_out_is_close_to_refitting_without_each_row() -> None:
     features, labels = _data(60, 4, seed=2)
     scaled = _with_offset(features, 100.0)
     alpha = fit_dual(scaled, labels, np.ones(60))
-    free = free_share(scaled, np.ones(60), alpha)
     exact = []
     for i in range(60):
         keep = np.arange(60) != i
         alpha_i = fit_dual(scaled[keep], labels[keep], np.ones(59))
         log_odds = float(scaled[i] @ (scaled[keep].T @ alpha_i))
         exact.append(-np.log(expit(log_odds if labels[i] else -log_odds)))
-    approximate = loo_log_loss(fitted_log_odds(scaled, alpha), labels, free)
+    approximate = loo_log_loss(scaled, labels, alpha)
     assert abs(approximate - float(np.mean(exact))) < 0.02 * float(np.mean(exact))
 
 
