@@ -24,6 +24,9 @@ The deep tasks (``--tasks resnet,transformer``) run like ``digits``, at the size
 parameters, an amount and a method each but the head's) and ``transformer`` at its default size
 (25 Linear layers, attention heads among the structured choices), both int8 orders; the uniform
 grid there is 0.2 apart. ``--deep-trials`` (16) trials per sweep, ``--deep-seeds`` (3) seeds.
+``--tasks resnet18`` runs the full-size model the same way: torchvision's ResNet-18 layout at
+width 64 (21 layers, 11.2 M weights); ``--no-random-2x`` leaves out random search with twice
+the budget, which at that size costs a CPU hours.
 
 Prints one JSON object and writes it to ``scripts/results/bench_search.json``, with a plot of
 the mean hypervolume over trials (``bench_search.png``).
@@ -283,11 +286,14 @@ def _runs(
     seeds: Sequence[int],
     n_trials: int,
     run: Callable[[str, int, int], Rows],
+    random_2x: bool = True,
 ) -> dict[str, list[Rows]]:
-    """Each sampler's run per seed. Seed by seed, every sampler in turn: a machine's load moves
+    """Each sampler's run per seed, and random search's with twice the budget (unless
+    ``random_2x`` is False). Seed by seed, every sampler in turn: a machine's load moves
     the latency a trial times by a third from one hour to the next, and a sampler whose seeds ran
     in another hour than the others' would be scored on the hour."""
-    runs: dict[str, list[Rows]] = {sampler: [] for sampler in [*samplers, "random_2x"]}
+    extra = ["random_2x"] if random_2x else []
+    runs: dict[str, list[Rows]] = {sampler: [] for sampler in [*samplers, *extra]}
     for seed in seeds:
         for sampler, rows in runs.items():
             budget = 2 * n_trials if sampler == "random_2x" else n_trials
@@ -324,21 +330,31 @@ def bench_synthetic(samplers: Sequence[str], seeds: Sequence[int], n_trials: int
 # 37 Conv/Linear layers, 73 searched layer parameters with their methods) at width 8, and the
 # Transformer encoder at its default size (25 Linear layers). Fewer training images per epoch
 # keep one trial to seconds; the data and the code path are those of the full-size tasks.
+# ``resnet18`` is the full-size model: torchvision's ResNet-18 (width 64, blocks 2, 2, 2, 2: 21
+# layers, 11.2 M weights), 25-30 s a trial on 2 CPU cores.
 REAL_TASKS: dict[str, dict[str, Any]] = {
     "digits": {},
     "resnet": {"width": 8, "blocks": [3, 4, 6, 3], "n_train": 2000, "n_calibration": 256},
     "transformer": {"n_train": 2000},
+    "resnet18": {"width": 64, "blocks": [2, 2, 2, 2], "n_train": 2000, "n_calibration": 256},
 }
+# The task each benchmark entry runs (the entry's own name where it is a task).
+TASK_OF = {"resnet18": "resnet"}
 # Both int8 orders, both granularities and both methods: the uniform grid stays small enough to
 # run whole (amounts 0.1 apart on digits; 0.2 apart on the deeper tasks).
 REAL_ORDERS = ["prune_ptq", "prune_qat"]
 
 
 def bench_real(
-    task: str, samplers: Sequence[str], seeds: Sequence[int], n_trials: int, uniform_step: float
+    entry: str,
+    samplers: Sequence[str],
+    seeds: Sequence[int],
+    n_trials: int,
+    uniform_step: float,
+    random_2x: bool = True,
 ) -> dict[str, Any]:
     connect_ray(None)
-    settings = REAL_TASKS[task]
+    settings, task = REAL_TASKS[entry], TASK_OF.get(entry, entry)
     extra: dict[str, Any] = {"task_settings": settings} if settings else {}
     extra["search_space"] = {"orders": REAL_ORDERS}
     with tempfile.TemporaryDirectory() as folder:
@@ -348,6 +364,7 @@ def bench_real(
             seeds,
             n_trials,
             lambda s, seed, n: run_real(_config(task, s, seed, n, **extra), store),
+            random_2x,
         )
         top = round(uniform_step * int(0.9 / uniform_step + 1e-9), 6)  # on the grid, <= 0.9
         uniform_space = {
@@ -404,7 +421,14 @@ def main() -> None:
     parser.add_argument("--digits-seeds", type=int, default=3)
     parser.add_argument("--deep-trials", type=int, default=16, help="resnet and transformer")
     parser.add_argument("--deep-seeds", type=int, default=3)
-    parser.add_argument("--tasks", default="synthetic,digits", help="also: resnet, transformer")
+    parser.add_argument(
+        "--tasks", default="synthetic,digits", help="also: resnet, transformer, resnet18"
+    )
+    parser.add_argument(
+        "--no-random-2x",
+        action="store_true",
+        help="leave out random search with twice the budget (resnet18: hours on a CPU)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_search.json")
     args = parser.parse_args()
     samplers = args.samplers.split(",")
@@ -416,14 +440,15 @@ def main() -> None:
         seeds = range(args.synthetic_seeds)
         results["tasks"]["synthetic"] = bench_synthetic(samplers, seeds, args.synthetic_trials)
         results["tasks"]["synthetic"]["seeds"] = len(seeds)
-    for task in ("digits", "resnet", "transformer"):
+    for task in ("digits", "resnet", "transformer", "resnet18"):
         if task not in args.tasks.split(","):
             continue
         started_task = time.monotonic()
         deep = task != "digits"
         seeds = range(args.deep_seeds if deep else args.digits_seeds)
         trials = args.deep_trials if deep else args.digits_trials
-        scored = bench_real(task, samplers, seeds, trials, uniform_step=0.2 if deep else 0.1)
+        step = 0.2 if deep else 0.1
+        scored = bench_real(task, samplers, seeds, trials, step, not args.no_random_2x)
         results["tasks"][task] = {**scored, "seeds": len(seeds), "measured_on": measured_on()}
         results["tasks"][task]["wall_s"] = round(time.monotonic() - started_task, 1)
     results[f"wall_s_{args.tasks}"] = round(time.monotonic() - started, 1)

@@ -6,7 +6,9 @@ Two things the trials alone taught the models badly, and what they are told inst
 - **Which trials are of use.** A trial that collapsed to chance is out; so, with
   ``sampler_settings.max_drop``, is one further below the best trial than that: 20 points down
   is no collapse, and as useless to a user who wants a point or two. Both kinds train the model
-  of collapse (:mod:`sweep._layerwise_collapse`), which keeps proposals out of them.
+  of collapse (:mod:`sweep._layerwise_collapse`), which keeps proposals out of them, except the
+  trials of an (order, granularity) that collapsed with nothing pruned: its quantization lost the
+  accuracy, and they bound no pruning (:func:`sweep._layerwise_startup.quantization_failures`).
 - **What the training order changes.** ``prune_ptq`` and ``prune_qat`` load as the same graph
   (``trials.deployed_form``): the same size, the same latency. With a base per (order,
   granularity), a size model's bases took up what its shrunk slopes left of the amounts'
@@ -31,7 +33,7 @@ from sweep._layerwise_collapse import CollapseModel
 from sweep._layerwise_linear import ShrunkLinear
 from sweep._layerwise_model import Codec, Encoded, Fit, Sample, ShapeSearch, better_trials
 from sweep._layerwise_options import Options
-from sweep._layerwise_startup import collapsed
+from sweep._layerwise_startup import collapsed, quantization_failures
 from sweep._layerwise_trust import Trust, trust_region
 
 # A fit: the models, their costs and bases, the objectives' spans, the trust region, the limits.
@@ -85,9 +87,20 @@ class Models:
         low, high = values[kept].min(axis=0), values[kept].max(axis=0)
         span = np.where(high > low, high - low, 1.0)
         fell = self.fell(values, quality)
-        collapse = self._collapse.fit(encoded, fell, self._codec.n_combos) if quality else None
+        # Trials of a combo whose quantization alone lost the accuracy tell nothing of pruning:
+        # neither the model of collapse nor the trust region reads them (the accuracy model's
+        # base for that combo keeps proposals off it).
+        out = quantization_failures(encoded.combo, encoded.amounts.max(axis=1) > 0.0, fell)
+        pruning = np.flatnonzero(~out)
+        collapse = (
+            self._collapse.fit(encoded.take(pruning), fell[pruning], self._codec.n_combos)
+            if quality
+            else None
+        )
         bound = None if collapse is None else self._options.risk_bound(collapse)
-        trust = trust_region(encoded.amounts, kept, fell, self._shares, self._codec.step, bound)
+        trust = trust_region(
+            encoded.amounts, kept, fell & ~out, self._shares, self._codec.step, bound
+        )
         # The model is fitted on the better part of the trials: a proposal it predicts to fall
         # outside that part (a model ruined for size) is an extrapolation, and useless anyway;
         # so is one below the accuracy window (``max_drop``).
