@@ -29,8 +29,10 @@ without the workers the driver starts beside the task's description).
 ``--load N [M ...]``: the whole series again beside N CPU spinners (processes busy all the time,
 stopped after each run): the sweep and bare Ray share the same load. ``--capacity K``: instead,
 the completions per second the driver sustains with zero-length trials on K logical CPUs, and
-where its time goes: wall time per call as above, and the driver process's CPU per trial by
-thread (``driver_cpu_ms_per_trial_by_thread``: the loop, the store writer, the rest, Ray's).
+where its time goes: wall time per call as above (with ``fit``, the default sampler's model
+fits), the same calls' CPU per trial (``cpu_per_trial_ms``), and the driver process's CPU per
+trial by thread (``driver_cpu_ms_per_trial_by_thread``: the loop, the store writer, the rest,
+Ray's).
 
 With ``--sampler random`` as well (the default runs both), the same is measured with Optuna's
 RandomSampler, whose ask costs almost nothing: the difference from TPE is the driver's
@@ -106,19 +108,26 @@ class CpuLoad:
             worker.join()
 
 
-def _time_calls(owner: Any, names: list[str], totals: dict[str, float]) -> None:
-    """Wrap ``owner``'s methods so that the seconds spent in each add up in ``totals``."""
+def _time_calls(
+    owner: Any, names: list[str], totals: dict[str, float], cpu: dict[str, float] | None = None
+) -> None:
+    """Wrap ``owner``'s methods so that the seconds spent in each add up in ``totals``, and the
+    CPU seconds of the calling thread in ``cpu`` (which a machine's load inflates less)."""
     for name in names:
         original = getattr(owner, name)
 
         def timed(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             try:
                 return _original(*args, **kwargs)
             finally:
                 totals[_name] += time.perf_counter() - start
+                if cpu is not None:
+                    cpu[_name] += time.thread_time() - cpu_start
 
         totals[name] = 0.0
+        if cpu is not None:
+            cpu[name] = 0.0
         setattr(owner, name, timed)
 
 
@@ -157,21 +166,23 @@ def _cluster(k: int, cpus_per_node: int) -> Any:
     return cluster
 
 
-def _time_driver(busy: dict[str, float]) -> None:
+def _time_driver(busy: dict[str, float], cpu: dict[str, float] | None = None) -> None:
     """Where the driver's time goes: Optuna's ask and tell, asking a recipe (``ask_recipe``:
-    ask, then the suggestions, where a sampler may do its work), filling the free slots
-    (``_fill``: asks and submissions), submitting to Ray, collecting results (which includes
-    tell), Ray's wait for results (idle unless trials are zero-length);
-    and the store writer's commits (``_write``), on a thread of their own beside the loop."""
+    ask, then the suggestions, where a sampler may do its work; ``fit``: the default sampler's
+    model fits, within it), filling the free slots (``_fill``: asks and submissions),
+    submitting to Ray, collecting results (which includes tell), Ray's wait for results (idle
+    unless trials are zero-length); and the store writer's commits (``_write``), on a thread of
+    their own beside the loop."""
     import ray
 
-    from sweep import _loop, _writer
+    from sweep import _layerwise_fit, _loop, _writer
 
-    _time_calls(optuna.Study, ["ask", "tell"], busy)
-    _time_calls(_loop, ["ask_recipe"], busy)  # Study.ask, then the recipe's suggestions
-    _time_calls(_loop.TrialLoop, ["_fill", "_submit", "_collect"], busy)
-    _time_calls(_writer.StoreWriter, ["_write"], busy)
-    _time_calls(ray, ["wait"], busy)
+    _time_calls(optuna.Study, ["ask", "tell"], busy, cpu)
+    _time_calls(_loop, ["ask_recipe"], busy, cpu)  # Study.ask, then the recipe's suggestions
+    _time_calls(_loop.TrialLoop, ["_fill", "_submit", "_collect"], busy, cpu)
+    _time_calls(_writer.StoreWriter, ["_write"], busy, cpu)
+    _time_calls(ray, ["wait"], busy, cpu)
+    _time_calls(_layerwise_fit.Models, ["fit"], busy, cpu)  # within ask_recipe
 
 
 def measure_one(k: int, seconds: float, waves: int, sampler: str) -> dict[str, Any]:
@@ -270,7 +281,8 @@ def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]
         store = Store(f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-capacity-')) / 's.db'}")
         run_sweep(parse_config(_config("warmup", 2 * k, 0.0, sampler)), store)
         busy: dict[str, float] = {}
-        _time_driver(busy)
+        call_cpu: dict[str, float] = {}
+        _time_driver(busy, call_cpu)
         threads = {"writer": 0.0}
         _time_writer_cpu(threads)
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -304,6 +316,9 @@ def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]
         "run_sweep_s": run_sweep_s,
         "driver_busy_s": busy,
         "busy_per_trial_ms": {name: 1000 * v / trials for name, v in busy.items()},
+        # The same calls' CPU (their thread's), per trial: nested as the calls are (ask_recipe
+        # holds ask and fit; _fill holds ask_recipe and _submit; _collect holds tell).
+        "cpu_per_trial_ms": {name: 1000 * v / trials for name, v in call_cpu.items()},
     }
 
 

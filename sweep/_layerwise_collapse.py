@@ -35,12 +35,11 @@ bound on the per-layer terms, which the same Lagrange search as the constraints 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
 from scipy.special import expit, log_expit, logit
 
+from sweep._cholesky import cholesky, cholesky_solve
 from sweep._layerwise_linear import (
     POOL_SCALES,
     RESELECT_GROWTH,
@@ -83,26 +82,26 @@ class _Kernel:
             return self.gram @ alpha
         return self.features @ (self.features.T @ alpha)
 
-    def _factor(self, weights: np.ndarray) -> tuple[Any, np.ndarray | None]:
+    def _factor(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The Cholesky factor of ``gram + diag(1 / weights)`` (and None), or, in the features'
         size, of ``I + F^T W F`` (and ``W F``), with ``W = diag(weights)``."""
         if self.gram is not None:
-            return cho_factor(self.gram + np.diag(1.0 / weights), check_finite=False), None
+            return cholesky(self.gram + np.diag(1.0 / weights)), None
         weighted = weights[:, None] * self.features
         inner = np.eye(self.features.shape[1]) + self.features.T @ weighted
-        return cho_factor(inner, check_finite=False), weighted
+        return cholesky(inner), weighted
 
     def solver(self, weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         """``rhs -> (gram + diag(1 / weights))^-1 rhs``, factorized once."""
         factor, weighted = self._factor(weights)
         if weighted is None:
-            return lambda rhs: np.asarray(cho_solve(factor, rhs, check_finite=False))
+            return lambda rhs: cholesky_solve(factor, rhs)
         features = self.features
 
         def solve(rhs: np.ndarray) -> np.ndarray:
             # (W^-1 + F F^T)^-1 = W - W F (I + F^T W F)^-1 F^T W: the Woodbury identity.
             scaled = weights * rhs
-            return np.asarray(scaled - weighted @ cho_solve(factor, features.T @ scaled))
+            return np.asarray(scaled - weighted @ cholesky_solve(factor, features.T @ scaled))
 
         return solve
 
@@ -110,8 +109,8 @@ class _Kernel:
         """``diag((gram + diag(1 / weights))^-1)``."""
         factor, weighted = self._factor(weights)
         if weighted is None:
-            return np.diag(cho_solve(factor, np.eye(len(weights)), check_finite=False))
-        spread = cho_solve(factor, weighted.T).T
+            return np.diag(cholesky_solve(factor, np.eye(len(weights))))
+        spread = cholesky_solve(factor, weighted.T).T
         return np.asarray(weights - np.sum(weighted * spread, axis=1))
 
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.linalg import solve_triangular
 from scipy.optimize import nnls
 from threadpoolctl import ThreadpoolController
 
+from sweep._cholesky import cholesky, cholesky_solve
 from sweep._layerwise_units import coupled_units
 from sweep._space import AMOUNT_PREFIX, METHOD_PARAM, METHOD_PREFIX, UNSTRUCTURED, Space
 from trials import deployed_form
@@ -268,7 +269,7 @@ def _gram(rows: np.ndarray, ridge: float) -> np.ndarray:
 
 def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """gram^-1 rhs for a symmetric positive definite gram (ridge-regularized: it always is)."""
-    return np.asarray(cho_solve(cho_factor(gram, check_finite=False), rhs, check_finite=False))
+    return cholesky_solve(cholesky(gram), rhs)
 
 
 def nnls_gram(

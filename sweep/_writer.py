@@ -33,8 +33,14 @@ WRITE_RETRIES = 8
 FIRST_PAUSE_S = 0.5
 LONGEST_PAUSE_S = 30.0
 # A record waits at most this long for its commit; a driver SIGKILLed in that window leaves the
-# trial RUNNING (or unasked) in the store, and `sweep resume` runs it again.
-COMMIT_INTERVAL_S = 0.1
+# trial RUNNING (or unasked) in the store, and `sweep resume` runs it again. A commit has a fixed
+# cost beside its records' (a sweep lookup, the fencing check, a transaction: about 2 ms of CPU
+# on a local SQLite file, more round trips to a remote PostgreSQL): at two commits a second that
+# is under 1% of a core whatever the rate, and a driver at 150 completions a second spent a third
+# less CPU per trial than at ten (scripts/bench_scaling.py --capacity). Half a second is also
+# long enough for most trials of a fast sweep to finish before their RUNNING record is written,
+# and their result is then written once.
+COMMIT_INTERVAL_S = 0.5
 # Written is a callback on the writer's thread: the numbers whose records are now stored.
 WrittenFn = Callable[[Collection[int]], None]
 

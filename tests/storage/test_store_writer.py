@@ -4,6 +4,7 @@ driver that was taken over writes nothing more."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -90,9 +91,8 @@ def test_records_arriving_steadily_share_commits(store_url: str) -> None:
         writer.close(None)
     assert sum(commits) == 50
     assert len(store.trials("s")) == 50
-    # 0.5 s of records at one commit per 0.1 s: about 6 (a loaded machine sleeps longer).
-    assert COMMIT_INTERVAL_S == 0.1
-    assert len(commits) <= 10, commits
+    # About 0.5 s of records (a loaded machine sleeps longer) at most one commit per interval.
+    assert len(commits) <= 2 + math.ceil(1.0 / COMMIT_INTERVAL_S), commits
 
 
 def test_an_idle_writer_beats_and_a_busy_one_does_not_need_to(
