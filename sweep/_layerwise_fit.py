@@ -7,8 +7,9 @@ Two things the trials alone taught the models badly, and what they are told inst
   ``sampler_settings.max_drop``, is one further below the best trial than that: 20 points down
   is no collapse, and as useless to a user who wants a point or two. Both kinds train the model
   of collapse (:mod:`sweep._layerwise_collapse`), which keeps proposals out of them, except the
-  trials of an (order, granularity) that collapsed with nothing pruned: its quantization lost the
-  accuracy, and they bound no pruning (:func:`sweep._layerwise_startup.quantization_failures`).
+  trials of an (order, granularity) that collapsed with nothing pruned: its training or
+  quantization lost the accuracy, and they bound no pruning
+  (:func:`sweep._layerwise_startup.unpruned_collapses`).
 - **What the training order changes.** ``prune_ptq`` and ``prune_qat`` load as the same graph
   (``trials.deployed_form``): the same size, the same latency. With a base per (order,
   granularity), a size model's bases took up what its shrunk slopes left of the amounts'
@@ -33,7 +34,7 @@ from sweep._layerwise_collapse import CollapseModel
 from sweep._layerwise_linear import ShrunkLinear
 from sweep._layerwise_model import Codec, Encoded, Fit, Sample, ShapeSearch, better_trials
 from sweep._layerwise_options import Options
-from sweep._layerwise_startup import collapsed, quantization_failures
+from sweep._layerwise_startup import collapsed, unpruned_collapses
 from sweep._layerwise_trust import Trust, trust_region
 
 # A fit: the models, their costs and bases, the objectives' spans, the trust region, the limits.
@@ -87,10 +88,10 @@ class Models:
         low, high = values[kept].min(axis=0), values[kept].max(axis=0)
         span = np.where(high > low, high - low, 1.0)
         fell = self.fell(values, quality)
-        # Trials of a combo whose quantization alone lost the accuracy tell nothing of pruning:
+        # Trials of a combo that lost the accuracy unpruned tell nothing of pruning:
         # neither the model of collapse nor the trust region reads them (the accuracy model's
         # base for that combo keeps proposals off it).
-        out = quantization_failures(encoded.combo, encoded.amounts.max(axis=1) > 0.0, fell)
+        out = unpruned_collapses(encoded.combo, encoded.amounts.max(axis=1) > 0.0, fell)
         pruning = np.flatnonzero(~out)
         collapse = (
             self._collapse.fit(encoded.take(pruning), fell[pruning], self._codec.n_combos)

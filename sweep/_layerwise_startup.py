@@ -112,13 +112,15 @@ def collapsed(quality: np.ndarray) -> np.ndarray:
     return quality <= worst + COLLAPSE_BAND * (best - worst)
 
 
-def quantization_failures(combo: np.ndarray, pruned: np.ndarray, fell: np.ndarray) -> np.ndarray:
+def unpruned_collapses(combo: np.ndarray, pruned: np.ndarray, fell: np.ndarray) -> np.ndarray:
     """The trials of (order, granularity) combos that collapsed with nothing pruned (``combo``:
     each trial's; ``pruned``: whether it pruned anything; ``fell``: whether it collapsed). Their
-    quantization lost the accuracy, not their pruning: they say nothing of how far pruning may
-    go. On the full-size ResNet-18, ``prune_ptq`` at per-tensor scales kept 41% where fp32 had
-    89% with no weight pruned; read as a pruning collapse, that one trial bounded every later
-    recipe to the weights it removed, none, and 55 of 60 trials pruned under 2% of them."""
+    training or quantization lost the accuracy, not their pruning: they say nothing of how far
+    pruning may go. On the full-size ResNet-18, ``prune_ptq`` kept 41% with no weight pruned,
+    where fp32 had 89% (its epoch of fine-tuning at the default learning rate had taken the fp32
+    model itself to 41%; QAT's epoch after it brought ``prune_qat`` back to 85%). Read as a
+    pruning collapse, that one trial bounded every later recipe to the weights it removed, none,
+    and 55 of 60 trials pruned under 2% of them."""
     failed = np.unique(combo[fell & ~pruned])
     return np.isin(combo, failed)
 

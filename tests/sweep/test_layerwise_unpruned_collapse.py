@@ -1,6 +1,7 @@
-"""An (order, granularity) whose quantization alone loses the accuracy (``prune_ptq`` at
-per-tensor scales on the full-size ResNet-18: 41% with nothing pruned, fp32 89%) tells the
-layerwise sampler nothing of how far pruning may go: it is left out, and the search prunes."""
+"""An (order, granularity) that loses the accuracy with nothing pruned (``prune_ptq`` on the
+full-size ResNet-18: 41%, fp32 89%, after an epoch of fine-tuning at the default learning rate)
+tells the layerwise sampler nothing of how far pruning may go: it is left out, and the search
+prunes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from sweep._feasible import FeasibleSampler
 from sweep._layerwise import LayerwiseSampler
-from sweep._layerwise_startup import quantization_failures, uniform_candidates, uniform_options
+from sweep._layerwise_startup import uniform_candidates, uniform_options, unpruned_collapses
 from sweep._samplers import ask_recipe
 from tests.sweep.synthetic_study import synthetic_study
 from trials import Recipe
@@ -52,13 +53,13 @@ def _sweep(n_trials: int, seed: int) -> tuple[LayerwiseSampler, list[Recipe]]:
     return sampler, recipes
 
 
-def test_the_trials_of_a_combo_that_collapsed_unpruned_are_its_quantizations() -> None:
+def test_the_trials_of_a_combo_that_collapsed_unpruned_are_left_out() -> None:
     combo = np.array([0, 0, 1, 1, 2, 2])
     pruned = np.array([False, True, True, True, False, True])
     fell = np.array([True, True, False, True, False, False])
     # Combo 0 fell with nothing pruned: all its trials; combo 1 fell only when pruned (pruning's
     # doing); combo 2 held unpruned.
-    assert quantization_failures(combo, pruned, fell).tolist() == [True, True] + [False] * 4
+    assert unpruned_collapses(combo, pruned, fell).tolist() == [True, True] + [False] * 4
 
 
 def test_uniform_candidates_leave_out_a_failed_combo_and_it_bounds_no_level() -> None:
