@@ -4,14 +4,16 @@ studies whose trials a test writes itself."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 
 from sweep import SweepConfig, parse_config
 from sweep._layerwise import LayerwiseSampler
-from sweep._samplers import make_sampler
+from sweep._samplers import ask_recipe, make_sampler
 from sweep._space import METHOD_PREFIX, Space
+from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
 
@@ -77,3 +79,23 @@ def add_finished(
             values=values,
         )
     )
+
+
+def run_in_flight(
+    study: optuna.Study,
+    space: Space,
+    n_trials: int,
+    in_flight: int,
+    values: Callable[[Recipe], list[float]],
+) -> list[Recipe]:
+    """``n_trials`` recipes asked with ``in_flight`` trials outstanding (as parallel workers
+    keep them), each told ``values(recipe)`` in the order asked."""
+    recipes: list[Recipe] = []
+    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
+    while len(recipes) < n_trials:
+        while len(flight) < in_flight and len(recipes) + len(flight) < n_trials:
+            flight.append(ask_recipe(study, space))
+        trial, recipe = flight.pop(0)
+        study.tell(trial, values(recipe))
+        recipes.append(recipe)
+    return recipes

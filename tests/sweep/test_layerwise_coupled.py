@@ -10,8 +10,9 @@ import pytest
 from sweep import parse_config
 from sweep._layerwise import LayerwiseSampler
 from sweep._layerwise_units import choose, coupled_units, exchange, jitter, movers
-from sweep._samplers import ask_recipe, make_sampler
+from sweep._samplers import make_sampler
 from sweep._space import METHOD_PREFIX, Space
+from tests.sweep.synthetic_study import run_in_flight
 from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
@@ -130,16 +131,12 @@ def _run(space: Space, seed: int, n_trials: int) -> list[Recipe]:
     study = optuna.create_study(
         directions=["maximize", "minimize"], sampler=make_sampler(config, space)
     )
-    recipes: list[Recipe] = []
-    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
-    while len(recipes) < n_trials:
-        while len(flight) < 3 and len(recipes) + len(flight) < n_trials:
-            flight.append(ask_recipe(study, space))
-        trial, recipe = flight.pop(0)
+
+    def values(recipe: Recipe) -> list[float]:
         metrics = TASK.analytic_metrics(_as_pruned(recipe))
-        study.tell(trial, [metrics[name] for name in OBJECTIVES])
-        recipes.append(recipe)
-    return recipes
+        return [metrics[name] for name in OBJECTIVES]
+
+    return run_in_flight(study, space, n_trials, 3, values)
 
 
 @pytest.mark.parametrize("search", [{}, {"constraints": {"min_sparsity": 0.5}}])

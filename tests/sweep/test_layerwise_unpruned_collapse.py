@@ -6,14 +6,12 @@ prunes."""
 from __future__ import annotations
 
 import numpy as np
-import optuna
 import pytest
 
 from sweep._feasible import FeasibleSampler
 from sweep._layerwise import LayerwiseSampler
 from sweep._layerwise_startup import uniform_candidates, uniform_options, unpruned_collapses
-from sweep._samplers import ask_recipe
-from tests.sweep.synthetic_study import synthetic_study
+from tests.sweep.synthetic_study import run_in_flight, synthetic_study
 from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
@@ -41,15 +39,11 @@ def _sweep(n_trials: int, seed: int) -> tuple[LayerwiseSampler, list[Recipe]]:
     if isinstance(sampler, FeasibleSampler):
         sampler = sampler._inner
     assert isinstance(sampler, LayerwiseSampler)
-    recipes: list[Recipe] = []
-    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
-    while len(recipes) < n_trials:
-        while len(flight) < 2 and len(recipes) + len(flight) < n_trials:
-            flight.append(ask_recipe(study, space))
-        trial, recipe = flight.pop(0)
-        size = TASK.analytic_metrics(recipe)["compressed_bytes"]
-        study.tell(trial, [_accuracy(recipe), size])
-        recipes.append(recipe)
+
+    def values(recipe: Recipe) -> list[float]:
+        return [_accuracy(recipe), TASK.analytic_metrics(recipe)["compressed_bytes"]]
+
+    recipes = run_in_flight(study, space, n_trials, 2, values)
     return sampler, recipes
 
 
