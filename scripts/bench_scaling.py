@@ -308,6 +308,11 @@ def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]
         "completions_per_s": trials / wall,
         "driver_cpu_ms_per_trial": 1000 * driver_cpu_s / trials,
         "completions_per_driver_cpu_s": trials / driver_cpu_s,
+        # The loop's and the writer's CPU: the threads that run Python take turns on the GIL,
+        # while Ray's own threads (its IO, its transfers) run beside them. On a head node with
+        # cores to spare, this pace is the driver's, unless Ray's threads fall behind.
+        "python_threads_ms_per_trial": 1000 * (threads["loop"] + threads["writer"]) / trials,
+        "completions_per_python_thread_cpu_s": trials / (threads["loop"] + threads["writer"]),
         # The driver's CPU per trial by thread: the ask/submit/collect loop, the store writer,
         # and the rest (Ray's own threads: its IO, its object transfers).
         "driver_cpu_ms_per_trial_by_thread": {

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
@@ -16,14 +14,12 @@ from storage import Store
 from sweep import ConfigError, parse_config, run_sweep
 from sweep._config import DEFAULT_OBJECTIVES as DEFAULTS
 from sweep._feasible import FeasibleSampler
-from sweep._layerwise import REFIT_GROWTH, LayerwiseSampler
-from sweep._layerwise_fit import Models
-from sweep._layerwise_model import Encoded
+from sweep._layerwise import LayerwiseSampler
 from sweep._layerwise_startup import bisection_order, uniform_candidates, uniform_options
 from sweep._quality import fp32_reference, hypervolume_curve, losses, reference_point
 from sweep._samplers import ask_recipe, make_sampler, startup_trials
 from sweep._space import Space
-from tests.sweep.synthetic_study import synthetic_study
+from tests.sweep.synthetic_study import run_in_flight, synthetic_study
 from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
@@ -37,18 +33,17 @@ def _setup(sampler: str = "layerwise", **data: object) -> tuple[optuna.Study, Sp
     return synthetic_study(TASK, sampler=sampler, **data)
 
 
+def _values(task: SyntheticTask) -> Callable[[Recipe], list[float]]:
+    def values(recipe: Recipe) -> list[float]:
+        metrics = task.analytic_metrics(recipe)
+        return [metrics[name] for name in OBJECTIVES]
+
+    return values
+
+
 def _run(study: optuna.Study, space: Space, n: int, in_flight: int = 1) -> list[Recipe]:
     """``n`` trials, ``in_flight`` asked before each tell (as parallel workers do)."""
-    recipes: list[Recipe] = []
-    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
-    while len(recipes) < n:
-        while len(flight) < in_flight and len(recipes) + len(flight) < n:
-            flight.append(ask_recipe(study, space))
-        trial, recipe = flight.pop(0)
-        metrics = TASK.analytic_metrics(recipe)
-        study.tell(trial, [metrics[name] for name in OBJECTIVES])
-        recipes.append(recipe)
-    return recipes
+    return run_in_flight(study, space, n, in_flight, _values(TASK))
 
 
 def _hypervolume(recipes: list[Recipe]) -> float:
@@ -151,56 +146,6 @@ def test_parallel_asks_differ_and_ties_bounds_and_constraints_hold() -> None:
         assert all(spec.amount <= 0.6 for spec in recipe.layers.values())
     sparsity = [TASK.analytic_metrics(r)["sparsity"] for r in recipes[10:]]
     assert sum(s <= 0.4 + 1e-9 for s in sparsity) >= 0.9 * len(sparsity)
-
-
-def test_a_burst_of_asks_shares_one_fit_and_a_new_result_refits(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Many slots free at once: the asks between the same finished trials fit the model once
-    (its cost is the driver's, per trial), each still asking a recipe of its own."""
-    study, space = _setup(sampler_settings={"n_startup_trials": 10, "uniform_startup": 5})
-    _run(study, space, 30)
-    fits: list[int] = []
-    fit = Models.fit
-
-    def counted(self: Models, *args: object) -> object:
-        fits.append(len(study.trials))
-        return fit(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Models, "fit", counted)
-    burst = [ask_recipe(study, space) for _ in range(8)]
-    assert len({recipe.to_json() for _, recipe in burst}) == 8
-    assert len(fits) == 1
-    for trial, recipe in burst[:1]:
-        metrics = TASK.analytic_metrics(recipe)
-        study.tell(trial, [metrics[name] for name in OBJECTIVES])
-    before = len(fits)
-    for _ in range(4):
-        ask_recipe(study, space)
-    assert len(fits) == before + 1
-
-
-def test_a_large_sweep_refits_once_its_trials_grew_by_a_percent(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """At 300 trials one more result changes the model little, and fitting at every completion
-    cost a busy driver most of its time: the model is fitted again once the modeled trials grew
-    by REFIT_GROWTH (3 or 4 trials here), each fit a fresh bootstrap."""
-    study, space = _setup(sampler_settings={"n_startup_trials": 10, "uniform_startup": 5})
-    _run(study, space, 300)
-    fitted_on: list[int] = []
-    fit = Models.fit
-
-    def counted(self: Models, history: Encoded, values: np.ndarray, *rest: Any) -> object:
-        fitted_on.append(len(values))
-        return fit(self, history, values, *rest)
-
-    monkeypatch.setattr(Models, "fit", counted)
-    _run(study, space, 12)  # one at a time: a new result before every ask
-    assert len(fitted_on) >= 3
-    gaps = [later - earlier for earlier, later in itertools.pairwise(fitted_on)]
-    assert gaps == [math.ceil(REFIT_GROWTH * n) for n in fitted_on[:-1]], fitted_on
-    assert min(gaps) == 3
 
 
 def test_each_modeled_trial_keeps_its_own_row_and_values_whatever_order_they_finish_in() -> None:
@@ -318,16 +263,7 @@ def _deep(n_trials: int, **space: object) -> tuple[optuna.Study, Space, list[Rec
     study, space_ = synthetic_study(DEEP, sampler="layerwise", **settings)
     if isinstance(study.sampler, FeasibleSampler):  # the sampler's own recipes, not moved in
         study.sampler = study.sampler._inner
-    recipes = []
-    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
-    while len(recipes) < n_trials:
-        while len(flight) < 3 and len(recipes) + len(flight) < n_trials:
-            flight.append(ask_recipe(study, space_))
-        trial, recipe = flight.pop(0)
-        metrics = DEEP.analytic_metrics(recipe)
-        study.tell(trial, [metrics[name] for name in OBJECTIVES])
-        recipes.append(recipe)
-    return study, space_, recipes
+    return study, space_, run_in_flight(study, space_, n_trials, 3, _values(DEEP))
 
 
 def _option(recipe: Recipe) -> tuple[str, str, str]:

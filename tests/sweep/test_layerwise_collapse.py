@@ -3,12 +3,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from sweep._layerwise_collapse import SAFE, CollapseModel, _Kernel, fit_dual, loo_log_loss
+from sweep import _layerwise_collapse as _collapse
+from sweep._layerwise_collapse import (
+    LOCAL_FROM,
+    SAFE,
+    STRENGTHS,
+    CollapseModel,
+    _Kernel,
+    fit_dual,
+    loo_log_loss,
+)
+from sweep._layerwise_linear import POOL_SCALES
 from sweep._layerwise_model import Encoded
 
 
@@ -136,3 +148,40 @@ def test_no_model_before_enough_trials_collapsed_and_held() -> None:
     assert model.fit(encoded, few, 1) is None
     assert model.fit(encoded, np.zeros(30, dtype=bool), 1) is None
     assert model.fit(encoded, fell, 1) is not None
+
+
+def test_past_local_from_rows_the_prior_is_chosen_near_the_kept_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first choice compares every prior of the grid; from LOCAL_FROM rows on, a new choice
+    compares the kept one and its neighbours (at most 5 of the 18), and scores as well as the
+    whole grid's choice on the same trials (here the pool scales tie at the weakest prior)."""
+    fits: list[int] = []
+    fit = _collapse.fit_dual
+
+    def counted(*args: Any, **kwargs: Any) -> np.ndarray:
+        fits.append(1)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(_collapse, "fit_dual", counted)
+    groups = 12
+    shares = np.full(groups, 1 / groups)
+    encoded, fell = _trials(sensitive=4, groups=groups, count=LOCAL_FROM, seed=0)
+    model = CollapseModel(shares)
+    assert model.fit(encoded, fell, 1) is not None
+    assert len(fits) == len(POOL_SCALES) * len(STRENGTHS) + 1  # the choice, then the fit
+    more, more_fell = _trials(sensitive=4, groups=groups, count=2 * LOCAL_FROM, seed=1)
+    fits.clear()
+    assert model.fit(more, more_fell, 1) is not None
+    assert len(fits) <= 5 + 1
+    whole = CollapseModel(shares)
+    whole.fit(more, more_fell, 1)
+    assert model.prior is not None and whole.prior is not None
+    shared, own = model._blocks(more, np.arange(len(more_fell)))
+    labels = more_fell.astype(float)
+
+    def score(prior: tuple[float, float]) -> float:
+        features = model._features(shared, own, *prior)
+        return loo_log_loss(features, labels, fit(features, labels, np.ones(len(labels))))
+
+    assert score(model.prior) <= 1.01 * score(whole.prior)
