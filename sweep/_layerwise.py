@@ -92,8 +92,8 @@ EXCHANGE = 0.5  # under constraints, chance that an ask is a local exchange move
 REFIT_GROWTH = 0.01
 # Nor before an eighth of the trials running has finished: an ask with R trials running already
 # misses R results, and a fit held back for R / 8 more adds an eighth to that lag. At R = 32 it
-# is fitted every 4 results instead of at each: the sampler's CPU per trial fell by a quarter
-# (the fits were a driver's largest cost at hundreds of completions a second), and over 9 seeds
+# is fitted every 4 results instead of at each: the fits' CPU per trial fell by a fifth (they
+# were a driver's largest cost at hundreds of completions a second), and over 9 seeds
 # of ``synthetic`` at 32 in flight its hypervolume moved by -0.5% to +0.6%, +0.1% on average
 # (fitted every 8 results: lower in 8 of 9, -0.3%). A driver with a few slots (R < 16) fits as
 # before.
