@@ -299,6 +299,7 @@ def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]
         ray.shutdown()
         cluster.shutdown()
     wall = (frame["finished_at"].max() - frame["started_at"].min()).total_seconds()
+    python_s = threads["loop"] + threads["writer"]
     return {
         "k": k,
         "trials": trials,
@@ -311,8 +312,8 @@ def measure_capacity(k: int, trials: int, sampler: str | None) -> dict[str, Any]
         # The loop's and the writer's CPU: the threads that run Python take turns on the GIL,
         # while Ray's own threads (its IO, its transfers) run beside them. On a head node with
         # cores to spare, this pace is the driver's, unless Ray's threads fall behind.
-        "python_threads_ms_per_trial": 1000 * (threads["loop"] + threads["writer"]) / trials,
-        "completions_per_python_thread_cpu_s": trials / (threads["loop"] + threads["writer"]),
+        "python_threads_ms_per_trial": 1000 * python_s / trials,
+        "completions_per_python_thread_cpu_s": trials / python_s,
         # The driver's CPU per trial by thread: the ask/submit/collect loop, the store writer,
         # and the rest (Ray's own threads: its IO, its object transfers).
         "driver_cpu_ms_per_trial_by_thread": {

@@ -272,7 +272,7 @@ class LayerwiseSampler(BaseSampler):
                 return exchanged
         # Asks between the same finished trials (a burst, when many slots free at once) share
         # one fit, each with its own trade-off weights; so do asks until the trials have grown
-        # by REFIT_GROWTH.
+        # by REFIT_GROWTH, or by a share of those running (refit_lag).
         modeled = len(self._history.modeled)
         if self._fitted is None or modeled >= self._fitted[0] + refit_lag(
             self._fitted[0], len(seen.running)

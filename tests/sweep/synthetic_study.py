@@ -4,7 +4,7 @@ studies whose trials a test writes itself."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -79,6 +79,18 @@ def add_finished(
             values=values,
         )
     )
+
+
+def objective_values(
+    task: SyntheticTask, objectives: Mapping[str, str]
+) -> Callable[[Recipe], list[float]]:
+    """``recipe -> [its value of each objective]`` on ``task``, as a study is told them."""
+
+    def values(recipe: Recipe) -> list[float]:
+        metrics = task.analytic_metrics(recipe)
+        return [metrics[name] for name in objectives]
+
+    return values
 
 
 def run_in_flight(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from sweep._layerwise_startup import bisection_order, uniform_candidates, unifor
 from sweep._quality import fp32_reference, hypervolume_curve, losses, reference_point
 from sweep._samplers import ask_recipe, make_sampler, startup_trials
 from sweep._space import Space
-from tests.sweep.synthetic_study import run_in_flight, synthetic_study
+from tests.sweep.synthetic_study import objective_values, run_in_flight, synthetic_study
 from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
@@ -33,17 +32,9 @@ def _setup(sampler: str = "layerwise", **data: object) -> tuple[optuna.Study, Sp
     return synthetic_study(TASK, sampler=sampler, **data)
 
 
-def _values(task: SyntheticTask) -> Callable[[Recipe], list[float]]:
-    def values(recipe: Recipe) -> list[float]:
-        metrics = task.analytic_metrics(recipe)
-        return [metrics[name] for name in OBJECTIVES]
-
-    return values
-
-
 def _run(study: optuna.Study, space: Space, n: int, in_flight: int = 1) -> list[Recipe]:
     """``n`` trials, ``in_flight`` asked before each tell (as parallel workers do)."""
-    return run_in_flight(study, space, n, in_flight, _values(TASK))
+    return run_in_flight(study, space, n, in_flight, objective_values(TASK, OBJECTIVES))
 
 
 def _hypervolume(recipes: list[Recipe]) -> float:
@@ -152,9 +143,9 @@ def test_each_modeled_trial_keeps_its_own_row_and_values_whatever_order_they_fin
     study, space = _setup(sampler_settings={"n_startup_trials": 4, "uniform_startup": 2})
     _run(study, space, 6)
     flight = [ask_recipe(study, space) for _ in range(3)]
+    values = objective_values(TASK, OBJECTIVES)
     for trial, recipe in [flight[2], flight[0], flight[1]]:
-        metrics = TASK.analytic_metrics(recipe)
-        study.tell(trial, [metrics[name] for name in OBJECTIVES])
+        study.tell(trial, values(recipe))
     ask_recipe(study, space)  # reads the three new results
     sampler = study.sampler
     assert isinstance(sampler, LayerwiseSampler)
@@ -263,7 +254,11 @@ def _deep(n_trials: int, **space: object) -> tuple[optuna.Study, Space, list[Rec
     study, space_ = synthetic_study(DEEP, sampler="layerwise", **settings)
     if isinstance(study.sampler, FeasibleSampler):  # the sampler's own recipes, not moved in
         study.sampler = study.sampler._inner
-    return study, space_, run_in_flight(study, space_, n_trials, 3, _values(DEEP))
+    return (
+        study,
+        space_,
+        run_in_flight(study, space_, n_trials, 3, objective_values(DEEP, OBJECTIVES)),
+    )
 
 
 def _option(recipe: Recipe) -> tuple[str, str, str]:

@@ -17,8 +17,7 @@ from sweep._layerwise_fit import Models
 from sweep._layerwise_model import Encoded
 from sweep._samplers import ask_recipe
 from sweep._space import Space
-from tests.sweep.synthetic_study import run_in_flight, synthetic_study
-from trials import Recipe
+from tests.sweep.synthetic_study import objective_values, run_in_flight, synthetic_study
 from trials.tasks.synthetic import SyntheticTask
 
 TASK = SyntheticTask(n_layers=8, seed=2)
@@ -32,9 +31,7 @@ def _setup() -> tuple[optuna.Study, Space]:
     )
 
 
-def _values(recipe: Recipe) -> list[float]:
-    metrics = TASK.analytic_metrics(recipe)
-    return [metrics[name] for name in OBJECTIVES]
+_values = objective_values(TASK, OBJECTIVES)
 
 
 def _fitted_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
