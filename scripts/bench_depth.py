@@ -8,11 +8,12 @@ are slow), over ``--seeds`` sampler seeds, runs ``--trials`` trials in-process w
 objectives accuracy and compressed_bytes, as ``bench_search.py`` drives ``synthetic`` (the
 driver's search space and sampler, 3 trials in flight). Recorded per run:
 
-- ``ask_ms``: wall time of each ask as the driver makes it (``ask_recipe``: ``study.ask`` and the
-  recipe's parameters, which is when Optuna calls the sampler), its median and 95th percentile
+- ``ask_ms``: wall time of each ask as the driver makes it (``ask_recipe``: the sampler's draw,
+  the recipe's parameters and the trial added to the study), its median and 95th percentile
   over the last 100 asks and the last ask's (the 1,000th); ``sampler_ms``: the same for the
-  sampler's own ``sample_relative``, the part that models the trials (the rest is Optuna's and
-  the search space's work per parameter, whatever the sampler); ``ask_cpu_ms`` and
+  sampler's own draw (``next_params``, else ``sample_relative``), the part that models the
+  trials (the rest is Optuna's and the search space's work per parameter, whatever the
+  sampler); ``ask_cpu_ms`` and
   ``sampler_cpu_ms``: the same in CPU time of this process, which other work on a shared
   machine inflates much less than wall time;
 - ``startup``: ``startup_trials(config, space)``: (uniform recipes first, trials before the
@@ -69,6 +70,7 @@ from bench_search import (
 
 from sweep import _quality
 from sweep._config import SweepConfig
+from sweep._feasible import WholeSampler
 from sweep._samplers import ask_recipe, enqueue_uniform, make_sampler, startup_trials
 from sweep._space import Space
 from trials import LayerSpec, Recipe
@@ -188,7 +190,9 @@ def run(task: SyntheticTask, config: SweepConfig) -> tuple[Rows, dict[str, list[
     space = _synthetic_space(task, config)
     sampler = make_sampler(config, space)
     spent = np.zeros(2)
-    inner: Callable[..., dict[str, Any]] = sampler.sample_relative
+    # The driver has a sampler that draws whole trials add them whole (ask_recipe): its draw.
+    part = "next_params" if isinstance(sampler, WholeSampler) else "sample_relative"
+    inner: Callable[..., dict[str, Any]] = getattr(sampler, part)
 
     def timed(*args: Any) -> dict[str, Any]:
         started = np.array([time.perf_counter(), time.process_time()])
@@ -197,7 +201,7 @@ def run(task: SyntheticTask, config: SweepConfig) -> tuple[Rows, dict[str, list[
         finally:
             spent[:] += np.array([time.perf_counter(), time.process_time()]) - started
 
-    setattr(sampler, "sample_relative", timed)  # noqa: B010 - mypy: a method cannot be assigned
+    setattr(sampler, part, timed)
     study = optuna.create_study(
         directions=["maximize" if d == "max" else "minimize" for d in config.objectives.values()],
         sampler=sampler,
@@ -205,7 +209,7 @@ def run(task: SyntheticTask, config: SweepConfig) -> tuple[Rows, dict[str, list[
     enqueue_uniform(study, space, startup_trials(config, space)[0])
     rows: Rows = []
     times: dict[str, list[float]] = {key: [] for key in TIMES}
-    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
+    flight: list[tuple[int, Recipe]] = []
     while len(rows) < config.budget.n_trials:
         while len(flight) < IN_FLIGHT and len(times["ask_ms"]) < config.budget.n_trials:
             spent[:] = 0.0  # an enqueued trial is not sampled: 0

@@ -131,7 +131,7 @@ def run_synthetic(task: SyntheticTask, config: SweepConfig) -> Rows:
     )
     enqueue_uniform(study, space, startup_trials(config, space)[0])
     rows: Rows = []
-    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
+    flight: list[tuple[int, Recipe]] = []
     asked = 0
     while len(rows) < config.budget.n_trials:
         while len(flight) < IN_FLIGHT and asked < config.budget.n_trials:

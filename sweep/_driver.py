@@ -26,7 +26,13 @@ from sweep._feasible import check_feasible, feasible_where
 from sweep._hardware import FP32_LATENCY_KEY, FP32_SIZES_KEY, stored_reference
 from sweep._loop import Progress, ProgressFn, TrialLoop, update_best
 from sweep._ray_session import one_line
-from sweep._samplers import budget_note, enqueue_uniform, make_sampler, startup_trials
+from sweep._samplers import (
+    budget_note,
+    constraint_attrs,
+    enqueue_uniform,
+    make_sampler,
+    startup_trials,
+)
 from sweep._space import Space, select_layers
 from sweep._status import stale_after_s
 from trials import Recipe, TaskError, resolve_task_factory
@@ -277,9 +283,6 @@ def resume_sweep(
             reruns.append((number, recipe))
             continue
         parsed = Recipe.from_dict(recipe)
-        constraints = {
-            f"constraints:{key}": value for key, value in space.constraint_values(parsed).items()
-        }
         values = None
         if state == "COMPLETE":
             values = [float(row[objective]) for objective in config.objectives]
@@ -294,7 +297,7 @@ def resume_sweep(
                     distributions={k: d for k, d in distributions.items() if k in params},
                     values=values,
                     state=optuna.trial.TrialState[state],
-                    system_attrs=constraints,  # where Trial.set_constraint keeps them
+                    system_attrs=constraint_attrs(space, parsed),
                 )
             )
         except ValueError as exc:

@@ -12,7 +12,7 @@ layers' bounds allow).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import optuna
@@ -145,6 +145,19 @@ def make_feasible(space: Space, params: Mapping[str, Any]) -> dict[str, Any] | N
     return None
 
 
+@runtime_checkable
+class WholeSampler(Protocol):
+    """A sampler that draws every parameter of a trial at once, before the trial exists: the
+    driver adds the trial whole (:func:`sweep._samplers.ask_recipe`) instead of suggesting its
+    parameters one at a time through Optuna, each suggestion a copy of the trial and a check of
+    its distribution against the study's (with ``tell``, 0.8-0.9 ms of CPU a trial at 26
+    parameters, against 0.4 ms added whole)."""
+
+    def next_params(self, study: optuna.Study) -> dict[str, Any] | None:
+        """The next trial's parameters; None where the sampler cannot draw them now (trials
+        enqueued and waiting): the driver then asks through ``study.ask``."""
+
+
 class FeasibleSampler(BaseSampler):
     """Wraps a sampler so that every recipe it asks meets ``search_space.constraints``.
 
@@ -197,6 +210,14 @@ class FeasibleSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def next_params(self, study: optuna.Study) -> dict[str, Any] | None:
+        """The wrapped sampler's ``next_params`` (:class:`WholeSampler`), moved into the
+        constraints as :meth:`sample_relative` moves them; None where it has none."""
+        if not isinstance(self._inner, WholeSampler):
+            return None
+        params = self._inner.next_params(study)
+        return None if params is None else make_feasible(self._space, params) or params
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._inner.before_trial(study, trial)

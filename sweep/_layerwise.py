@@ -198,8 +198,22 @@ class LayerwiseSampler(BaseSampler):
         if not search_space:
             return {}
         seen = self._history.refresh(study.get_trials(deepcopy=False))
+        return self._sample(study, seen, trial.number)
+
+    def next_params(self, study: optuna.Study) -> dict[str, Any] | None:
+        """The parameters of the trial ``study`` would ask next, all at once, for a driver that
+        adds the trial whole (``study.add_trial``, see :func:`sweep._samplers.ask_recipe`): the
+        same as :meth:`sample_relative` would draw for it. None while enqueued trials wait:
+        ``study.ask`` takes those first."""
+        trials = study.get_trials(deepcopy=False)
+        seen = self._history.refresh(trials)
+        if self._history.waiting:
+            return None
+        return self._sample(study, seen, len(trials))  # Optuna numbers trials consecutively
+
+    def _sample(self, study: optuna.Study, seen: Asked, number: int) -> dict[str, Any]:
         if self._history.count < self._n_startup and self._thin is None:
-            return self._startup(trial.number)
+            return self._startup(number)
         if self._thin is not None:
             thin = self._thin_ask(study, seen)
             if thin is not None:
@@ -207,7 +221,7 @@ class LayerwiseSampler(BaseSampler):
         # A re-run recipe from outside the space (a scan's) has nothing to model; in thin mode
         # the model starts from two trials (it has no warm-up of its own).
         if len(self._history.modeled) < (2 if self._thin else 1):
-            return self._startup(trial.number)
+            return self._startup(number)
         return self._propose(study, seen)
 
     def sample_independent(

@@ -19,11 +19,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep._layerwise_model import Codec, Encoded
 
-Key = tuple[tuple[str, Any], ...]  # a recipe's parameters, hashable
+# A recipe's parameters, hashable. A frozenset keeps its hash once computed (a tuple hashes all
+# its items again each time): the running trials' keys are gathered into a set at every ask.
+Key = frozenset[tuple[str, Any]]
 
 
 def recipe_key(params: dict[str, Any]) -> Key:
-    return tuple(sorted(params.items()))
+    return frozenset(params.items())
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class History:
         self._open: set[int] = set()  # places in that list of the trials not finished then
         self._finished_keys: set[Key] = set()
         self._running_keys: dict[int, Key] = {}
+        self.waiting = 0  # WAITING trials (enqueued, not asked yet) at the last refresh
 
     @property
     def count(self) -> int:
@@ -95,10 +98,13 @@ class History:
         self._open.update(range(self._listed, len(trials)))
         self._listed = len(trials)
         finished, running = [], []
+        self.waiting = 0
         for place in sorted(self._open):
             trial = trials[place]
             if trial.state == TrialState.RUNNING:
                 running.append(trial)
+            elif trial.state == TrialState.WAITING:
+                self.waiting += 1
             elif trial.state.is_finished():
                 self._open.discard(place)
                 if trial.state == TrialState.COMPLETE and trial._trial_id not in self._taken:

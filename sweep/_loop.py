@@ -107,10 +107,10 @@ class TrialLoop:
         self.writer = StoreWriter(store, config.name, on_written=self.front_models.stored)
 
     # -- submitting ---------------------------------------------------------------------------
-    def _submit(self, number: int, trial: optuna.trial.Trial, recipe: dict[str, Any]) -> None:
+    def _submit(self, number: int, study_number: int, recipe: dict[str, Any]) -> None:
         ref, flight = self.submitter.submit(
             number,
-            trial,
+            study_number,
             recipe,
             self.hardware.reference,
             self.early_stopping.ask(),
@@ -139,15 +139,15 @@ class TrialLoop:
                 if self.space.holds(parsed):
                     self.space.suggest(trial)
                 set_constraints(trial, self.space, parsed)
-                self._submit(number, trial, recipe)
+                self._submit(number, trial.number, recipe)
                 continue
             if self.next_number >= asked_budget or time.monotonic() >= deadline:
                 return
-            trial, asked = ask_recipe(self.study, self.space)
+            study_number, asked = ask_recipe(self.study, self.space)
             recipe = asked.to_dict()
             number = self.next_number
             self.next_number += 1
-            self._submit(number, trial, recipe)
+            self._submit(number, study_number, recipe)
             started = self.by_number[number].started
             self.writer.record(
                 TrialRecord(number=number, state="RUNNING", recipe=recipe, started_at=started)
@@ -216,14 +216,14 @@ class TrialLoop:
                 reason = f"an objective is not finite: {dict(zip(objectives, values, strict=True))}"
                 result = TrialResult("FAIL", result.metrics, result.timings, reason, result.worker)
             else:
-                self.study.tell(flight.trial, values)
+                self.study.tell(flight.study_number, values)
                 update_best(self.progress, objectives, result.metrics)
                 self.front_models.add(flight.number, flight.artifact)
         if result.state == "FAIL":
-            self.study.tell(flight.trial, state=optuna.trial.TrialState.FAIL)
+            self.study.tell(flight.study_number, state=optuna.trial.TrialState.FAIL)
             self.progress.failed += 1
         elif result.state == "PRUNED":
-            self.study.tell(flight.trial, state=optuna.trial.TrialState.PRUNED)
+            self.study.tell(flight.study_number, state=optuna.trial.TrialState.PRUNED)
             self.progress.pruned += 1
         return result
 

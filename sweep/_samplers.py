@@ -8,10 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
-from optuna.trial import FrozenTrial
+from optuna.trial import FixedTrial, FrozenTrial
 
 from sweep._config import ConfigError, SweepConfig
-from sweep._feasible import FeasibleSampler, amount_levels, feasible_levels, sparsity_interval
+from sweep._feasible import (
+    FeasibleSampler,
+    WholeSampler,
+    amount_levels,
+    feasible_levels,
+    sparsity_interval,
+)
 from sweep._layerwise import LayerwiseSampler, spread_order
 from sweep._space import AMOUNT_PREFIX, LEVEL_PARAM, OFFSET_PREFIX, Space
 from trials import Recipe
@@ -127,12 +133,43 @@ def set_constraints(trial: optuna.trial.Trial, space: Space, recipe: Recipe) -> 
         trial.set_constraint(key, value)
 
 
-def ask_recipe(study: optuna.Study, space: Space) -> tuple[optuna.trial.Trial, Recipe]:
-    """The next trial and its recipe, with the recipe's constraint values set."""
-    trial = study.ask()
-    recipe = space.suggest(trial)
-    set_constraints(trial, space, recipe)
-    return trial, recipe
+def constraint_attrs(space: Space, recipe: Recipe) -> dict[str, float]:
+    """The recipe's constraint values as the system attributes of a trial built whole
+    (``optuna.trial.create_trial``): where :meth:`optuna.trial.Trial.set_constraint` keeps them."""
+    return {f"constraints:{key}": value for key, value in space.constraint_values(recipe).items()}
+
+
+def ask_recipe(study: optuna.Study, space: Space) -> tuple[int, Recipe]:
+    """The next trial's number in ``study`` and its recipe, with the recipe's constraint values
+    set. A sampler that draws a trial's parameters at once (:class:`WholeSampler`: layerwise)
+    has the trial added whole, its parameters those the recipe was built from, as ``sweep
+    resume`` adds the stored trials; any other is asked as Optuna asks, one suggestion per
+    parameter."""
+    sampler = study.sampler
+    params = sampler.next_params(study) if isinstance(sampler, WholeSampler) else None
+    if params is None:
+        trial = study.ask()
+        recipe = space.suggest(trial)
+        set_constraints(trial, space, recipe)
+        return trial.number, recipe
+    drawn = FixedTrial(params)
+    recipe = space.suggest(drawn)  # the parameters it drew, with their distributions
+    number = len(study.get_trials(deepcopy=False))  # Optuna numbers a study's trials in turn
+    # Equal distributions (every layer's amount, every layer's method) as one object each:
+    # Optuna deep-copies the trial as it adds it and at each tell, copying a shared object once.
+    shared: dict[BaseDistribution, BaseDistribution] = {}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING,
+            params=drawn.params,
+            distributions={
+                name: shared.setdefault(distribution, distribution)
+                for name, distribution in drawn.distributions.items()
+            },
+            system_attrs=constraint_attrs(space, recipe),
+        )
+    )
+    return number, recipe
 
 
 def startup_trials(config: SweepConfig, space: Space) -> tuple[int, int]:

@@ -31,7 +31,7 @@ class InFlight:
     """A trial between submission and its result."""
 
     number: int
-    trial: optuna.trial.Trial
+    study_number: int  # its number in the Optuna study (a resumed sweep's study numbers anew)
     recipe: dict[str, Any]
     started: datetime
     started_monotonic: float
@@ -112,7 +112,7 @@ class Submitter:
     def submit(
         self,
         number: int,
-        trial: optuna.trial.Trial,
+        study_number: int,
         recipe: dict[str, Any],
         reference: Reference,
         shadow: optuna.trial.Trial | None,
@@ -121,7 +121,7 @@ class Submitter:
         """Start training (and evaluating) a trial: its result's ref, and what to keep of it."""
         ref, model = self._execute.remote(self._context(reference, early_stopping), recipe, number)
         now = datetime.now(timezone.utc)
-        flight = InFlight(number, trial, recipe, now, time.monotonic(), shadow)
+        flight = InFlight(number, study_number, recipe, now, time.monotonic(), shadow)
         flight.model = model if self.target else None
         flight.artifact = model
         return ref, flight

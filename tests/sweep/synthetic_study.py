@@ -103,7 +103,7 @@ def run_in_flight(
     """``n_trials`` recipes asked with ``in_flight`` trials outstanding (as parallel workers
     keep them), each told ``values(recipe)`` in the order asked."""
     recipes: list[Recipe] = []
-    flight: list[tuple[optuna.trial.Trial, Recipe]] = []
+    flight: list[tuple[int, Recipe]] = []
     while len(recipes) < n_trials:
         while len(flight) < in_flight and len(recipes) + len(flight) < n_trials:
             flight.append(ask_recipe(study, space))

@@ -59,9 +59,10 @@ def _asks_keep_the_big_layer_in(window: float | None, seed: int) -> tuple[float,
         )
     asked = []
     for _ in range(20):
-        trial, _ = ask_recipe(study, sampler._space)
-        asked.append([trial.params[f"amount:{name}"] for name in FIVE])
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        number, _ = ask_recipe(study, sampler._space)
+        params = study.get_trials(deepcopy=False)[number].params
+        asked.append([params[f"amount:{name}"] for name in FIVE])
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
     amounts = np.array(asked)
     others = np.delete(amounts, big, axis=1)
     return float(np.mean(amounts[:, big] <= 0.35)), float(np.median(others.mean(axis=1)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from sweep import parse_config
 from sweep._samplers import (
@@ -10,10 +11,12 @@ from sweep._samplers import (
     budget_note,
     enqueue_uniform,
     grid_size,
+    set_constraints,
     startup_trials,
 )
 from sweep._space import Space
-from tests.sweep.synthetic_study import synthetic_study
+from tests.sweep.synthetic_study import objective_values, synthetic_study
+from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
 TASK = SyntheticTask(n_layers=6, seed=1)
@@ -106,3 +109,39 @@ def test_the_warm_up_takes_at_most_a_third_of_the_budget_and_says_so() -> None:
         {"name": "x", "task": "synthetic", "budget": fixed[0], "sampler_settings": fixed[1]}
     )
     assert startup_trials(config, space) == (6, 8) and budget_note(config, space) is None
+
+
+def _asked_through_optuna(study: optuna.Study, space: Space) -> tuple[int, Recipe]:
+    """A trial asked as Optuna asks: ``study.ask``, then a suggestion per parameter."""
+    trial = study.ask()
+    recipe = space.suggest(trial)
+    set_constraints(trial, space, recipe)
+    return trial.number, recipe
+
+
+@pytest.mark.parametrize("constraints", [{}, {"min_sparsity": 0.4}], ids=["free", "constrained"])
+def test_layerwise_trials_are_added_whole_as_optuna_would_have_asked_them(
+    constraints: dict[str, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default sampler draws a trial's parameters at once, so the driver adds its trials
+    whole, without a suggestion per parameter: the same recipes, parameters, distributions and
+    constraint values as asked through Optuna, trial by trial, enqueued warm-up first."""
+    data = {"sampler": "layerwise", "search_space": {"constraints": constraints}, "seed": 5}
+    studies = [_setup(**data) for _ in range(2)]
+    for study, space in studies:
+        enqueue_uniform(study, space, 3)
+    (whole, space), (optuna_asked, _) = studies
+    values = objective_values(TASK, {"accuracy": "max", "compressed_bytes": "min"})
+    for asks in range(30):
+        with monkeypatch.context() as patch:
+            if asks >= 3:  # past the enqueued warm-up, which only study.ask takes
+                patch.setattr(whole, "ask", lambda *args, **kwargs: pytest.fail("asked"))
+            number, recipe = ask_recipe(whole, space)
+        assert (number, recipe) == _asked_through_optuna(optuna_asked, space)
+        added, asked = whole.trials[number], optuna_asked.trials[number]
+        assert added.state == asked.state == optuna.trial.TrialState.RUNNING
+        assert added.params == asked.params
+        assert added.distributions == asked.distributions
+        assert added.system_attrs == asked.system_attrs
+        whole.tell(number, values(recipe))
+        optuna_asked.tell(number, values(recipe))
