@@ -13,9 +13,8 @@ driver's search space and sampler, 3 trials in flight). Recorded per run:
   over the last 100 asks and the last ask's (the 1,000th); ``sampler_ms``: the same for the
   sampler's own draw (``next_params``, else ``sample_relative``), the part that models the
   trials (the rest is Optuna's and the search space's work per parameter, whatever the
-  sampler); ``ask_cpu_ms`` and
-  ``sampler_cpu_ms``: the same in CPU time of this process, which other work on a shared
-  machine inflates much less than wall time;
+  sampler); ``ask_cpu_ms`` and ``sampler_cpu_ms``: the same in CPU time of this process, which
+  other work on a shared machine inflates much less than wall time;
 - ``startup``: ``startup_trials(config, space)``: (uniform recipes first, trials before the
   sampler models the front);
 - ``trials_to_95``: trials until the hypervolume of the trials so far (``sweep._quality``:
@@ -190,7 +189,8 @@ def run(task: SyntheticTask, config: SweepConfig) -> tuple[Rows, dict[str, list[
     space = _synthetic_space(task, config)
     sampler = make_sampler(config, space)
     spent = np.zeros(2)
-    # The driver has a sampler that draws whole trials add them whole (ask_recipe): its draw.
+    # The sampler's draw: next_params for one that draws whole trials (ask_recipe adds those
+    # whole), else sample_relative.
     part = "next_params" if isinstance(sampler, WholeSampler) else "sample_relative"
     inner: Callable[..., dict[str, Any]] = getattr(sampler, part)
 

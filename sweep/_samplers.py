@@ -139,19 +139,25 @@ def constraint_attrs(space: Space, recipe: Recipe) -> dict[str, float]:
     return {f"constraints:{key}": value for key, value in space.constraint_values(recipe).items()}
 
 
+def ask_by_suggestion(study: optuna.Study, space: Space) -> tuple[int, Recipe]:
+    """The next trial asked as Optuna asks (``study.ask``, then a suggestion per parameter):
+    its number and its recipe, with the recipe's constraint values set."""
+    trial = study.ask()
+    recipe = space.suggest(trial)
+    set_constraints(trial, space, recipe)
+    return trial.number, recipe
+
+
 def ask_recipe(study: optuna.Study, space: Space) -> tuple[int, Recipe]:
     """The next trial's number in ``study`` and its recipe, with the recipe's constraint values
     set. A sampler that draws a trial's parameters at once (:class:`WholeSampler`: layerwise)
     has the trial added whole, its parameters those the recipe was built from, as ``sweep
-    resume`` adds the stored trials; any other is asked as Optuna asks, one suggestion per
-    parameter."""
+    resume`` adds the stored trials; any other is asked as Optuna asks
+    (:func:`ask_by_suggestion`)."""
     sampler = study.sampler
     params = sampler.next_params(study) if isinstance(sampler, WholeSampler) else None
     if params is None:
-        trial = study.ask()
-        recipe = space.suggest(trial)
-        set_constraints(trial, space, recipe)
-        return trial.number, recipe
+        return ask_by_suggestion(study, space)
     drawn = FixedTrial(params)
     recipe = space.suggest(drawn)  # the parameters it drew, with their distributions
     number = len(study.get_trials(deepcopy=False))  # Optuna numbers a study's trials in turn

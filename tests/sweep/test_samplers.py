@@ -7,16 +7,15 @@ import pytest
 
 from sweep import parse_config
 from sweep._samplers import (
+    ask_by_suggestion,
     ask_recipe,
     budget_note,
     enqueue_uniform,
     grid_size,
-    set_constraints,
     startup_trials,
 )
 from sweep._space import Space
 from tests.sweep.synthetic_study import objective_values, synthetic_study
-from trials import Recipe
 from trials.tasks.synthetic import SyntheticTask
 
 TASK = SyntheticTask(n_layers=6, seed=1)
@@ -111,14 +110,6 @@ def test_the_warm_up_takes_at_most_a_third_of_the_budget_and_says_so() -> None:
     assert startup_trials(config, space) == (6, 8) and budget_note(config, space) is None
 
 
-def _asked_through_optuna(study: optuna.Study, space: Space) -> tuple[int, Recipe]:
-    """A trial asked as Optuna asks: ``study.ask``, then a suggestion per parameter."""
-    trial = study.ask()
-    recipe = space.suggest(trial)
-    set_constraints(trial, space, recipe)
-    return trial.number, recipe
-
-
 @pytest.mark.parametrize("constraints", [{}, {"min_sparsity": 0.4}], ids=["free", "constrained"])
 def test_layerwise_trials_are_added_whole_as_optuna_would_have_asked_them(
     constraints: dict[str, float], monkeypatch: pytest.MonkeyPatch
@@ -137,7 +128,7 @@ def test_layerwise_trials_are_added_whole_as_optuna_would_have_asked_them(
             if asks >= 3:  # past the enqueued warm-up, which only study.ask takes
                 patch.setattr(whole, "ask", lambda *args, **kwargs: pytest.fail("asked"))
             number, recipe = ask_recipe(whole, space)
-        assert (number, recipe) == _asked_through_optuna(optuna_asked, space)
+        assert (number, recipe) == ask_by_suggestion(optuna_asked, space)
         added, asked = whole.trials[number], optuna_asked.trials[number]
         assert added.state == asked.state == optuna.trial.TrialState.RUNNING
         assert added.params == asked.params
